@@ -1,0 +1,184 @@
+"""Every layer as a pair: a forward map and its adjoint (the transposed linear map), in NHWC.
+
+Conventions (the ones a re-implementation must match):
+- Layout NHWC; conv kernels HWIO (kh, kw, C_in, C_out), cross-correlation (not flipped) as Keras computes it;
+  dense kernels (in, out) computing x @ W + b; flatten in (H, W, C) order.
+- 'same' padding follows Keras/TensorFlow: out = ceil(size / stride), total padding
+  max((out - 1) * stride + k - size, 0), of which the smaller half goes *before* (top/left).
+- Max-pool switches are flat indices ih * W + iw into the input plane; ties go to the first maximum in
+  row-major window order; 'same' padding cells never win.
+- Adjoints never add a bias: the bias is not part of the linear map.
+"""
+import math
+
+import numpy as np
+
+from . import kernels
+from .errors import InputError
+
+
+def output_size(size, k, stride, padding):
+    """Output length and padding before, on one spatial axis."""
+    if padding == "valid":
+        if size < k:
+            raise InputError(f"window of size {k} does not fit an input of size {size} with 'valid' padding")
+        return (size - k) // stride + 1, 0
+    if padding == "same":
+        out = math.ceil(size / stride)
+        total = max((out - 1) * stride + k - size, 0)
+        return out, total // 2
+    raise InputError(f"padding must be 'same' or 'valid', got {padding!r}")
+
+
+def geometry(hw, k, strides, padding):
+    """(Ho, Wo, pad_top, pad_left) of a window op over an (H, W) input."""
+    ho, pt = output_size(hw[0], k[0], strides[0], padding)
+    wo, pl = output_size(hw[1], k[1], strides[1], padding)
+    return ho, wo, pt, pl
+
+
+# ---------------------------------------------------------------- convolution
+
+def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="same"):
+    """x (N, H, W, C) -> z (N, Ho, Wo, O): im2col patches times the kernel matrix, plus bias."""
+    kh, kw, c, o = kernel.shape
+    x = np.ascontiguousarray(x)
+    n = x.shape[0]
+    ho, wo, pt, pl = geometry(x.shape[1:3], (kh, kw), strides, padding)
+    w_mat = kernel.reshape(kh * kw * c, o)  # (kh*kw*C, O)
+    z = np.empty((n, ho, wo, o), dtype=x.dtype)  # (N, Ho, Wo, O)
+    cols = np.empty((1, ho, wo, kh, kw, c), dtype=x.dtype)  # (1, Ho, Wo, kh, kw, C): one image at a time
+    for i in range(n):
+        kernels.im2col(x[i:i + 1], kh, kw, strides[0], strides[1], pt, pl, cols)
+        np.matmul(cols.reshape(ho * wo, -1), w_mat, out=z[i].reshape(ho * wo, o))  # (Ho*Wo, O)
+    if bias is not None:
+        z += bias  # (N, Ho, Wo, O)
+    return z
+
+
+def conv2d_adjoint(g, kernel, input_hw, strides=(1, 1), padding="same"):
+    """g (N, Ho, Wo, O) -> (N, H, W, C): the transpose of x -> conv(x) (no bias), i.e. the 'deconvolution'."""
+    kh, kw, c, o = kernel.shape
+    g = np.ascontiguousarray(g)
+    n, ho, wo, _ = g.shape
+    ho2, wo2, pt, pl = geometry(input_hw, (kh, kw), strides, padding)
+    if (ho2, wo2) != (ho, wo):
+        raise InputError(f"backward signal of spatial size {(ho, wo)} does not fit input {tuple(input_hw)}")
+    w_mat = kernel.reshape(kh * kw * c, o)  # (kh*kw*C, O)
+    out = np.empty((n, *input_hw, c), dtype=g.dtype)  # (N, H, W, C)
+    cols = np.empty((1, ho, wo, kh, kw, c), dtype=g.dtype)  # (1, Ho, Wo, kh, kw, C)
+    for i in range(n):
+        np.matmul(g[i].reshape(ho * wo, o), w_mat.T, out=cols.reshape(ho * wo, -1))  # (Ho*Wo, kh*kw*C)
+        kernels.col2im(cols, strides[0], strides[1], pt, pl, out[i:i + 1])
+    return out
+
+
+# ---------------------------------------------------------------- max pooling
+
+def maxpool_forward(x, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """x (N, H, W, C) -> (y (N, Ho, Wo, C), switches (N, Ho, Wo, C) int64 flat argmax ih * W + iw)."""
+    n, h, w, c = x.shape
+    ho, wo, pt, pl = geometry((h, w), pool_size, strides, padding)
+    y = np.empty((n, ho, wo, c), dtype=x.dtype)  # (N, Ho, Wo, C)
+    switches = np.empty((n, ho, wo, c), dtype=np.int64)  # (N, Ho, Wo, C)
+    kernels.maxpool(np.ascontiguousarray(x), *pool_size, *strides, pt, pl, y, switches)
+    return y, switches
+
+
+def pick_switches(x, switches):
+    """x (N, H, W, C), switches (N, Ho, Wo, C) -> x at the switch positions (N, Ho, Wo, C); linear in x."""
+    n, h, w, c = x.shape
+    flat = x.reshape(n, h * w, c)  # (N, H*W, C)
+    ho, wo = switches.shape[1:3]
+    idx = switches.reshape(n, ho * wo, c)  # (N, Ho*Wo, C)
+    return np.take_along_axis(flat, idx, axis=1).reshape(n, ho, wo, c)
+
+
+def unpool_switch(g, switches, input_hw, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """g (N, Ho, Wo, C) -> (N, H, W, C): each value goes back to its window's argmax (adjoint of pick_switches)."""
+    ho, wo, pt, pl = geometry(input_hw, pool_size, strides, padding)
+    out = np.empty((g.shape[0], *input_hw, g.shape[3]), dtype=g.dtype)  # (N, H, W, C)
+    kernels.unpool_switch(np.ascontiguousarray(g), switches, *pool_size, *strides, pt, pl, out)
+    return out
+
+
+def window_sum(x, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """x (N, H, W, C) -> (N, Ho, Wo, C): the sum over each pooling window (padding counts as zero)."""
+    n, h, w, c = x.shape
+    ho, wo, pt, pl = geometry((h, w), pool_size, strides, padding)
+    ph, pw = pool_size
+    hp, wp = max(h + pt, (ho - 1) * strides[0] + ph), max(w + pl, (wo - 1) * strides[1] + pw)
+    xp = np.zeros((n, hp, wp, c), dtype=x.dtype)  # (N, Hp, Wp, C)
+    xp[:, pt:pt + h, pl:pl + w] = x
+    out = np.zeros((n, ho, wo, c), dtype=x.dtype)  # (N, Ho, Wo, C)
+    for ki in range(ph):
+        for kj in range(pw):
+            out += xp[:, ki:ki + (ho - 1) * strides[0] + 1:strides[0], kj:kj + (wo - 1) * strides[1] + 1:strides[1]]
+    return out
+
+
+def unpool_replicate(g, input_hw, pool_size=(2, 2), strides=(2, 2), padding="valid", average=False):
+    """g (N, Ho, Wo, C) -> (N, H, W, C): copy each value over its window, summing where windows overlap.
+
+    average=True takes the mean over the covering windows instead (the FBI paper's rule for overlapping
+    windows); for non-overlapping windows (2x2, stride 2) both are the same.
+    """
+    ho, wo, pt, pl = geometry(input_hw, pool_size, strides, padding)
+    out = np.empty((g.shape[0], *input_hw, g.shape[3]), dtype=g.dtype)  # (N, H, W, C)
+    kernels.unpool_replicate(np.ascontiguousarray(g), *pool_size, *strides, pt, pl, average, out)
+    return out
+
+
+def window_counts(input_hw, pool_size=(2, 2), strides=(2, 2), padding="valid"):
+    """(H, W) float64: how many pooling windows cover each input cell."""
+    ones = np.ones((1, *geometry(input_hw, pool_size, strides, padding)[:2], 1))  # (1, Ho, Wo, 1)
+    return unpool_replicate(ones, input_hw, pool_size, strides, padding)[0, :, :, 0]
+
+
+# ---------------------------------------------------------------- dense, flatten, activations
+
+def dense_forward(x, kernel, bias):
+    """x (N, in) -> z (N, out) = x @ W + b."""
+    z = x @ kernel  # (N, out)
+    return z + bias if bias is not None else z
+
+
+def dense_adjoint(g, kernel):
+    """g (N, out) -> (N, in) = g @ W^T (no bias)."""
+    return g @ kernel.T  # (N, in)
+
+
+def flatten_forward(x):
+    """x (N, H, W, C) -> (N, H*W*C) in Keras's (H, W, C) order."""
+    return x.reshape(x.shape[0], -1)
+
+
+def flatten_adjoint(g, input_shape):
+    """g (N, H*W*C) -> (N, H, W, C)."""
+    return g.reshape(g.shape[0], *input_shape)
+
+
+def relu(z):
+    """Elementwise max(z, 0)."""
+    return np.maximum(z, 0)
+
+
+def softmax(z):
+    """z (N, K) -> probabilities (N, K); the row maximum is subtracted first so exp never overflows."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))  # (N, K)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ---------------------------------------------------------------- input preprocessing
+
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def preprocess_forward(rgb):
+    """rgb (N, H, W, 3) in 0..255 -> caffe input (N, H, W, 3): channels reversed to BGR, mean subtracted."""
+    return rgb[..., ::-1] - CAFFE_MEAN_BGR.astype(rgb.dtype)
+
+
+def preprocess_adjoint(g):
+    """g (N, H, W, 3) w.r.t. the caffe input -> w.r.t. the RGB image (the mean shift has no adjoint part)."""
+    return g[..., ::-1]

@@ -1,0 +1,194 @@
+"""Each linear operator against its adjoint: <A x, y> == <x, A^T y>, and each fast op against its naive loop."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from fbi_ref import layers as L
+from fbi_ref import naive
+from fbi_ref.errors import InputError
+
+from .strategies import conv_case, pool_case, randn, seeds
+
+settings.register_profile("fbi", deadline=None, max_examples=60)
+settings.load_profile("fbi")
+
+
+def assert_adjoint(ax, y, x, aty):
+    """<A x, y> == <x, A^T y> to rtol 1e-10 (float64)."""
+    lhs, rhs = np.vdot(ax, y), np.vdot(x, aty)
+    assert np.isclose(lhs, rhs, rtol=1e-10, atol=1e-10 * (np.abs(ax).sum() + 1)), (lhs, rhs)
+
+
+# ------------------------------------------------------------------ convolution
+
+@given(conv_case(), seeds)
+def test_conv_adjoint_identity(case, seed):
+    n, hw, c, o, k, strides, padding = case
+    kernel = randn(seed, *k, c, o)
+    x = randn(seed + 1, n, *hw, c)
+    ax = L.conv2d_forward(x, kernel, None, strides, padding)  # (N, Ho, Wo, O)
+    y = randn(seed + 2, *ax.shape)
+    assert_adjoint(ax, y, x, L.conv2d_adjoint(y, kernel, hw, strides, padding))
+
+
+@given(conv_case(), seeds)
+@settings(max_examples=25)
+def test_conv_matches_naive_loops(case, seed):
+    n, hw, c, o, k, strides, padding = case
+    kernel, bias = randn(seed, *k, c, o), randn(seed + 3, o)
+    x = randn(seed + 1, n, *hw, c)
+    z = L.conv2d_forward(x, kernel, bias, strides, padding)
+    np.testing.assert_allclose(z, naive.conv2d(x, kernel, bias, strides, padding), rtol=1e-12, atol=1e-12)
+    g = randn(seed + 2, *z.shape)
+    np.testing.assert_allclose(L.conv2d_adjoint(g, kernel, hw, strides, padding),
+                               naive.conv2d_adjoint(g, kernel, hw, strides, padding), rtol=1e-12, atol=1e-12)
+
+
+def conv_matrix(kernel, hw, strides, padding):
+    """The conv as an explicit matrix (outputs x inputs), built column by column from basis images."""
+    c = kernel.shape[2]
+    size = hw[0] * hw[1] * c
+    basis = np.eye(size).reshape(size, *hw, c)  # (size, H, W, C): every basis image as one batch
+    return L.conv2d_forward(basis, kernel, None, strides, padding).reshape(size, -1).T
+
+
+@pytest.mark.parametrize("k,strides,padding", [((3, 3), (1, 1), "same"), ((2, 2), (2, 2), "same"),
+                                               ((3, 2), (2, 1), "valid"), ((4, 4), (3, 3), "same")])
+def test_conv_adjoint_is_the_matrix_transpose(k, strides, padding):
+    kernel = randn(0, *k, 2, 3)
+    hw = (5, 4)
+    a = conv_matrix(kernel, hw, strides, padding)  # (Ho*Wo*O, H*W*C)
+    ho, wo = L.geometry(hw, k, strides, padding)[:2]
+    basis = np.eye(ho * wo * 3).reshape(-1, ho, wo, 3)  # every output basis vector
+    at = L.conv2d_adjoint(basis, kernel, hw, strides, padding).reshape(len(basis), -1).T
+    np.testing.assert_allclose(at, a.T, atol=1e-14)
+
+
+def test_conv_adjoint_is_convolution_with_flipped_swapped_kernel():
+    """For stride 1 'same' 3x3, the adjoint is a 'same' conv with the kernel flipped in space, in/out swapped."""
+    kernel = randn(1, 3, 3, 4, 5)
+    g = randn(2, 2, 6, 7, 5)
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2)  # (3, 3, O, C)
+    np.testing.assert_allclose(L.conv2d_adjoint(g, kernel, (6, 7)),
+                               L.conv2d_forward(g, flipped, None), atol=1e-12)
+
+
+def test_same_padding_follows_keras_rule():
+    # Keras/TF: even total padding split evenly, odd total puts the extra cell after (bottom/right).
+    assert L.output_size(7, 3, 1, "same") == (7, 1)
+    assert L.output_size(6, 2, 2, "same") == (3, 0)
+    assert L.output_size(7, 2, 2, "same") == (4, 0)  # total 1 -> 0 before, 1 after
+    assert L.output_size(8, 4, 1, "same") == (8, 1)  # total 3 -> 1 before, 2 after
+    assert L.output_size(5, 3, 2, "valid") == (2, 0)
+    with pytest.raises(InputError, match="does not fit"):
+        L.output_size(2, 3, 1, "valid")
+
+
+# ------------------------------------------------------------------ max pooling
+
+@given(pool_case(), seeds)
+def test_maxpool_matches_naive_including_ties(case, seed):
+    n, hw, c, pool, strides, padding = case
+    x = np.round(randn(seed, n, *hw, c))  # small integers: many ties
+    y, sw = L.maxpool_forward(x, pool, strides, padding)
+    y_ref, sw_ref = naive.maxpool(x, pool, strides, padding)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(sw, sw_ref)
+    np.testing.assert_array_equal(L.pick_switches(x, sw), y)
+
+
+def test_maxpool_ties_go_to_the_first_maximum_in_row_major_order():
+    x = np.zeros((1, 2, 2, 1))
+    y, sw = L.maxpool_forward(x)
+    assert sw[0, 0, 0, 0] == 0
+    x[0, 1, 0, 0] = x[0, 1, 1, 0] = 5.0
+    y, sw = L.maxpool_forward(x)
+    assert sw[0, 0, 0, 0] == 1 * 2 + 0
+
+
+@given(pool_case(), seeds)
+def test_switch_unpooling_is_the_adjoint_of_picking(case, seed):
+    n, hw, c, pool, strides, padding = case
+    _, sw = L.maxpool_forward(randn(seed, n, *hw, c), pool, strides, padding)  # switches held fixed
+    x = randn(seed + 1, n, *hw, c)
+    ax = L.pick_switches(x, sw)
+    y = randn(seed + 2, *ax.shape)
+    aty = L.unpool_switch(y, sw, hw, pool, strides, padding)
+    assert_adjoint(ax, y, x, aty)
+    np.testing.assert_allclose(aty, naive.unpool_switch(y, sw, hw, pool, strides, padding), atol=1e-12)
+
+
+@given(pool_case(), seeds)
+def test_replication_is_the_adjoint_of_window_summation(case, seed):
+    n, hw, c, pool, strides, padding = case
+    x = randn(seed, n, *hw, c)
+    ax = L.window_sum(x, pool, strides, padding)
+    y = randn(seed + 1, *ax.shape)
+    aty = L.unpool_replicate(y, hw, pool, strides, padding)
+    assert_adjoint(ax, y, x, aty)
+    np.testing.assert_allclose(aty, naive.unpool_replicate(y, hw, pool, strides, padding), atol=1e-12)
+
+
+@given(pool_case(), seeds)
+def test_averaged_replication_is_the_adjoint_of_count_weighted_window_summation(case, seed):
+    """average=True is D^-1 S^T (S window sum, D the cover counts), so its adjoint is x -> S(D^-1 x)."""
+    n, hw, c, pool, strides, padding = case
+    counts = np.maximum(L.window_counts(hw, pool, strides, padding), 1)[None, :, :, None]  # (1, H, W, 1)
+    x = randn(seed, n, *hw, c)
+    ax = L.window_sum(x / counts, pool, strides, padding)
+    y = randn(seed + 1, *ax.shape)
+    aty = L.unpool_replicate(y, hw, pool, strides, padding, average=True)
+    assert_adjoint(ax, y, x, aty)
+    np.testing.assert_allclose(aty, naive.unpool_replicate(y, hw, pool, strides, padding, True), atol=1e-12)
+
+
+def test_averaged_replication_equals_replication_for_2x2_stride_2():
+    g = randn(3, 2, 4, 5, 3)
+    np.testing.assert_array_equal(L.unpool_replicate(g, (8, 10), average=True), L.unpool_replicate(g, (8, 10)))
+
+
+def test_averaged_replication_of_a_constant_is_that_constant_where_covered():
+    g = np.full((1, 3, 3, 1), 2.5)
+    out = L.unpool_replicate(g, (7, 7), (3, 3), (2, 2), "valid", average=True)
+    np.testing.assert_allclose(out[0, :, :, 0], 2.5)
+
+
+# ------------------------------------------------------------------ dense, flatten, preprocessing
+
+@given(seeds)
+def test_dense_adjoint_identity(seed):
+    rng = np.random.default_rng(seed)
+    n, i, o = rng.integers(1, 6, size=3)
+    kernel, x, y = randn(seed, i, o), randn(seed + 1, n, i), randn(seed + 2, n, o)
+    assert_adjoint(L.dense_forward(x, kernel, None), y, x, L.dense_adjoint(y, kernel))
+
+
+@given(seeds)
+def test_flatten_adjoint_identity_and_keras_order(seed):
+    x = randn(seed, 2, 3, 4, 5)
+    y = randn(seed + 1, 2, 60)
+    assert_adjoint(L.flatten_forward(x), y, x, L.flatten_adjoint(y, (3, 4, 5)))
+    assert L.flatten_forward(x)[1, (1 * 4 + 2) * 5 + 3] == x[1, 1, 2, 3]  # (H, W, C) order
+
+
+@given(seeds)
+def test_preprocess_linear_part_adjoint_identity(seed):
+    x, y = randn(seed, 2, 3, 4, 3), randn(seed + 1, 2, 3, 4, 3)
+    linear = L.preprocess_forward(x) - L.preprocess_forward(np.zeros_like(x))
+    assert_adjoint(linear, y, x, L.preprocess_adjoint(y))
+
+
+def test_softmax_is_stable_and_normalised():
+    z = np.array([[1000.0, 1000.0, -1000.0], [0.0, np.log(3.0), -np.inf]])
+    p = L.softmax(z)
+    np.testing.assert_allclose(p, [[0.5, 0.5, 0.0], [0.25, 0.75, 0.0]], atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_keep_the_dtype(dtype):
+    x = randn(0, 1, 6, 6, 2, dtype=dtype)
+    kernel = randn(1, 3, 3, 2, 3, dtype=dtype)
+    z = L.conv2d_forward(x, kernel, np.zeros(3, dtype))
+    assert z.dtype == dtype and L.conv2d_adjoint(z, kernel, (6, 6)).dtype == dtype
+    y, sw = L.maxpool_forward(x)
+    assert y.dtype == dtype and L.unpool_replicate(y, (6, 6)).dtype == dtype
