@@ -34,3 +34,30 @@ def pool_case(draw):
     """A pooling geometry with batch and channels: (n, hw, c, pool, strides, padding)."""
     hw, k, strides, padding = draw(window_geometry(max_k=4))
     return draw(st.integers(1, 3)), hw, draw(st.integers(1, 4)), k, strides, padding
+
+
+def tiny_model(seed=0, dtype=np.float64, relu=True, zero_bias=False, input_shape=(9, 9, 3)):
+    """A small random network exercising every layer kind: even-kernel strided 'same' conv, overlapping
+    'same' max-pool, 'valid' conv, 2x2 pool, flatten, dense, softmax. He-initialised."""
+    from fbi_ref.model import Model
+    from fbi_ref.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+
+    rng = np.random.default_rng(seed)
+    act = "relu" if relu else "linear"
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[:-1]))).astype(dtype)
+
+    def b(n):
+        return np.zeros(n, dtype) if zero_bias else (0.1 * rng.standard_normal(n)).astype(dtype)
+
+    c = input_shape[2]
+    layers = [Conv2D("block1_conv1", w(4, 4, c, 4), b(4), (2, 2), "same", act),   # 9x9 -> 5x5
+              Conv2D("block1_conv2", w(3, 3, 4, 5), b(5), (1, 1), "same", act),   # 5x5
+              MaxPool2D("block1_pool", (3, 3), (2, 2), "same"),                    # 5x5 -> 3x3, overlapping
+              Conv2D("block2_conv1", w(2, 2, 5, 6), b(6), (1, 1), "valid", act),  # 3x3 -> 2x2
+              MaxPool2D("block2_pool", (2, 2), (2, 2), "valid"),                   # 2x2 -> 1x1
+              Flatten("flatten"),
+              Dense("fc1", w(6, 7), b(7), act),
+              Dense("predictions", w(7, 4), b(4), "softmax")]
+    return Model(Architecture(layers, input_shape, "tiny"))

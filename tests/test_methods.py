@@ -1,0 +1,242 @@
+"""Each method's rule pinned: finite differences, exact reductions between methods, conservation, completeness."""
+import numpy as np
+import pytest
+
+from fbi_ref import layers as L
+from fbi_ref import naive
+from fbi_ref import rules as R
+from fbi_ref.attribution import bilinear_matrix, upsample_bilinear
+from fbi_ref.errors import InputError
+from fbi_ref.explain import METHODS, explain
+from fbi_ref.model import Model
+from fbi_ref.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.traversal import Rules, walk
+
+from .strategies import randn, tiny_model
+
+NO_THRESHOLD = {"k": 1.0, "tau": -np.inf}
+
+
+def logit(model, x, c):
+    """The target logit of a single image x (H, W, C)."""
+    return model.forward(x[None]).logits[0, c]
+
+
+def finite_difference_gradient(model, x, c, h=1e-6):
+    """Central differences of the target logit w.r.t. every input entry (float64)."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[idx] = h
+        grad[idx] = (logit(model, x + e, c) - logit(model, x - e, c)) / (2 * h)
+    return grad
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradient_equals_central_finite_differences(seed):
+    model = tiny_model(seed)
+    x = randn(seed + 10, 1, 9, 9, 3)
+    e = explain(model, x, "gradient", target=2)
+    np.testing.assert_allclose(e.attribution[0], finite_difference_gradient(model, x[0], 2), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("output", ["probability", "log_probability"])
+def test_gradient_of_probability_outputs_equals_finite_differences(output):
+    model, x, c, h = tiny_model(3), randn(4, 1, 9, 9, 3), 1, 1e-6
+    f = {"probability": lambda v: model.predict(v[None])[0, c],
+         "log_probability": lambda v: np.log(model.predict(v[None])[0, c])}[output]
+    fd = np.zeros_like(x[0])
+    for idx in np.ndindex(x[0].shape):
+        e = np.zeros_like(x[0])
+        e[idx] = h
+        fd[idx] = (f(x[0] + e) - f(x[0] - e)) / (2 * h)
+    np.testing.assert_allclose(explain(model, x, "gradient", target=c, output=output).attribution[0], fd,
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_guided_backprop_is_the_deconvnet_rule_times_the_forward_relu_mask():
+    model, x = tiny_model(5), randn(6, 3, 9, 9, 3)
+    composed = Rules(relu=lambda g, a: R.relu_deconvnet(g, a) * (a > 0), linear=R.linear_adjoint, pool=R.pool_switch)
+    fp = model.forward(x)
+    target = fp.probs.argmax(1)
+    expected = walk(model, fp, R.start_onehot(fp.logits, fp.probs, target), composed).signal
+    np.testing.assert_array_equal(explain(model, x, "guided_backprop").attribution, expected)
+
+
+def test_without_relus_gradient_deconvnet_and_guided_backprop_coincide():
+    model, x = tiny_model(7, relu=False), randn(8, 2, 9, 9, 3)
+    grad = explain(model, x, "gradient", target=[0, 3]).attribution
+    for method in ("deconvnet", "guided_backprop"):
+        np.testing.assert_array_equal(explain(model, x, method, target=[0, 3]).attribution, grad)
+    np.testing.assert_allclose(grad[1], finite_difference_gradient(model, x[1], 3), rtol=1e-6, atol=1e-8)
+
+
+def test_fbi_reduces_to_deconvnet_under_its_options():
+    model, x = tiny_model(9), randn(10, 3, 9, 9, 3)
+    fbi = explain(model, x, "fbi", k=1.0, tau=-np.inf, start="onehot", dense_bias="ignore", unpool="switch")
+    np.testing.assert_array_equal(fbi.attribution, explain(model, x, "deconvnet").attribution)
+
+
+def test_fbi_with_default_rules_differs_from_deconvnet():
+    model, x = tiny_model(9), randn(10, 3, 9, 9, 3)
+    assert not np.allclose(explain(model, x, "fbi", **NO_THRESHOLD).attribution,
+                           explain(model, x, "deconvnet").attribution)
+
+
+def fbi_by_hand(model, x, c, k_count, tau):
+    """FBI on tiny_model written out step by step from the paper, with the naive loops (one image)."""
+    lay = {layer.name: layer for layer in model.layers}
+    fp = model.forward(x[None])
+    act = {name: a[0] for name, a in fp.outputs.items()}
+    z = fp.logits[0]
+    z_hat = np.where(np.arange(len(z)) == c, z.max(), z.min())                 # softmax adjoint
+    g = lay["predictions"].kernel @ (z_hat - lay["predictions"].bias)          # dense adjoint, bias subtracted
+    g = np.where(g * act["fc1"] > tau, g, 0)                                   # mask at fc1's output
+    g = lay["fc1"].kernel @ (np.maximum(g, 0) - lay["fc1"].bias)               # ReLU, then dense adjoint
+    g = np.where(g * act["flatten"] > tau, g, 0).reshape(act["block2_pool"].shape)
+    up = naive.unpool_replicate(g[None], (2, 2), (2, 2), (2, 2), "valid", average=True)[0]
+    g = np.minimum(act["block2_conv1"], up)                                    # min-replicate unpooling
+    keep = np.argsort(-g.sum(axis=(0, 1)), kind="stable")[:k_count]            # top-k maps at the top conv
+    g = np.where(np.isin(np.arange(g.shape[-1]), keep), g, 0)
+    def conv_back(g, name, a_in):  # ReLU, conv adjoint (no bias), then the forward-backward mask
+        layer = lay[name]
+        g = naive.conv2d_adjoint(np.maximum(g, 0)[None], layer.kernel, a_in.shape[:2], layer.strides,
+                                 layer.padding)[0]
+        return np.where(g * a_in > tau, g, 0)
+    g = conv_back(g, "block2_conv1", act["block1_pool"])
+    up = naive.unpool_replicate(g[None], (5, 5), (3, 3), (2, 2), "same", average=True)[0]  # overlapping: mean
+    g = np.minimum(act["block1_conv2"], up)
+    g = conv_back(g, "block1_conv2", act["block1_conv1"])
+    g = conv_back(g, "block1_conv1", x)
+    return g
+
+
+@pytest.mark.parametrize("tau", [-np.inf, 0.0, 0.05])
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_fbi_equals_the_paper_written_out_by_hand(k, tau):
+    model, x = tiny_model(11), randn(12, 2, 9, 9, 3)
+    e = explain(model, x, "fbi", k=k, tau=tau)
+    for n in range(2):
+        np.testing.assert_allclose(e.attribution[n], fbi_by_hand(model, x[n], e.target[n], k, tau), atol=1e-12)
+
+
+def test_fbi_records_a_shrinking_binary_support_at_every_masked_position():
+    model, x = tiny_model(13), randn(14, 1, 9, 9, 3)
+    e = explain(model, x, "fbi", k=3, tau=0.0, record_layers=True)
+    assert set(e.support) == {"fc1", "flatten", "block1_pool", "block1_conv1", "input", "block2_conv1"}
+    for name, kept in e.support.items():
+        assert kept.dtype == bool
+        assert not (e.backward[name][~kept]).any()  # zero wherever the support is off
+    assert e.support["block2_conv1"].reshape(-1, 6).any(axis=0).sum() <= 3  # top-k maps only
+    np.testing.assert_array_equal(e.backward["input"], e.attribution)
+
+
+def test_fbi_relative_tau_keeps_entries_above_a_fraction_of_the_largest_product():
+    model, x = tiny_model(15), randn(16, 1, 9, 9, 3)
+    e = explain(model, x, "fbi", k=1.0, tau=0.5, tau_mode="relative", record_layers=True)
+    product = e.backward["input"] * x
+    kept = e.support["input"]
+    assert kept.any() and (product[kept] > 0).all()
+
+
+def test_fbi_options_are_validated():
+    model, x = tiny_model(0), randn(0, 1, 9, 9, 3)
+    for bad in ({"unpool": "nearest"}, {"start": "softmax"}, {"k": 0.0}, {"k": 1.5}, {"tau_mode": "rel"},
+                {"dense_bias": "add"}, {"topk_score": "max"}, {"alpha": 1}, {"k": "half"}):
+        with pytest.raises(InputError):
+            explain(model, x, "fbi", **bad)
+
+
+def test_integrated_gradients_is_complete_at_256_steps():
+    model, x = tiny_model(17), randn(18, 2, 9, 9, 3)
+    e = explain(model, x, "integrated_gradients", steps=256)
+    base = model.forward(np.zeros_like(x)).logits[np.arange(2), e.target]
+    gap = e.logits[np.arange(2), e.target] - base
+    np.testing.assert_allclose(e.attribution.sum(axis=(1, 2, 3)), gap, rtol=1e-2)
+
+
+@pytest.mark.parametrize("method", ["lrp_epsilon", "lrp_zplus"])
+def test_lrp_conserves_relevance_layer_to_layer_without_biases(method):
+    model, x = tiny_model(19, zero_bias=True), randn(20, 2, 9, 9, 3)
+    options = {"epsilon": 1e-12} if method == "lrp_epsilon" else {}
+    e = explain(model, x, method, record_layers=True, **options)
+    total = e.logits[np.arange(2), e.target]
+    for name, relevance in e.backward.items():
+        np.testing.assert_allclose(relevance.reshape(2, -1).sum(axis=1), total, rtol=1e-8, err_msg=name)
+
+
+def test_lrp_epsilon_with_tiny_epsilon_equals_gradient_times_input_on_a_bias_free_relu_net():
+    # A known identity (Ancona et al. 2018): for ReLU networks without biases, LRP-0 = gradient x input.
+    model, x = tiny_model(21, zero_bias=True), randn(22, 2, 9, 9, 3)
+    np.testing.assert_allclose(explain(model, x, "lrp_epsilon", epsilon=1e-12).attribution,
+                               explain(model, x, "gradient_x_input").attribution, rtol=1e-6, atol=1e-9)
+
+
+def test_bilinear_upsampling_uses_half_pixel_centres():
+    np.testing.assert_allclose(bilinear_matrix(4, 2), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    np.testing.assert_allclose(bilinear_matrix(5, 5), np.eye(5))
+    maps = randn(0, 2, 3, 4)
+    np.testing.assert_allclose(upsample_bilinear(maps, (3, 4)), maps)
+
+
+def test_gradcam_equals_its_formula_on_a_tiny_model():
+    rng = np.random.default_rng(0)
+    kernel, w = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal((6 * 6 * 4, 5))
+    model = Model(Architecture([Conv2D("conv", kernel, np.zeros(4)), Flatten("flatten"),
+                                Dense("predictions", w, np.zeros(5), "softmax")], (6, 6, 3), "cam"))
+    x = randn(1, 1, 6, 6, 3)
+    a = L.relu(naive.conv2d(x, kernel, None, (1, 1), "same"))[0]  # (6, 6, 4)
+    c = int(np.argmax(a.reshape(-1) @ w))
+    alpha = w[:, c].reshape(6, 6, 4).mean(axis=(0, 1))  # d logit_c / dA is column c of w
+    expected = np.maximum((a * alpha).sum(-1), 0)  # same size as the input: no upsampling
+    e = explain(model, x, "gradcam")
+    np.testing.assert_allclose(e.heatmap[0], expected, atol=1e-12)
+    guided = explain(model, x, "guided_gradcam")
+    np.testing.assert_allclose(guided.attribution, explain(model, x, "guided_backprop").attribution
+                               * expected[None, :, :, None], atol=1e-12)
+
+
+def test_occlusion_of_single_pixels_on_a_linear_model_is_gradient_times_input():
+    rng = np.random.default_rng(23)  # conv -> flatten -> dense: affine in x (max-pool would not be)
+    model = Model(Architecture([Conv2D("conv", rng.standard_normal((3, 3, 3, 2)), rng.standard_normal(2), (2, 2),
+                                       "same", "linear"), Flatten("flatten"),
+                                Dense("predictions", rng.standard_normal((50, 3)), np.zeros(3), "softmax")],
+                               (9, 9, 3), "affine"))
+    x = randn(24, 1, 9, 9, 3)
+    occ = explain(model, x, "occlusion", patch=1, stride=1, target=1).heatmap  # drop when a pixel is zeroed
+    gxi = explain(model, x, "gradient_x_input", target=1).attribution.sum(axis=-1)
+    np.testing.assert_allclose(occ, gxi, atol=1e-10)
+
+
+def test_smoothgrad_without_noise_is_the_gradient_and_is_seeded():
+    model, x = tiny_model(25), randn(26, 2, 9, 9, 3)
+    np.testing.assert_allclose(explain(model, x, "smoothgrad", noise=0.0, samples=3).attribution,
+                               explain(model, x, "gradient").attribution, atol=1e-12)
+    a = explain(model, x, "smoothgrad", samples=5, base="guided_backprop", seed=3).attribution
+    np.testing.assert_array_equal(a, explain(model, x, "smoothgrad", samples=5, base="guided_backprop", seed=3).attribution)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_explains_a_batch_like_its_images_one_by_one(method):
+    model, x = tiny_model(27), randn(28, 3, 9, 9, 3)
+    options = {"steps": 8} if method == "integrated_gradients" else {"samples": 4} if method == "smoothgrad" else {}
+    batch = explain(model, x, method, target=[0, 1, 3], **options)
+    assert batch.attribution.shape == x.shape and batch.heatmap.shape == x.shape[:3]
+    for n in range(3):
+        one = explain(model, x[n:n + 1], method, target=[0, 1, 3][n], **options)
+        np.testing.assert_allclose(batch.attribution[n], one.attribution[0], rtol=1e-10, atol=1e-12)
+        assert one.probability[0] == pytest.approx(batch.probability[n])
+
+
+def test_targets_and_methods_are_validated():
+    model, x = tiny_model(0), randn(0, 2, 9, 9, 3)
+    with pytest.raises(InputError, match="unknown method"):
+        explain(model, x, "saliency")
+    with pytest.raises(InputError, match="out of range"):
+        explain(model, x, "gradient", target=4)
+    with pytest.raises(InputError, match="2 images"):
+        explain(model, x, "gradient", target=[0, 1, 2])
+    with pytest.raises(InputError, match="no option"):
+        explain(model, x, "gradient", k=0.5)
+    with pytest.raises(InputError, match="record_layers"):
+        explain(model, x, "gradcam", record_layers=True)
