@@ -39,6 +39,18 @@ def geometry(hw, k, strides, padding):
 
 # ---------------------------------------------------------------- convolution
 
+# Patches of several images are gathered into one matrix (one big matmul instead of many small ones), as
+# long as that matrix stays under this size; VGG16's early layers at 224x224 go one image at a time.
+COLS_BUDGET_BYTES = 64 * 2**20
+
+
+def image_chunks(n, ho, wo, patch, itemsize):
+    """Slices of the batch whose im2col matrices (Ho*Wo, patch) fit in COLS_BUDGET_BYTES together."""
+    per_image = ho * wo * patch * itemsize
+    step = max(1, min(n, COLS_BUDGET_BYTES // max(per_image, 1)))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="same"):
     """x (N, H, W, C) -> z (N, Ho, Wo, O): im2col patches times the kernel matrix, plus bias."""
     kh, kw, c, o = kernel.shape
@@ -47,10 +59,11 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="same"):
     ho, wo, pt, pl = geometry(x.shape[1:3], (kh, kw), strides, padding)
     w_mat = kernel.reshape(kh * kw * c, o)  # (kh*kw*C, O)
     z = np.empty((n, ho, wo, o), dtype=x.dtype)  # (N, Ho, Wo, O)
-    cols = np.empty((1, ho, wo, kh, kw, c), dtype=x.dtype)  # (1, Ho, Wo, kh, kw, C): one image at a time
-    for i in range(n):
-        kernels.im2col(x[i:i + 1], kh, kw, strides[0], strides[1], pt, pl, cols)
-        np.matmul(cols.reshape(ho * wo, -1), w_mat, out=z[i].reshape(ho * wo, o))  # (Ho*Wo, O)
+    for part in image_chunks(n, ho, wo, kh * kw * c, x.itemsize):
+        m = part.stop - part.start
+        cols = np.empty((m, ho, wo, kh, kw, c), dtype=x.dtype)  # (m, Ho, Wo, kh, kw, C)
+        kernels.im2col(x[part], kh, kw, strides[0], strides[1], pt, pl, cols)
+        np.matmul(cols.reshape(m * ho * wo, -1), w_mat, out=z[part].reshape(m * ho * wo, o))  # (m*Ho*Wo, O)
     if bias is not None:
         z += bias  # (N, Ho, Wo, O)
     return z
@@ -66,11 +79,30 @@ def conv2d_adjoint(g, kernel, input_hw, strides=(1, 1), padding="same"):
         raise InputError(f"backward signal of spatial size {(ho, wo)} does not fit input {tuple(input_hw)}")
     w_mat = kernel.reshape(kh * kw * c, o)  # (kh*kw*C, O)
     out = np.empty((n, *input_hw, c), dtype=g.dtype)  # (N, H, W, C)
-    cols = np.empty((1, ho, wo, kh, kw, c), dtype=g.dtype)  # (1, Ho, Wo, kh, kw, C)
-    for i in range(n):
-        np.matmul(g[i].reshape(ho * wo, o), w_mat.T, out=cols.reshape(ho * wo, -1))  # (Ho*Wo, kh*kw*C)
-        kernels.col2im(cols, strides[0], strides[1], pt, pl, out[i:i + 1])
+    for part in image_chunks(n, ho, wo, kh * kw * c, g.itemsize):
+        m = part.stop - part.start
+        cols = np.empty((m, ho, wo, kh, kw, c), dtype=g.dtype)  # (m, Ho, Wo, kh, kw, C)
+        np.matmul(g[part].reshape(m * ho * wo, o), w_mat.T, out=cols.reshape(m * ho * wo, -1))
+        kernels.col2im(cols, strides[0], strides[1], pt, pl, out[part])
     return out
+
+
+def conv2d_kernel_adjoint(x, g, kernel_shape, strides=(1, 1), padding="same"):
+    """x (N, H, W, C), g (N, Ho, Wo, O) -> (kh, kw, C, O): the transpose of kernel -> conv(x; kernel).
+
+    This is the gradient of <conv(x; K), g> with respect to K, the weight gradient used in training.
+    """
+    kh, kw, c, o = kernel_shape
+    x = np.ascontiguousarray(x)
+    n = x.shape[0]
+    ho, wo, pt, pl = geometry(x.shape[1:3], (kh, kw), strides, padding)
+    out = np.zeros((kh * kw * c, o), dtype=x.dtype)  # (kh*kw*C, O)
+    for part in image_chunks(n, ho, wo, kh * kw * c, x.itemsize):
+        m = part.stop - part.start
+        cols = np.empty((m, ho, wo, kh, kw, c), dtype=x.dtype)  # (m, Ho, Wo, kh, kw, C)
+        kernels.im2col(x[part], kh, kw, strides[0], strides[1], pt, pl, cols)
+        out += cols.reshape(m * ho * wo, -1).T @ g[part].reshape(m * ho * wo, o)
+    return out.reshape(kernel_shape)
 
 
 # ---------------------------------------------------------------- max pooling

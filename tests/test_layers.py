@@ -32,6 +32,29 @@ def test_conv_adjoint_identity(case, seed):
 
 
 @given(conv_case(), seeds)
+def test_conv_kernel_adjoint_identity(case, seed):
+    """Linear in the kernel too: <conv(x; K), y> == <K, kernel_adjoint(x, y)> (the weight gradient)."""
+    n, hw, c, o, k, strides, padding = case
+    kernel, x = randn(seed, *k, c, o), randn(seed + 1, n, *hw, c)
+    ax = L.conv2d_forward(x, kernel, None, strides, padding)
+    y = randn(seed + 2, *ax.shape)
+    assert_adjoint(ax, y, kernel, L.conv2d_kernel_adjoint(x, y, kernel.shape, strides, padding))
+
+
+def test_conv_chunks_of_images_give_the_same_result(monkeypatch):
+    """Gathering several images' patches into one matmul must not change anything."""
+    x, kernel = randn(0, 5, 8, 8, 3), randn(1, 3, 3, 3, 4)
+    whole = L.conv2d_forward(x, kernel, None)
+    g = randn(2, *whole.shape)
+    back, kgrad = L.conv2d_adjoint(g, kernel, (8, 8)), L.conv2d_kernel_adjoint(x, g, kernel.shape)
+    monkeypatch.setattr(L, "COLS_BUDGET_BYTES", 2 * 8 * 8 * 27 * 8)  # two images per chunk: 3 chunks
+    assert len(L.image_chunks(5, 8, 8, 27, 8)) == 3
+    np.testing.assert_allclose(L.conv2d_forward(x, kernel, None), whole, atol=1e-13)
+    np.testing.assert_allclose(L.conv2d_adjoint(g, kernel, (8, 8)), back, atol=1e-13)
+    np.testing.assert_allclose(L.conv2d_kernel_adjoint(x, g, kernel.shape), kgrad, atol=1e-12)
+
+
+@given(conv_case(), seeds)
 @settings(max_examples=25)
 def test_conv_matches_naive_loops(case, seed):
     n, hw, c, o, k, strides, padding = case
