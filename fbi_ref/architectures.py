@@ -57,23 +57,29 @@ def vgg19(include_top: bool = True) -> Architecture:
 
 def _vgg(name: str, include_top: bool) -> Architecture:
     """A keras.applications VGG with Keras's layer names."""
+    return vgg(name, _VGG_BLOCKS[name], _VGG_FILTERS, _VGG_FC_UNITS, _IMAGENET_CLASSES, 224, include_top)
+
+
+def vgg(name, blocks, filters, fc_units, classes, input_size, include_top=True) -> Architecture:
+    """A VGG-type network with Keras's layer names: `blocks` convs per block with `filters` channels,
+    a 2x2 max-pool after each block, then fc1, fc2 (`fc_units` wide, relu) and predictions (softmax)."""
     layers, channels = [], 3
-    for block, (convs, filters) in enumerate(zip(_VGG_BLOCKS[name], _VGG_FILTERS), start=1):
+    for block, (convs, width) in enumerate(zip(blocks, filters), start=1):
         for index in range(1, convs + 1):
-            layers.append(_conv(f"block{block}_conv{index}", (3, 3, channels, filters)))
-            channels = filters
+            layers.append(_conv(f"block{block}_conv{index}", (3, 3, channels, width)))
+            channels = width
         layers.append(MaxPool2D(f"block{block}_pool"))
     if not include_top:
-        # Without top any size works; 224x224 is the size the ImageNet weights were trained at.
-        return Architecture(layers, (224, 224, 3), name=f"{name}_notop")
-    side = 224 // 2 ** len(_VGG_BLOCKS[name])
+        # Without top any size works; the default is the size the weights were trained at.
+        return Architecture(layers, (input_size, input_size, 3), name=f"{name}_notop")
+    side = input_size // 2 ** len(blocks)
     layers += [
         Flatten("flatten"),
-        _dense("fc1", (side * side * channels, _VGG_FC_UNITS), "relu"),
-        _dense("fc2", (_VGG_FC_UNITS, _VGG_FC_UNITS), "relu"),
-        _dense("predictions", (_VGG_FC_UNITS, _IMAGENET_CLASSES), "softmax"),
+        _dense("fc1", (side * side * channels, fc_units), "relu"),
+        _dense("fc2", (fc_units, fc_units), "relu"),
+        _dense("predictions", (fc_units, classes), "softmax"),
     ]
-    return Architecture(layers, (224, 224, 3), name=name)
+    return Architecture(layers, (input_size, input_size, 3), name=name)
 
 
 def _conv(name: str, kernel_shape: tuple) -> Conv2D:

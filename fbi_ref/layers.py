@@ -10,6 +10,7 @@ Conventions (the ones a re-implementation must match):
 - Adjoints never add a bias: the bias is not part of the linear map.
 """
 import math
+import threading
 
 import numpy as np
 
@@ -44,6 +45,19 @@ def geometry(hw, k, strides, padding):
 COLS_BUDGET_BYTES = 64 * 2**20
 
 
+_local = threading.local()
+
+
+def scratch(shape, dtype):
+    """A reusable (per thread) work array for im2col patches: a fresh one per call would be page-faulted in
+    by the kernel that fills it, which cost more than the copy itself (docs/performance.md)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _local.buf = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
 def image_chunks(n, ho, wo, patch, itemsize):
     """Slices of the batch whose im2col matrices (Ho*Wo, patch) fit in COLS_BUDGET_BYTES together."""
     per_image = ho * wo * patch * itemsize
@@ -61,7 +75,7 @@ def conv2d_forward(x, kernel, bias, strides=(1, 1), padding="same"):
     z = np.empty((n, ho, wo, o), dtype=x.dtype)  # (N, Ho, Wo, O)
     for part in image_chunks(n, ho, wo, kh * kw * c, x.itemsize):
         m = part.stop - part.start
-        cols = np.empty((m, ho, wo, kh, kw, c), dtype=x.dtype)  # (m, Ho, Wo, kh, kw, C)
+        cols = scratch((m, ho, wo, kh, kw, c), x.dtype)  # (m, Ho, Wo, kh, kw, C)
         kernels.im2col(x[part], kh, kw, strides[0], strides[1], pt, pl, cols)
         np.matmul(cols.reshape(m * ho * wo, -1), w_mat, out=z[part].reshape(m * ho * wo, o))  # (m*Ho*Wo, O)
     if bias is not None:
@@ -81,7 +95,7 @@ def conv2d_adjoint(g, kernel, input_hw, strides=(1, 1), padding="same"):
     out = np.empty((n, *input_hw, c), dtype=g.dtype)  # (N, H, W, C)
     for part in image_chunks(n, ho, wo, kh * kw * c, g.itemsize):
         m = part.stop - part.start
-        cols = np.empty((m, ho, wo, kh, kw, c), dtype=g.dtype)  # (m, Ho, Wo, kh, kw, C)
+        cols = scratch((m, ho, wo, kh, kw, c), g.dtype)  # (m, Ho, Wo, kh, kw, C)
         np.matmul(g[part].reshape(m * ho * wo, o), w_mat.T, out=cols.reshape(m * ho * wo, -1))
         kernels.col2im(cols, strides[0], strides[1], pt, pl, out[part])
     return out
@@ -99,7 +113,7 @@ def conv2d_kernel_adjoint(x, g, kernel_shape, strides=(1, 1), padding="same"):
     out = np.zeros((kh * kw * c, o), dtype=x.dtype)  # (kh*kw*C, O)
     for part in image_chunks(n, ho, wo, kh * kw * c, x.itemsize):
         m = part.stop - part.start
-        cols = np.empty((m, ho, wo, kh, kw, c), dtype=x.dtype)  # (m, Ho, Wo, kh, kw, C)
+        cols = scratch((m, ho, wo, kh, kw, c), x.dtype)  # (m, Ho, Wo, kh, kw, C)
         kernels.im2col(x[part], kh, kw, strides[0], strides[1], pt, pl, cols)
         out += cols.reshape(m * ho * wo, -1).T @ g[part].reshape(m * ho * wo, o)
     return out.reshape(kernel_shape)

@@ -57,7 +57,7 @@ def start_relevance(logits, probs, target):
 
 def relu_gradient(g, a_out):
     """Chain rule: pass where the forward ReLU was active."""
-    return np.where(a_out > 0, g, 0)
+    return g * (a_out > 0)  # multiplying by a boolean mask: several times faster than np.where here
 
 
 def relu_deconvnet(g, a_out):
@@ -67,7 +67,7 @@ def relu_deconvnet(g, a_out):
 
 def relu_guided(g, a_out):
     """Guided backprop: pass where both the forward activation and the backward signal are positive."""
-    return np.where((a_out > 0) & (g > 0), g, 0)
+    return g * ((a_out > 0) & (g > 0))
 
 
 def relu_pass(g, a_out):
@@ -175,7 +175,7 @@ def fbi_mask(tau=10.0, relative=False, mask_image=True):
         if relative:
             threshold = tau * product.reshape(len(product), -1).max(axis=1).reshape(-1, *[1] * (g.ndim - 1))
         kept = product > threshold
-        return np.where(kept, g, 0), kept
+        return g * kept, kept
     return rule
 
 
@@ -204,5 +204,5 @@ def fbi_topk(k=0.5, score="backward"):
         keep = np.zeros((n, c), dtype=bool)  # (N, C)
         np.put_along_axis(keep, best, True, axis=1)
         kept = np.broadcast_to(keep[:, None, None, :], g.shape)  # (N, H, W, C)
-        return np.where(kept, g, 0), kept
+        return g * kept, kept
     return rule

@@ -1,0 +1,193 @@
+"""Training a VGG-type network in NumPy: the gradient walk that also records weight gradients, and Adam.
+
+    python -m fbi_ref.train --seed 0 --out weights/      # reproduces the embedded Shapes model
+
+The weight gradients come from the same traversal the explanation methods use: the gradient rules, with a
+linear rule that also stores each layer's kernel and bias gradients on its way down.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import layers as L
+from . import rules as R
+from .architectures import random_weights, vgg
+from .model import Model
+from .network import Conv2D, Dense
+from .traversal import Rules, walk
+
+SHAPES_BLOCKS = (2, 2, 3, 3, 3)            # VGG16's 13 convolutions in 5 blocks
+SHAPES_FILTERS = (16, 32, 64, 128, 128)    # narrower than VGG16's 64-128-256-512-512
+SHAPES_FC_UNITS = 256
+SHAPES_INPUT = 64
+
+
+def shapes_architecture(classes=6):
+    """The Shapes model's architecture: VGG16's topology and layer names, narrower, 64x64x3 input."""
+    return vgg("shapes", SHAPES_BLOCKS, SHAPES_FILTERS, SHAPES_FC_UNITS, classes, SHAPES_INPUT)
+
+
+def gradient_rules(grads):
+    """Gradient rules whose linear rule also records {layer name: (d kernel, d bias)} into `grads`."""
+    def linear(g, layer, a_in, at_image):
+        if isinstance(layer, Conv2D):
+            dk = L.conv2d_kernel_adjoint(a_in, g, layer.kernel.shape, layer.strides, layer.padding)
+            grads[layer.name] = (dk, g.sum(axis=(0, 1, 2)))
+        else:
+            grads[layer.name] = (a_in.T @ g, g.sum(axis=0))
+        return None if at_image else R.adjoint(layer, g, a_in)  # nobody needs the image's gradient here
+    return Rules(relu=R.relu_gradient, linear=linear, pool=R.pool_switch)
+
+
+def loss_and_gradients(model, x, labels):
+    """Mean softmax cross-entropy of a batch, its accuracy, and {layer: (d kernel, d bias)}."""
+    fp = model.forward(x)
+    n = len(labels)
+    p_true = fp.probs[np.arange(n), labels]  # (N,)
+    loss = float(-np.log(np.maximum(p_true, 1e-30)).mean())
+    start = (fp.probs - R.one_hot(fp.logits, labels)) / n  # (N, K): d loss / d logits
+    grads = {}
+    walk(model, fp, start, gradient_rules(grads))
+    return loss, float((fp.probs.argmax(1) == labels).mean()), grads
+
+
+@dataclasses.dataclass
+class Adam:
+    """Adam (Kingma & Ba 2015) over the kernels and biases of a model, updated in place."""
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    step_count: int = 0
+    moments: dict = dataclasses.field(default_factory=dict)
+
+    def step(self, model, grads, lr=None):
+        """One update of every weighted layer from its gradients."""
+        self.step_count += 1
+        lr = self.lr if lr is None else lr
+        correction = np.sqrt(1 - self.beta2 ** self.step_count) / (1 - self.beta1 ** self.step_count)
+        for layer in model.layers:
+            if layer.name not in grads:
+                continue
+            for attr, grad in zip(("kernel", "bias"), grads[layer.name]):
+                key = (layer.name, attr)
+                m, v = self.moments.setdefault(key, (np.zeros_like(grad), np.zeros_like(grad)))
+                m *= self.beta1
+                m += (1 - self.beta1) * grad
+                v *= self.beta2
+                v += (1 - self.beta2) * grad * grad
+                param = getattr(layer, attr)
+                param -= (lr * correction * m / (np.sqrt(v) + self.eps)).astype(param.dtype)
+
+
+def preprocess_uint8(images):
+    """(N, H, W, 3) uint8 RGB -> caffe-preprocessed float32 (N, H, W, 3)."""
+    return L.preprocess_forward(images.astype(np.float32))
+
+
+def accuracy(model, images, labels, batch_size=256):
+    """Top-1 accuracy over uint8 images (N, H, W, 3)."""
+    hits = 0
+    for i in range(0, len(images), batch_size):
+        probs = model.predict(preprocess_uint8(images[i:i + batch_size]))
+        hits += int((probs.argmax(1) == labels[i:i + batch_size]).sum())
+    return hits / len(images)
+
+
+def training_data(n, seed):
+    """The training set: half single-object images, half with distractor clutter (uint8 images, labels)."""
+    from .shapes import generate
+    single, clutter = generate(n - n // 2, seed, "single"), generate(n // 2, seed, "distractor")
+    return np.concatenate([single.images, clutter.images]), np.concatenate([single.labels, clutter.labels])
+
+
+def train(seed=0, n_train=24000, epochs=8, batch_size=64, lr=1e-3, progress=True):
+    """Train the Shapes model from He initialisation; returns (model, history dict)."""
+    images, labels = training_data(n_train, seed)
+    model = Model(random_weights(shapes_architecture(), seed))
+    adam, rng = Adam(lr=lr), np.random.default_rng(seed)
+    history = {"step": [], "loss": [], "accuracy": []}
+    steps_per_epoch = len(images) // batch_size
+    total = epochs * steps_per_epoch
+    bar = tqdm(total=total, desc="training", disable=not progress)
+    for epoch in range(epochs):
+        order = rng.permutation(len(images))
+        for s in range(steps_per_epoch):
+            idx = order[s * batch_size:(s + 1) * batch_size]
+            loss, acc, grads = loss_and_gradients(model, preprocess_uint8(images[idx]), labels[idx])
+            t = (epoch * steps_per_epoch + s) / total
+            adam.step(model, grads, lr=lr * 0.5 * (1 + np.cos(np.pi * t)))  # cosine decay to zero
+            history["step"].append(epoch * steps_per_epoch + s)
+            history["loss"].append(loss)
+            history["accuracy"].append(acc)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(history['loss'][-50:]):.3f}",
+                            acc=f"{np.mean(history['accuracy'][-50:]):.3f}")
+            bar.update()
+    bar.close()
+    return model, history
+
+
+def plot_history(history, path):
+    """Loss and accuracy per step (smoothed over 50 steps) as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        values = np.asarray(history[key])
+        smooth = np.convolve(values, np.ones(50) / 50, mode="valid") if len(values) >= 50 else values
+        ax.plot(history["step"][:len(smooth)], smooth)
+        ax.set_xlabel("step")
+        ax.set_title(f"training {key} (mean of 50 steps)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    """Train the Shapes model and write weights/shapes.h5, weights/shapes.json and the training curve."""
+    from .keras_io import write_keras_weights
+    from .shapes import CLASSES, generate
+    parser = argparse.ArgumentParser(prog="python -m fbi_ref.train", description=main.__doc__)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=24000)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=Path("weights"))
+    args = parser.parse_args(argv)
+    started = time.time()
+    model, history = train(args.seed, args.n_train, args.epochs)
+    minutes = (time.time() - started) / 60
+    args.out.mkdir(parents=True, exist_ok=True)
+    weights = args.out / "shapes.h5"
+    arch = shapes_architecture(len(CLASSES))
+    arch.layers = model.layers
+    write_keras_weights(arch, weights)
+    plot_history(history, args.out / "shapes_training.png")
+    held_out = {kind: generate(2000, 10_000 + args.seed, kind) for kind in ("single", "distractor", "pair")}
+    report = {kind: accuracy(model, b.images, b.labels) for kind, b in held_out.items()}
+    manifest = {
+        "file": weights.name, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "architecture": None, "class_names": list(CLASSES), "input_shape": list(model.input_shape),
+        "preprocessing": "caffe (RGB->BGR, minus [103.939, 116.779, 123.68])",
+        "training": {"seed": args.seed, "n_train": args.n_train, "epochs": args.epochs, "batch_size": 64,
+                     "optimizer": "Adam lr 1e-3, cosine decay", "init": "He normal", "minutes": round(minutes, 1),
+                     "data": "fbi_ref.shapes.generate(n - n//2, seed, 'single') + generate(n//2, seed, 'distractor')"},
+        "held_out_accuracy": {k: round(v, 4) for k, v in report.items()},
+        "held_out_seed": 10_000 + args.seed,
+        "command": f"python -m fbi_ref.train --seed {args.seed} --n-train {args.n_train} --epochs {args.epochs}",
+    }
+    (args.out / "shapes.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest["held_out_accuracy"]), f"in {minutes:.1f} min ->", weights)
+
+
+if __name__ == "__main__":
+    main()
