@@ -48,14 +48,17 @@ COLS_BUDGET_BYTES = 64 * 2**20
 _local = threading.local()
 
 
-def scratch(shape, dtype):
-    """A reusable (per thread) work array for im2col patches: a fresh one per call would be page-faulted in
-    by the kernel that fills it, which cost more than the copy itself (docs/performance.md)."""
+def scratch(shape, dtype, slot=0):
+    """A reusable (per thread) work array; `slot` tells apart arrays needed at the same time.
+
+    A fresh array per call would be page-faulted in by the kernel that fills it, which costs more than the
+    copy itself (docs/performance.md). The contents are garbage: callers overwrite them.
+    """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.nbytes < nbytes:
-        buf = _local.buf = np.empty(nbytes, dtype=np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
+    buffers = _local.__dict__.setdefault("buffers", {})
+    if slot not in buffers or buffers[slot].nbytes < nbytes:
+        buffers[slot] = np.empty(nbytes, dtype=np.uint8)
+    return buffers[slot][:nbytes].view(dtype).reshape(shape)
 
 
 def image_chunks(n, ho, wo, patch, itemsize):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import conv
 from . import layers as L
 from .errors import ArchitectureError, InputError, UnsupportedLayerError
 from .network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
@@ -57,6 +58,10 @@ class Model:
         self.class_names = class_names
         self.preprocessing = preprocessing
         self._shapes = self._infer_shapes()
+        for layer in self.layers:  # read-only: what is cached from a weight (conv.transformed) stays valid
+            for weight in (getattr(layer, "kernel", None), getattr(layer, "bias", None)):
+                if isinstance(weight, np.ndarray) and weight.flags.writeable:
+                    weight.setflags(write=False)
 
     def __repr__(self):
         return f"Model({self.name!r}, input {self.input_shape}, {len(self.layers)} layers, {self.dtype.__name__})"
@@ -140,7 +145,7 @@ class Model:
 def layer_forward(layer, a):
     """One layer on its input a: returns (pre-activation z, output, switches or None)."""
     if isinstance(layer, Conv2D):
-        z = L.conv2d_forward(a, layer.kernel, layer.bias, layer.strides, layer.padding)
+        z = conv.forward(layer, a)
         return z, activate(z, layer.activation), None
     if isinstance(layer, Dense):
         z = L.dense_forward(a, layer.kernel, layer.bias)

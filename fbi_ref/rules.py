@@ -6,6 +6,7 @@ output of the layer, both NHWC (or (N, F) for dense layers).
 """
 import numpy as np
 
+from . import conv
 from . import layers as L
 from .errors import InputError
 from .network import Conv2D
@@ -79,6 +80,8 @@ def relu_pass(g, a_out):
 
 def pre_activation(layer, a_in, kernel=None, bias=True):
     """z = W a + b of a conv or dense layer, optionally with another kernel and without bias."""
+    if isinstance(layer, Conv2D) and kernel is None and bias:
+        return conv.forward(layer, a_in)
     kernel = layer.kernel if kernel is None else kernel
     b = layer.bias if bias else None
     if isinstance(layer, Conv2D):
@@ -88,6 +91,8 @@ def pre_activation(layer, a_in, kernel=None, bias=True):
 
 def adjoint(layer, g, a_in, kernel=None):
     """W^T g of a conv or dense layer (no bias), optionally with another kernel."""
+    if isinstance(layer, Conv2D) and kernel is None:
+        return conv.adjoint(layer, g, a_in.shape[1:3])
     kernel = layer.kernel if kernel is None else kernel
     if isinstance(layer, Conv2D):
         return L.conv2d_adjoint(g, kernel, a_in.shape[1:3], layer.strides, layer.padding)

@@ -85,7 +85,15 @@ class Adam:
                 v *= self.beta2
                 v += (1 - self.beta2) * grad * grad
                 param = getattr(layer, attr)
-                param -= (lr * correction * m / (np.sqrt(v) + self.eps)).astype(param.dtype)
+                # A new array, not an in-place update: a Model's weights are read-only, so that what is
+                # cached from them (the Winograd kernels, see conv.transformed) can never go stale.
+                setattr(layer, attr, _read_only(param - (lr * correction * m / (np.sqrt(v) + self.eps)).astype(param.dtype)))
+
+
+def _read_only(array):
+    """The array, flagged read-only."""
+    array.setflags(write=False)
+    return array
 
 
 def preprocess_uint8(images):
@@ -113,6 +121,10 @@ def train(seed=0, n_train=24000, epochs=8, batch_size=64, lr=1e-3, progress=True
     """Train the Shapes model from He initialisation; returns (model, history dict)."""
     images, labels = training_data(n_train, seed)
     model = Model(random_weights(shapes_architecture(), seed))
+    # He initialisation assumes unit-scale inputs; caffe-preprocessed pixels have a std of about 60, so the
+    # first kernels are scaled down to match (otherwise the initial logits are in the hundreds).
+    first = model.layers[0]
+    first.kernel = _read_only(first.kernel / np.float32(preprocess_uint8(images[:256]).std()))
     adam, rng = Adam(lr=lr), np.random.default_rng(seed)
     history = {"step": [], "loss": [], "accuracy": []}
     steps_per_epoch = len(images) // batch_size

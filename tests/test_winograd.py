@@ -1,0 +1,91 @@
+"""Winograd F(2x2, 3x3) computes the same convolution (and adjoint) as the im2col reference."""
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fbi_ref import conv, layers as L, winograd as W
+from fbi_ref.errors import InputError
+from fbi_ref.network import Conv2D
+
+from .strategies import randn, seeds, tiny_model
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 5), st.integers(1, 5))
+
+
+def layer_of(kernel, bias):
+    return Conv2D("conv", kernel, bias)
+
+
+@given(shapes, seeds)
+@settings(deadline=None, max_examples=40)
+def test_winograd_forward_and_adjoint_equal_im2col(shape, seed):
+    n, h, w, c, o = shape
+    x, kernel, bias = randn(seed, n, h, w, c), randn(seed + 1, 3, 3, c, o), randn(seed + 2, o)
+    layer = layer_of(kernel, bias)
+    with conv.use("winograd"):
+        z = conv.forward(layer, x)
+        g = randn(seed + 3, *z.shape)
+        back = conv.adjoint(layer, g, (h, w))
+    np.testing.assert_allclose(z, L.conv2d_forward(x, kernel, bias), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(back, L.conv2d_adjoint(g, kernel, (h, w)), rtol=1e-12, atol=1e-12)
+    # and so, the adjoint identity holds on the Winograd path too
+    assert np.isclose(np.vdot(z - bias, g), np.vdot(x, back), rtol=1e-10)
+
+
+@given(shapes, seeds)
+@settings(deadline=None, max_examples=10)
+def test_transform_kernels_plain_equal_jitted(shape, seed):
+    n, h, w, c, o = shape
+    th, tw = (h + 1) // 2, (w + 1) // 2
+    xp = randn(seed, n, 2 * th + 2, 2 * tw + 2, c)
+    v_plain, v_jit = np.empty((16, n * th * tw, c)), np.empty((16, n * th * tw, c))
+    W._input_transform(xp, th, tw, v_plain)
+    W.input_transform(xp, th, tw, v_jit)
+    np.testing.assert_allclose(v_plain, v_jit, atol=1e-13)
+    m, bias = randn(seed + 1, 16, n * th * tw, o), randn(seed + 2, o)
+    y_plain, y_jit = np.empty((n, h, w, o)), np.empty((n, h, w, o))
+    W._output_transform(m, th, tw, bias, y_plain)
+    W.output_transform(m, th, tw, bias, y_jit)
+    np.testing.assert_allclose(y_plain, y_jit, atol=1e-13)
+
+
+def test_winograd_matches_im2col_in_float32_to_rounding():
+    x = randn(0, 2, 28, 28, 64, dtype=np.float32)
+    kernel = (randn(1, 3, 3, 64, 32) * np.sqrt(2 / 576)).astype(np.float32)
+    layer = layer_of(kernel, np.zeros(32, np.float32))
+    with conv.use("winograd"):
+        fast = conv.forward(layer, x)
+    exact = L.conv2d_forward(x.astype(np.float64), kernel.astype(np.float64), None)
+    assert np.abs(fast - exact).max() <= 1e-5 * np.abs(exact).max()
+
+
+def test_model_is_the_same_with_either_algorithm():
+    model, x = tiny_model(40, dtype=np.float32), randn(41, 2, 9, 9, 3, dtype=np.float32)
+    auto = model.forward(x).logits
+    with conv.use("im2col"):
+        reference = model.forward(x).logits
+    np.testing.assert_allclose(auto, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_kernels_follow_the_kernel_array():
+    model = tiny_model(42, dtype=np.float32)
+    layer = model.layers[1]  # 3x3 stride-1 'same'
+    assert W.applies(layer.kernel.shape, layer.strides, layer.padding)
+    first = conv.transformed(layer)[0]
+    assert conv.transformed(layer)[0] is first  # computed once
+    with pytest.raises(ValueError, match="read-only"):
+        layer.kernel[0, 0, 0, 0] = 1.0  # in-place edits would leave the cache stale: refused
+    layer.kernel = layer.kernel * 2
+    np.testing.assert_allclose(conv.transformed(layer)[0], 2 * first, rtol=1e-6)
+
+
+def test_winograd_refuses_convolutions_it_cannot_compute():
+    layer = dataclasses.replace(tiny_model(0).layers[0])  # 4x4 stride 2
+    with conv.use("winograd"), pytest.raises(InputError, match="3x3 stride-1"):
+        conv.forward(layer, randn(0, 1, 9, 9, 3))
+    with pytest.raises(InputError, match="algorithm"):
+        with conv.use("fft"):
+            pass
