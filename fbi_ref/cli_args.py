@@ -1,0 +1,148 @@
+"""Argument types and options shared by the `fbi-ref` commands, and printing that respects --quiet."""
+from __future__ import annotations
+
+import argparse
+import math
+
+from tqdm.auto import tqdm
+
+from .errors import InputError
+from .explain import METHODS
+
+
+# --- argument types --------------------------------------------------------------------------
+
+def number(text):
+    """A float, 'inf' and '-inf' included; ints stay ints (k=3 is a count of maps, k=0.5 a fraction)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError("NaN is not a valid value")
+    plain = text.strip().lstrip("+-")
+    return int(value) if plain.isdigit() else value
+
+
+def positive_int(text):
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    return value if value >= 1 else _bad(f"must be at least 1, got {value}")
+
+
+def tau_value(text):
+    """A threshold: a number, or 'none' for no threshold (-inf; `--tau -inf` would look like an option)."""
+    return -math.inf if text.strip().lower() == "none" else number(text)
+
+
+def number_list(text, kind=number):
+    """Comma-separated numbers: '0.1,0.25,0.5,1.0'."""
+    return [kind(part) for part in text.split(",") if part.strip()] or _bad(f"no numbers in {text!r}")
+
+
+def tau_list(text):
+    """Comma-separated thresholds, 'none' meaning no threshold: 'none,1,10,100'."""
+    return number_list(text, tau_value)
+
+
+def method_list(text):
+    """'all' or comma-separated method names."""
+    if text.strip() == "all":
+        return list(METHODS)
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in METHODS]
+    if unknown or not names:
+        _bad(f"unknown method {unknown[0] if unknown else text!r}; choose from all, {', '.join(METHODS)}")
+    return list(dict.fromkeys(names))  # in the order given, each once
+
+
+def target_value(text):
+    """'top1' (None: each image's prediction), a class index, or a class name."""
+    text = text.strip()
+    if text == "top1":
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def option_value(text):
+    """'METHOD.NAME=VALUE' -> (method, name, value), VALUE as a number, true/false/none, or text."""
+    key, sep, raw = text.partition("=")
+    method, dot, name = key.partition(".")
+    if not (sep and dot and name) or method not in METHODS:
+        _bad(f"expected METHOD.NAME=VALUE with a method from {', '.join(METHODS)}, got {text!r}")
+    words = {"true": True, "false": False, "none": None}
+    if raw.lower() in words:
+        return method, name, words[raw.lower()]
+    try:
+        return method, name, number(raw)
+    except argparse.ArgumentTypeError:
+        return method, name, raw
+
+
+def _bad(message):
+    """Reject an argument value (argparse turns this into a one-line usage error)."""
+    raise argparse.ArgumentTypeError(message)
+
+
+# --- shared options --------------------------------------------------------------------------
+
+def add_model(parser, default="vgg16"):
+    """--model: a known name (vgg16, vgg19, shapes) or a Keras file."""
+    parser.add_argument("--model", default=default, metavar="NAME|PATH",
+                        help=f"vgg16, vgg19, an embedded model (shapes) or a .h5/.keras file (default {default})")
+
+
+def add_target(parser):
+    """--target: which class to explain."""
+    parser.add_argument("--target", type=target_value, default=None, metavar="top1|INDEX|NAME",
+                        help="the class to explain: top1 (each image's prediction, the default), an index or a name")
+
+
+def add_fbi_options(parser):
+    """--k, --tau, --tau-mode."""
+    parser.add_argument("--k", type=number, default=None, help="FBI: maps kept at the top conv layer: a fraction "
+                        "in (0, 1] (0.5) or a count (3) (default: the model's, 0.5 for VGG)")
+    parser.add_argument("--tau", type=tau_value, default=None, help="FBI: forward-backward mask threshold, none "
+                        "for no mask (default: the model's, 10 for VGG)")
+    add_tau_mode(parser)
+
+
+def add_tau_mode(parser):
+    """--tau-mode absolute|relative."""
+    parser.add_argument("--tau-mode", choices=("absolute", "relative"), default=None,
+                        help="FBI: tau as a value, or as a fraction of each layer's largest product")
+
+
+def add_options(parser):
+    """--option METHOD.NAME=VALUE for any method option (docs/methods.md lists them)."""
+    parser.add_argument("--option", type=option_value, action="append", default=[], metavar="METHOD.NAME=VALUE",
+                        help="a method option, repeatable, e.g. integrated_gradients.steps=16 or fbi.unpool=switch")
+
+
+def method_options(args, methods):
+    """{method: {option: value}} from --k/--tau/--tau-mode (FBI) and --option."""
+    options = {m: {} for m in methods}
+    given = [(name, getattr(args, name, None)) for name in ("k", "tau", "tau_mode")]
+    fbi = [("fbi", name, value) for name, value in given if value is not None]
+    for method, name, value in fbi + list(getattr(args, "option", [])):
+        if method not in options:  # an option nobody would use: most likely a mistake
+            raise InputError(f"{method}.{name} given, but {method} is not among the methods ({', '.join(methods)})")
+        options[method][name] = value
+    return options
+
+
+# --- shared helpers --------------------------------------------------------------------------
+
+def say(args, *lines):
+    """Print unless --quiet (through tqdm, so an open progress bar is not broken)."""
+    if not args.quiet:
+        for line in lines:
+            tqdm.write(str(line))
+
+
+def bar(args, items, desc, unit):
+    """A progress bar on stderr (off with --quiet, and when stderr is not a terminal)."""
+    return tqdm(items, desc=desc, unit=unit, disable=True if args.quiet else None, leave=False)

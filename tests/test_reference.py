@@ -1,0 +1,238 @@
+"""Reference files: what they hold, that they are byte-identical run to run, and how `compare` reads them."""
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fbi_ref
+from fbi_ref.cli import main
+from fbi_ref.reference import build_reference, compare, format_comparison, load_npz, write_npz
+from fbi_ref.errors import InputError
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FEW = ("fbi", "guided_backprop", "gradcam")
+FAST_OPTIONS = ["--option", "integrated_gradients.steps=2", "--option", "smoothgrad.samples=2",
+                "--option", "occlusion.patch=8"]
+
+
+@pytest.fixture(scope="module")
+def model_path(keras_fixtures):
+    return keras_fixtures / "small_vgg_k3.keras"
+
+
+@pytest.fixture(scope="module")
+def model(model_path):
+    return fbi_ref.load_model(model_path)
+
+
+@pytest.fixture(scope="module")
+def keras_reference(keras_fixtures):
+    return np.load(keras_fixtures / "small_vgg_forward_reference.npz")
+
+
+@pytest.fixture(scope="module")
+def x(keras_reference):
+    return keras_reference["x"][:3]
+
+
+@pytest.fixture(scope="module")
+def arrays(model, model_path, x):
+    return build_reference(model, x, FEW, options={"fbi": {"tau": 0.0}}, model_file=model_path)
+
+
+@pytest.fixture
+def inputs_npy(tmp_path, x):
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    return path
+
+
+# --- what a reference file holds -------------------------------------------------------------
+
+def test_forward_keys_have_the_shapes_of_the_model_and_hold_keras_own_activations(arrays, model, x,
+                                                                                   keras_reference):
+    assert arrays["x"].shape == x.shape and arrays["x"].dtype == np.float32
+    for layer in model.layers:
+        act = arrays[f"act/{layer.name}"]
+        assert act.shape == (len(x), *model.output_shape(layer.name))
+        np.testing.assert_allclose(act, keras_reference[f"act/{layer.name}"][:3], rtol=1e-4, atol=1e-4)
+    assert arrays["logits"].shape == arrays["probs"].shape == (3, 10)
+    np.testing.assert_array_equal(arrays["target"], arrays["probs"].argmax(1))
+
+
+def test_every_method_has_an_attribution_of_the_input_shape(arrays, x):
+    assert [k for k in arrays if k.startswith("attr/")] == [f"attr/{m}" for m in FEW]
+    for method in FEW:
+        assert arrays[f"attr/{method}"].shape == x.shape
+
+
+def test_fbi_walk_goes_from_the_top_layer_down_to_the_input(arrays, model):
+    walk = [k for k in arrays if k.startswith("fbi/")]
+    assert walk[0] == f"fbi/backward/{model.layers[-1].name}" and walk[-1] == "fbi/backward/input"
+    assert "fbi/support/input" in walk
+    np.testing.assert_array_equal(arrays["fbi/backward/input"], arrays["attr/fbi"])
+    assert all(arrays[k].dtype == bool for k in walk if k.startswith("fbi/support/"))
+    # Keys run in the order of the computation: input, forward pass, logits, FBI's walk, attributions.
+    keys = list(arrays)
+    assert keys.index("x") < keys.index("act/block1_conv1") < keys.index("logits") < keys.index(walk[0])
+    assert keys.index(walk[-1]) < keys.index("attr/fbi")
+
+
+def test_meta_is_json_with_versions_options_and_conventions(arrays, model_path):
+    meta = json.loads(str(arrays["meta"]))
+    assert meta["fbi_ref_version"] == fbi_ref.__version__ and meta["numpy_version"] == np.__version__
+    assert meta["model"]["md5"] == fbi_ref.fetch.md5sum(model_path)
+    assert meta["methods"]["fbi"]["tau"] == 0.0 and meta["methods"]["fbi"]["k"] == 0.5
+    assert meta["methods"]["gradcam"] == {"layer": None}
+    assert [layer["name"] for layer in meta["layers"]] == [layer.name for layer in fbi_ref.load_model(model_path).layers]
+    assert {"padding", "pooling_tie_break", "flatten_order", "layout"} <= set(meta["conventions"])
+    assert meta["target"] == "top1" and meta["layout"] == "NHWC"
+
+
+def test_with_weights_stores_every_kernel_and_bias_in_keras_layout(model, x, keras_reference):
+    arrays = build_reference(model, x[:1], ["gradient"], with_weights=True)
+    np.testing.assert_array_equal(arrays["w/block1_conv1/kernel"], keras_reference["w/block1_conv1/kernel"])
+    np.testing.assert_array_equal(arrays["w/fc1/bias"], keras_reference["w/fc1/bias"])
+
+
+def test_options_for_a_method_that_is_not_run_are_refused(model, x):
+    with pytest.raises(InputError, match="occlusion"):
+        build_reference(model, x, ["fbi"], options={"occlusion": {"patch": 4}})
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def test_write_npz_is_byte_identical_and_np_load_reads_it_without_pickle(arrays, tmp_path):
+    a, b = write_npz(tmp_path / "a.npz", arrays), write_npz(tmp_path / "b.npz", arrays)
+    assert a.read_bytes() == b.read_bytes()
+    with np.load(a, allow_pickle=False) as data:
+        assert data.files == list(arrays)
+        np.testing.assert_array_equal(data["act/fc1"], arrays["act/fc1"])
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_load_npz_turns_bad_files_into_one_line_errors(tmp_path):
+    (tmp_path / "text.npz").write_text("not a zip")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    np.savez(tmp_path / "whole.npz", a=np.zeros(1000))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:300])
+    for path, message in [(tmp_path / "missing.npz", "no such file"), (tmp_path / "text.npz", "not a NumPy"),
+                          (tmp_path / "one.npy", "not an .npz"), (tmp_path, "folder"),
+                          (tmp_path / "cut.npz", "corrupt")]:
+        with pytest.raises(InputError, match=message) as error:
+            load_npz(path)
+        assert "\n" not in str(error.value)
+
+
+def test_reference_command_twice_writes_byte_identical_files_with_all_methods(model_path, inputs_npy, tmp_path,
+                                                                              capsys):
+    for name in ("one.npz", "two.npz"):
+        assert main(["reference", "--model", str(model_path), "--inputs", str(inputs_npy), "--out",
+                     str(tmp_path / name), "-q", *FAST_OPTIONS]) == 0
+    one, two = tmp_path / "one.npz", tmp_path / "two.npz"
+    assert one.read_bytes() == two.read_bytes()
+    arrays = load_npz(one)
+    assert [k for k in arrays if k.startswith("attr/")] == [f"attr/{m}" for m in fbi_ref.METHODS]
+    assert json.loads(str(arrays["meta"]))["methods"]["integrated_gradients"]["steps"] == 2
+    assert capsys.readouterr().out == ""  # -q
+
+
+def test_reference_command_from_images_with_a_json_summary(model_path, keras_fixtures, tmp_path, capsys):
+    images = [str(keras_fixtures / "image_fixture_50x37.png"), str(keras_fixtures / "image_fixture_300x240.png")]
+    out = tmp_path / "ref.npz"
+    assert main(["reference", "--model", str(model_path), "--images", *images, "--methods", "gradient,fbi",
+                 "--target", "3", "--tau", "none", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["arrays"]["x"]["shape"] == [2, 32, 32, 3] and summary["methods"] == ["gradient", "fbi"]
+    arrays = load_npz(out)
+    np.testing.assert_array_equal(arrays["target"], [3, 3])
+    np.testing.assert_array_equal(arrays["x"][0], fbi_ref.load_image(images[0], fbi_ref.load_model(model_path))[0])
+    assert json.loads(str(arrays["meta"]))["methods"]["fbi"]["tau"] == "-inf"
+
+
+# --- compare ---------------------------------------------------------------------------------
+
+def test_compare_of_a_file_with_itself_passes(arrays, tmp_path, capsys):
+    path = write_npz(tmp_path / "ref.npz", arrays)
+    assert main(["compare", str(path), str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("PASSED")
+
+
+def test_compare_fails_on_one_perturbed_array_and_names_it(arrays, tmp_path, capsys):
+    ref = write_npz(tmp_path / "ref.npz", arrays)
+    other = dict(arrays)
+    other["act/fc1"] = arrays["act/fc1"] + 1e-3
+    write_npz(tmp_path / "other.npz", other)
+    assert main(["compare", str(ref), str(tmp_path / "other.npz")]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"^act/fc1 .*FAIL", out, re.M)
+    assert out.splitlines()[-1].endswith("first divergence: act/fc1")
+    assert main(["compare", str(ref), str(tmp_path / "other.npz"), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["passed"] is False and record["failed"] == ["act/fc1"] and record["first_divergence"] == "act/fc1"
+
+
+def test_first_divergence_follows_the_computation_not_the_alphabet(arrays):
+    other = dict(arrays)
+    for key in ("attr/fbi", "fbi/backward/block2_pool", "fbi/backward/fc1", "act/fc2"):
+        other[key] = arrays[key] + 1.0
+    assert compare(arrays, other).first_divergence == "act/fc2"
+    del other["act/fc2"]
+    assert compare(arrays, other).first_divergence == "fbi/backward/fc1"  # top of the walk first
+
+
+def test_compare_nchw_layout_transposes_the_other_files_4d_arrays(arrays):
+    nchw = {k: v.transpose(0, 3, 1, 2) if v.ndim == 4 else v for k, v in arrays.items()}
+    result = compare(arrays, nchw)
+    assert not result.passed and "--layout nchw" in result.rows[0].note
+    assert compare(arrays, nchw, layout="nchw").passed
+
+
+def test_keys_in_only_one_file_are_listed_and_do_not_fail(arrays):
+    other = {k: v for k, v in arrays.items() if not k.startswith("act/")}
+    other["mine/extra"] = np.zeros(2)
+    result = compare(arrays, other)
+    assert result.passed
+    assert "act/fc1" in result.only_in_ref and result.only_in_other == ["mine/extra"]
+    assert "only in OTHER (1): mine/extra" in format_comparison(result)
+
+
+def test_tolerance_is_numpys_allclose_and_nan_fails():
+    ref = {"a": np.array([1.0, 0.0, -2.0])}
+    assert compare(ref, {"a": ref["a"] + np.array([1e-5, 1e-6, 0])}, rtol=1e-5, atol=1e-6).passed
+    row = compare(ref, {"a": ref["a"] + np.array([0, 2e-6, 0])}, rtol=1e-5, atol=1e-6).rows[0]
+    assert not row.passed and row.n_bad == 1 and row.max_abs == pytest.approx(2e-6)
+    assert not compare(ref, {"a": np.array([1.0, np.nan, -2.0])}).passed
+    assert not compare({"s": np.array([True, False])}, {"s": np.array([True, True])}).passed
+    assert not compare({}, {"a": np.zeros(1)}).passed  # nothing compared is not a pass
+
+
+# --- the worked example in docs/reference-format.md ------------------------------------------
+
+def doc_script():
+    """The PyTorch script of the worked example, as written in the documentation."""
+    text = (DOCS / "reference-format.md").read_text()
+    return re.search(r"```python\n(# torch_guided_backprop\.py.*?)```", text, re.S).group(1)
+
+
+@pytest.mark.torch
+def test_the_documented_pytorch_guided_backprop_check_works(model_path, keras_fixtures, tmp_path, capsys,
+                                                            monkeypatch):
+    pytest.importorskip("torch")
+    script = tmp_path / "torch_guided_backprop.py"
+    script.write_text(doc_script())
+    np.save(tmp_path / "x.npy", np.load(keras_fixtures / "small_vgg_forward_reference.npz")["x"])
+    ref = tmp_path / "ref.npz"
+    assert main(["reference", "--model", str(model_path), "--inputs", str(tmp_path / "x.npy"), "--methods",
+                 "guided_backprop", "--with-weights", "--out", str(ref), "-q"]) == 0
+    tolerances = ["--layout", "nchw", "--rtol", "1e-4", "--atol", "1e-5"]  # as in the documentation
+    for extra, expected in (([], 0), (["--flatten-chw"], 1)):
+        # Run as `python torch_guided_backprop.py ...` would, in this process (importing torch twice is slow).
+        monkeypatch.setattr(sys, "argv", [str(script), str(ref), str(tmp_path / "torch.npz"), *extra])
+        runpy.run_path(str(script), run_name="__main__")
+        assert main(["compare", str(ref), str(tmp_path / "torch.npz"), *tolerances]) == expected
+    assert capsys.readouterr().out.splitlines()[-1].endswith("first divergence: act/flatten")
