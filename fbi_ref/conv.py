@@ -34,7 +34,7 @@ def _winograd_applies(layer):
     fits = winograd.applies(layer.kernel.shape, layer.strides, layer.padding)
     if algorithm == "winograd" and not fits:
         raise InputError(f"layer {layer.name!r}: Winograd needs a 3x3 stride-1 'same' convolution")
-    return fits and algorithm != "im2col"
+    return fits and (algorithm == "winograd" or (algorithm == "auto" and winograd.worthwhile(layer.kernel.shape)))
 
 
 def transformed(layer):

@@ -92,6 +92,10 @@ class Model:
         """The output shape of a layer without the batch axis."""
         return self._shapes[name]
 
+    def architecture(self):
+        """The model's layers and input shape as an Architecture (sharing the weights)."""
+        return Architecture(list(self.layers), self.input_shape, self.name)
+
     def astype(self, dtype):
         """A copy of the model with weights of another dtype (float64 for exact tests)."""
         def cast(layer):

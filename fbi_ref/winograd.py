@@ -24,9 +24,19 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 
 
+# Below this many input and output channels the 16 small matmuls run far under BLAS's peak (OpenBLAS on
+# (T, 16) @ (16, 16): about 1 GFLOP/s), and im2col's one larger matmul is faster (docs/performance.md).
+MIN_CHANNELS = 64
+
+
 def applies(kernel_shape, strides, padding):
     """True when the Winograd path computes this convolution: 3x3 kernel, stride 1, 'same' padding."""
     return tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1) and padding == "same"
+
+
+def worthwhile(kernel_shape):
+    """True when the Winograd path is faster than im2col for this kernel (enough channels both ways)."""
+    return min(kernel_shape[2], kernel_shape[3]) >= MIN_CHANNELS
 
 
 def transform_kernel(kernel):

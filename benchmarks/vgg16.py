@@ -1,0 +1,167 @@
+"""Speed of FBI (and the other backprop methods) on VGG16 at 224x224, against PyTorch and the matmul floor.
+
+    python benchmarks/vgg16.py [--repeats 5] [--batch 1 8] [--profile] [--markdown out.md]
+
+Everything is measured in the same run, on the same machine, with the same threads, so read the ratios:
+- ours: one explanation, warm (kernels compiled): forward + walk back to the image, per image;
+- torch: PyTorch's forward + backward to the input of the same network (float32, default layout), per image;
+- floor: numpy's matmul on the GEMM shapes of a direct (im2col) forward + adjoint pass, per image;
+- peak RSS of a fresh process that loads the weights and explains one image.
+Random He-initialised weights: timing does not depend on the values.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import fbi_ref
+from fbi_ref.architectures import random_weights, vgg16
+from fbi_ref.model import Model
+from fbi_ref.network import Conv2D, Dense
+
+METHODS = ("fbi", "gradient", "deconvnet", "guided_backprop")
+
+
+def median_time(fn, repeats):
+    """Median wall time of fn() over repeats runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def gemm_shapes(model, batch):
+    """(M, K, N) of every matmul a direct forward + adjoint pass does (im2col for conv, plain for dense)."""
+    shapes, hw = [], model.input_shape[:2]
+    for layer in model.layers:
+        if isinstance(layer, Conv2D):
+            kh, kw, c, o = layer.kernel.shape
+            m = batch * hw[0] * hw[1]
+            shapes += [(m, kh * kw * c, o), (m, o, kh * kw * c)]
+        elif isinstance(layer, Dense):
+            shapes += [(batch, *layer.kernel.shape), (batch, layer.kernel.shape[1], layer.kernel.shape[0])]
+        elif hasattr(layer, "pool_size"):
+            hw = (hw[0] // 2, hw[1] // 2)
+    return shapes
+
+
+def matmul_floor(model, batch, repeats):
+    """Seconds numpy's matmul needs for the GEMMs of one forward + adjoint pass (sum of medians)."""
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for m, k, n in gemm_shapes(model, batch):
+        a, b = rng.standard_normal((m, k), dtype=np.float32), rng.standard_normal((k, n), dtype=np.float32)
+        out = np.empty((m, n), np.float32)
+        total += median_time(lambda: np.matmul(a, b, out=out), repeats)
+    return total
+
+
+def torch_time(batch, repeats):
+    """PyTorch forward + backward to the input of VGG16 (random weights), or None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    layers, c = [], 3
+    for convs, width in zip((2, 2, 3, 3, 3), (64, 128, 256, 512, 512)):
+        for _ in range(convs):
+            layers += [torch.nn.Conv2d(c, width, 3, padding=1), torch.nn.ReLU()]
+            c = width
+        layers.append(torch.nn.MaxPool2d(2))
+    layers += [torch.nn.Flatten(), torch.nn.Linear(25088, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 4096),
+               torch.nn.ReLU(), torch.nn.Linear(4096, 1000)]
+    net = torch.nn.Sequential(*layers).eval()
+    x = torch.randn(batch, 3, 224, 224)
+
+    def step():
+        xi = x.clone().requires_grad_(True)
+        net(xi)[:, 0].sum().backward()
+    return median_time(step, repeats)
+
+
+def peak_rss_mb(batch):
+    """Peak RSS (MB) of a fresh process that builds VGG16 and explains one batch with FBI."""
+    code = ("import numpy as np, fbi_ref, resource; from fbi_ref.architectures import random_weights, vgg16; "
+            "from fbi_ref.model import Model; m = Model(random_weights(vgg16(), 0)); "
+            f"x = np.random.default_rng(0).normal(0, 50, ({batch}, 224, 224, 3)).astype(np.float32); "
+            "fbi_ref.explain(m, x, 'fbi'); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def profile(model, x):
+    """Seconds per layer: forward, and FBI's backward step (wrapping each rule of the walk in a timer)."""
+    from fbi_ref import methods, model as model_module, traversal
+    rows = {}
+
+    def timed(fn, key):
+        def wrapper(*args):
+            start = time.perf_counter()
+            result = fn(*args)
+            rows[key] = rows.get(key, 0.0) + time.perf_counter() - start
+            return result
+        return wrapper
+    a = model.check_input(x)
+    for layer in model.layers:
+        start = time.perf_counter()
+        a = model_module.layer_forward(layer, a)[1]
+        rows[f"forward {type(layer).__name__}"] = rows.get(f"forward {type(layer).__name__}", 0.0) + time.perf_counter() - start
+    fp = model.forward(x)
+    start_fn, rules = methods.backprop_method(model, "fbi", {})
+    rules = traversal.Rules(relu=timed(rules.relu, "fbi relu rule"), linear=timed(rules.linear, "fbi conv/dense adjoint"),
+                            pool=timed(rules.pool, "fbi min-replicate unpool"), mask=timed(rules.mask, "fbi mask"),
+                            topk=timed(rules.topk, "fbi top-k"))
+    traversal.walk(model, fp, start_fn(fp.logits, fp.probs, fp.probs.argmax(1)), rules)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--profile", action="store_true", help="also print where FBI's time goes, by layer type")
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args()
+    model = Model(random_weights(vgg16(), 0))
+    lines = ["| batch | method | ours s/img | torch fwd+bwd s/img | matmul floor s/img | ours/torch | ours/floor |",
+             "|---|---|---|---|---|---|---|"]
+    results = {}
+    for batch in args.batch:
+        x = np.random.default_rng(0).normal(0, 50, (batch, 224, 224, 3)).astype(np.float32)
+        reps = max(2, args.repeats // batch) if batch > 1 else args.repeats
+        floor = matmul_floor(model, batch, reps) / batch
+        torch_s = torch_time(batch, reps)
+        torch_s = None if torch_s is None else torch_s / batch
+        for method in METHODS:
+            ours = median_time(lambda: fbi_ref.explain(model, x, method), reps) / batch
+            results[batch, method] = ours
+            ratio = "n/a" if torch_s is None else f"{ours / torch_s:.2f}"
+            lines.append(f"| {batch} | {method} | {ours:.3f} | {torch_s if torch_s is None else f'{torch_s:.3f}'} "
+                         f"| {floor:.3f} | {ratio} | {ours / floor:.2f} |")
+            print(lines[-1], flush=True)
+    rss = peak_rss_mb(1)
+    lines += ["", f"peak RSS of one FBI explanation (batch 1, fresh process, weights included): {rss:.0f} MB"]
+    if args.profile:
+        x = np.random.default_rng(0).normal(0, 50, (1, 224, 224, 3)).astype(np.float32)
+        profile(model, x)
+        rows = profile(model, x)
+        lines += ["", "| where FBI's time goes (batch 1) | ms |", "|---|---|"]
+        lines += [f"| {key} | {1e3 * value:.1f} |" for key, value in sorted(rows.items(), key=lambda kv: -kv[1])]
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The network as it is trained: batch normalisation before every ReLU, folded away afterwards.
+
+A 16-layer plain VGG trained from scratch sits at chance level (measured: still at chance after 500 Adam
+steps, its fully connected ReLUs dead); with batch normalisation before each ReLU it trains in minutes.
+At inference, batch normalisation is a per-channel affine map, so it folds exactly into the convolution or
+dense layer before it: kernel * s and beta - mean * s, with s = gamma / sqrt(var + eps). The exported
+model is a plain VGG (conv/dense + bias + ReLU), the architecture every method in fbi_ref explains.
+
+Parameters live in a flat dict {(layer name, "kernel" | "bias" | "gamma" | "beta"): array}; a layer with a
+ReLU has kernel, gamma and beta (no bias: the normalisation would remove it), the last layer kernel and bias.
+"""
+import dataclasses
+
+import numpy as np
+
+from . import layers as L
+from . import winograd
+from .network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+
+EPS = 1e-3  # Keras's BatchNormalization epsilon
+MOMENTUM = 0.99  # Keras's default for the moving statistics
+
+
+def normalised(layer):
+    """True for the layers trained with batch normalisation: conv and dense layers followed by a ReLU."""
+    return isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu"
+
+
+def init_params(arch):
+    """Parameters from an architecture with (random) weights: BN scale 1 and shift 0 before every ReLU."""
+    params, stats = {}, {}
+    for layer in arch.layers:
+        if not isinstance(layer, (Conv2D, Dense)):
+            continue
+        params[layer.name, "kernel"] = np.array(layer.kernel)
+        if normalised(layer):
+            o, dtype = layer.kernel.shape[-1], layer.kernel.dtype
+            params[layer.name, "gamma"], params[layer.name, "beta"] = np.ones(o, dtype), np.zeros(o, dtype)
+            stats[layer.name] = (np.zeros(o, dtype), np.ones(o, dtype))  # moving mean, variance
+        else:
+            params[layer.name, "bias"] = np.array(layer.bias)
+    return params, stats
+
+
+def _conv(layer, a, kernel, adjoint_to=None):
+    """The convolution of a (or, given the input size adjoint_to, its adjoint), without bias, with a kernel
+    that changes every step: the Winograd path where it applies and pays."""
+    fits = winograd.applies(kernel.shape, layer.strides, layer.padding) and winograd.worthwhile(kernel.shape)
+    if fits and a.dtype == kernel.dtype:
+        k = kernel if adjoint_to is None else winograd.adjoint_kernel(kernel)
+        return winograd.conv3x3(a, winograd.transform_kernel(k), None, L.scratch)
+    if adjoint_to is not None:
+        return L.conv2d_adjoint(a, kernel, adjoint_to, layer.strides, layer.padding)
+    return L.conv2d_forward(a, kernel, None, layer.strides, layer.padding)
+
+
+def _linear(layer, a, kernel):
+    """z = W a (no bias) of a conv or dense layer."""
+    return _conv(layer, a, kernel) if isinstance(layer, Conv2D) else a @ kernel
+
+
+def forward(arch, params, x):
+    """Training-mode forward on x (N, H, W, C), batch statistics. Returns (logits (N, K), tape for backward)."""
+    tape, a = [], x
+    for layer in arch.layers:
+        saved = None
+        if normalised(layer):
+            z = _linear(layer, a, params[layer.name, "kernel"])  # (N, H, W, O) or (N, O)
+            axes = tuple(range(z.ndim - 1))  # every axis but the channels
+            mean, var = z.mean(axis=axes), z.var(axis=axes)  # (O,)
+            std = np.sqrt(var + EPS)
+            zhat = (z - mean) / std
+            out = np.maximum(params[layer.name, "gamma"] * zhat + params[layer.name, "beta"], 0)
+            saved = (zhat, std, mean, var)
+        elif isinstance(layer, Dense):
+            out = L.dense_forward(a, params[layer.name, "kernel"], params[layer.name, "bias"])  # the logits
+        elif isinstance(layer, MaxPool2D):
+            out, saved = L.maxpool_forward(a, layer.pool_size, layer.strides, layer.padding)
+        elif isinstance(layer, Flatten):
+            out = L.flatten_forward(a)
+        else:
+            raise TypeError(f"{type(layer).__name__} is not trained here")
+        tape.append((layer, a, saved, out))
+        a = out
+    return a, tape
+
+
+def backward(params, tape, g):
+    """Gradients {key: array} of every parameter, from g = d loss / d logits (N, K)."""
+    grads = {}
+    for layer, a_in, saved, out in reversed(tape):
+        first = layer is tape[0][0]  # nobody needs the gradient w.r.t. the image
+        if normalised(layer):
+            zhat, std = saved[0], saved[1]
+            axes = tuple(range(zhat.ndim - 1))
+            g = g * (out > 0)  # through the ReLU
+            grads[layer.name, "gamma"], grads[layer.name, "beta"] = (g * zhat).sum(axis=axes), g.sum(axis=axes)
+            dzhat = g * params[layer.name, "gamma"]
+            # through the normalisation: the batch mean and variance depend on z too
+            dz = (dzhat - dzhat.mean(axis=axes) - zhat * (dzhat * zhat).mean(axis=axes)) / std
+            g = _linear_backward(layer, params, grads, a_in, dz, first)
+        elif isinstance(layer, Dense):
+            grads[layer.name, "bias"] = g.sum(axis=0)
+            g = _linear_backward(layer, params, grads, a_in, g, first)
+        elif isinstance(layer, Flatten):
+            g = L.flatten_adjoint(g, a_in.shape[1:])
+        elif isinstance(layer, MaxPool2D):
+            g = L.unpool_switch(g, saved, a_in.shape[1:3], layer.pool_size, layer.strides, layer.padding)
+    return grads
+
+
+def _linear_backward(layer, params, grads, a_in, dz, first):
+    """Store the kernel gradient of z = W a_in; return d loss / d a_in (None for the first layer)."""
+    kernel = params[layer.name, "kernel"]
+    if isinstance(layer, Dense):
+        grads[layer.name, "kernel"] = a_in.T @ dz
+        return None if first else dz @ kernel.T
+    grads[layer.name, "kernel"] = L.conv2d_kernel_adjoint(a_in, dz, kernel.shape, layer.strides, layer.padding)
+    return None if first else _conv(layer, dz, kernel, adjoint_to=a_in.shape[1:3])
+
+
+def update_statistics(stats, tape):
+    """Moving averages of each normalised layer's batch mean and variance (used when folding)."""
+    for layer, _, saved, _ in tape:
+        if normalised(layer):
+            mean, var = stats[layer.name]
+            stats[layer.name] = (MOMENTUM * mean + (1 - MOMENTUM) * saved[2], MOMENTUM * var + (1 - MOMENTUM) * saved[3])
+
+
+def fold(arch, params, stats):
+    """The plain VGG computing what the trained network computes at inference (BN folded into the layers)."""
+    layers = []
+    for layer in arch.layers:
+        if normalised(layer):
+            mean, var = stats[layer.name]
+            scale = params[layer.name, "gamma"] / np.sqrt(var + EPS)  # (O,)
+            kernel = params[layer.name, "kernel"] * scale  # scales each output channel
+            bias = params[layer.name, "beta"] - mean * scale
+            dtype = params[layer.name, "kernel"].dtype
+            layer = dataclasses.replace(layer, kernel=kernel.astype(dtype), bias=bias.astype(dtype))
+        elif isinstance(layer, Dense):
+            layer = dataclasses.replace(layer, kernel=params[layer.name, "kernel"].copy(),
+                                        bias=params[layer.name, "bias"].copy())
+        layers.append(layer)
+    return Architecture(layers, arch.input_shape, arch.name)
