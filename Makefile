@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lessons]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,3 +23,9 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+
+# The lessons (lessons/*.ipynb) in JupyterLab, installed into .venv on first use.
+.PHONY: lessons
+lessons: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lessons,jupyter]'
+	$(VENV)/bin/jupyter lab lessons/

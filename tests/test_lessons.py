@@ -1,0 +1,192 @@
+"""The lessons (lessons/NN_*.ipynb) run top to bottom, and the outputs stored in them are not stale.
+
+The notebooks are stored with their outputs, so that a reader on a code host sees the figures. The slow
+tests re-execute each one in a fresh kernel of this interpreter and fail on any error, or when a cell
+draws fewer figures than its stored output shows; the fast tests check the stored files themselves.
+
+Regenerate the stored outputs after changing a lesson (needs `pip install -e '.[lessons]'`):
+
+    python tests/test_lessons.py                       # every lesson
+    python tests/test_lessons.py 04_fbi_step_by_step   # some of them, by name
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"
+LESSONS = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.ipynb"))
+CELL_TIMEOUT = 600  # seconds for one cell before nbclient gives up
+# Each lesson is written to run in well under 2 minutes on 2 idle cores; the test allows twice that, so
+# that a busy machine does not fail it, while a lesson that grew much slower still does.
+TIME_LIMIT = 240
+INSTALL_HINT = "pip install -e '.[lessons]'"
+
+
+# --- reading stored notebooks (plain JSON: no Jupyter package needed) -------------------------
+
+def read(path):
+    """A notebook file as a dict."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def code_cells(nb):
+    """The code cells of a notebook (dict or NotebookNode), in order."""
+    return [cell for cell in nb["cells"] if cell["cell_type"] == "code"]
+
+
+def figure_counts(nb):
+    """{cell id or index: the number of image/png outputs} for every code cell."""
+    return {cell.get("id", str(i)): sum("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+            for i, cell in enumerate(nb["cells"]) if cell["cell_type"] == "code"}
+
+
+def markdown_text(nb):
+    """All markdown cells' text, joined."""
+    return "\n".join("".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+                     for cell in nb["cells"] if cell["cell_type"] == "markdown")
+
+
+# --- executing ---------------------------------------------------------------------------------
+
+def require_jupyter():
+    """Fail (never skip) with the install command when the packages that run notebooks are missing."""
+    missing = []
+    for module in ("nbformat", "nbclient", "ipykernel"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        pytest.fail(f"running the lessons needs {', '.join(missing)}, which {sys.executable} lacks: "
+                    f"{INSTALL_HINT}", pytrace=False)
+
+
+@contextlib.contextmanager
+def kernel_of_this_interpreter():
+    """A 'python3' kernel spec that runs sys.executable, found before any other (it is first on JUPYTER_PATH).
+
+    Without it a user-wide 'python3' kernel spec could run the lessons with another Python than the
+    one under test (and another fbi_ref).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        spec = Path(folder) / "kernels" / "python3"
+        spec.mkdir(parents=True)
+        (spec / "kernel.json").write_text(json.dumps({
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": "Python 3 (fbi_ref)", "language": "python"}))
+        old = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = folder + (os.pathsep + old if old else "")
+        try:
+            yield
+        finally:
+            if old is None:
+                del os.environ["JUPYTER_PATH"]
+            else:
+                os.environ["JUPYTER_PATH"] = old
+
+
+def execute(path):
+    """The notebook at `path` run top to bottom in a fresh kernel (working folder lessons/); (notebook, seconds).
+
+    Raises nbclient's CellExecutionError, with the failing cell's traceback, on the first error.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(str(path), as_version=4)
+    with kernel_of_this_interpreter():
+        client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(Path(path).parent)}})
+        started = time.perf_counter()
+        client.execute()
+    return nb, time.perf_counter() - started
+
+
+# --- the stored notebooks ----------------------------------------------------------------------
+
+def test_lessons_are_numbered_without_gaps():
+    numbers = [int(path.name[:2]) for path in LESSONS]
+    assert len(LESSONS) >= 8, f"expected at least 8 lessons in {LESSONS_DIR}, found {len(LESSONS)}"
+    assert numbers == list(range(1, len(LESSONS) + 1)), f"lesson numbers {numbers} are not 1, 2, 3, ..."
+
+
+def test_readme_lists_every_lesson():
+    readme = (LESSONS_DIR / "README.md").read_text(encoding="utf-8")
+    missing = [path.name for path in LESSONS if path.name not in readme]
+    assert not missing, f"lessons/README.md does not list {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_stored_notebook_was_run_top_to_bottom_without_errors(path):
+    nb = read(path)
+    cells = code_cells(nb)
+    counts = [cell.get("execution_count") for cell in cells]
+    assert counts == list(range(1, len(cells) + 1)), (
+        f"{path.name} was not stored fresh from one top-to-bottom run (execution counts {counts}); "
+        f"regenerate it with `python tests/test_lessons.py {path.stem}`")
+    for i, cell in enumerate(cells, start=1):
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"{path.name}, code cell {i}: stored error {out.get('ename')}"
+            assert not (out["output_type"] == "stream" and out.get("name") == "stderr"), (
+                f"{path.name}, code cell {i}: stored stderr output {''.join(out.get('text', ''))[:200]!r}")
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_stored_notebook_shows_figures_and_ends_with_summary_and_exercises(path):
+    nb = read(path)
+    assert sum(figure_counts(nb).values()) >= 1, f"{path.name} stores no figure"
+    text = markdown_text(nb)
+    assert re.search(r"^#+ Summary", text, re.M), f"{path.name} has no '## Summary' section"
+    exercises = text[text.find("Exercises"):] if "Exercises" in text else ""
+    assert re.search(r"^#+ Exercises", text, re.M), f"{path.name} has no '## Exercises' section"
+    assert len(re.findall(r"^\s*\d+\.", exercises, re.M)) >= 2, f"{path.name} has fewer than two numbered exercises"
+
+
+def test_every_lesson_imports_the_library():
+    for path in LESSONS:
+        code = "\n".join("".join(cell["source"]) for cell in code_cells(read(path)))
+        assert re.search(r"^\s*(import fbi_ref|from fbi_ref)", code, re.M), f"{path.name} does not import fbi_ref"
+
+
+# --- running them --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_lesson_runs_and_its_stored_figures_are_not_stale(path):
+    require_jupyter()
+    fresh, seconds = execute(path)
+    stored, now = figure_counts(read(path)), figure_counts(fresh)
+    fewer = {cell: (stored[cell], now.get(cell, 0)) for cell in stored if now.get(cell, 0) < stored[cell]}
+    assert not fewer, (f"{path.name}: re-executed cells draw fewer figures than the stored notebook shows "
+                       f"(cell id: (stored, now)) {fewer}; regenerate with `python tests/test_lessons.py {path.stem}`")
+    assert seconds < TIME_LIMIT, f"{path.name} took {seconds:.0f} s to run (limit {TIME_LIMIT} s)"
+
+
+# --- regenerating the stored outputs -------------------------------------------------------------
+
+def main(argv=None):
+    """Execute lessons (all, or those named) and store them with their outputs; print each one's run time."""
+    import nbformat
+    names = argv if argv is not None else sys.argv[1:]
+    paths = [p for p in LESSONS if not names or p.stem in names or p.name in names]
+    unknown = [n for n in names if not any(n in (p.stem, p.name) for p in LESSONS)]
+    if unknown:
+        print(f"unknown lesson {unknown[0]!r}; lessons: {', '.join(p.stem for p in LESSONS)}", file=sys.stderr)
+        return 2
+    for path in paths:
+        nb, seconds = execute(path)
+        nbformat.write(nb, str(path))
+        print(f"{path.name}: {seconds:.1f} s, {sum(figure_counts(nb).values())} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
