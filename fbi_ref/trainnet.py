@@ -1,7 +1,8 @@
 """The network as it is trained: batch normalisation before every ReLU, folded away afterwards.
 
-A 16-layer plain VGG trained from scratch sits at chance level (measured: still at chance after 500 Adam
-steps, its fully connected ReLUs dead); with batch normalisation before each ReLU it trains in minutes.
+A 16-layer plain VGG trained from scratch sat at chance level here (the loss stayed at log 6, a constant
+output, for 500 Adam steps; with batch normalisation after the convolutions only, still for 370 steps);
+with batch normalisation before every ReLU, dense ones included, it learns within a few hundred steps.
 At inference, batch normalisation is a per-channel affine map, so it folds exactly into the convolution or
 dense layer before it: kernel * s and beta - mean * s, with s = gamma / sqrt(var + eps). The exported
 model is a plain VGG (conv/dense + bias + ReLU), the architecture every method in fbi_ref explains.
