@@ -190,9 +190,9 @@ def run_evaluate(args):
     """Hand the rest of the command line to fbi_ref.evaluate (configure_parser, run)."""
     from .cli import OneLineParser
     try:
-        from . import evaluate
+        from . import evaluate_cli as evaluate
     except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.evaluate":
+        if e.name not in (f"{__package__}.evaluate", f"{__package__}.evaluate_cli"):
             raise  # a missing dependency of evaluate.py itself: not ours to hide
         raise InputError("the evaluation module (fbi_ref/evaluate.py) is not part of this installation yet") from None
     parser = OneLineParser(prog="fbi-ref evaluate", description=evaluate.__doc__,

@@ -28,13 +28,14 @@ def use(algorithm):
         _state["algorithm"] = before
 
 
-def _winograd_applies(layer):
-    """True when the Winograd path is chosen for this layer."""
+def _winograd_chosen(kernel, strides, padding, name, dtype):
+    """True when the Winograd path computes this convolution (InputError if forced where it cannot)."""
     algorithm = _state["algorithm"]
-    fits = winograd.applies(layer.kernel.shape, layer.strides, layer.padding)
+    fits = winograd.applies(kernel.shape, strides, padding)
     if algorithm == "winograd" and not fits:
-        raise InputError(f"layer {layer.name!r}: Winograd needs a 3x3 stride-1 'same' convolution")
-    return fits and (algorithm == "winograd" or (algorithm == "auto" and winograd.worthwhile(layer.kernel.shape)))
+        raise InputError(f"layer {name!r}: Winograd needs a 3x3 stride-1 'same' convolution")
+    wanted = algorithm == "winograd" or (algorithm == "auto" and winograd.worthwhile(kernel.shape))
+    return fits and wanted and dtype == kernel.dtype
 
 
 def transformed(layer):
@@ -51,15 +52,28 @@ def transformed(layer):
     return cached[1], cached[2]
 
 
+def convolve(x, kernel, bias, strides, padding, name="conv", u=None):
+    """x (N, H, W, C) -> (N, Ho, Wo, O): conv plus bias (None: no bias). u: the Winograd kernel, if known."""
+    if _winograd_chosen(kernel, strides, padding, name, x.dtype):
+        return winograd.conv3x3(x, winograd.transform_kernel(kernel) if u is None else u, bias, L.scratch)
+    return L.conv2d_forward(x, kernel, bias, strides, padding)
+
+
+def convolve_adjoint(g, kernel, input_hw, strides, padding, name="conv", u=None):
+    """g (N, Ho, Wo, O) -> (N, H, W, C): the transposed conv. u: the adjoint's Winograd kernel, if known."""
+    if _winograd_chosen(kernel, strides, padding, name, g.dtype):
+        u = winograd.transform_kernel(winograd.adjoint_kernel(kernel)) if u is None else u
+        return winograd.conv3x3(g, u, None, L.scratch)
+    return L.conv2d_adjoint(g, kernel, input_hw, strides, padding)
+
+
 def forward(layer, x):
-    """x (N, H, W, C) -> z (N, Ho, Wo, O): the layer's convolution plus bias."""
-    if _winograd_applies(layer) and x.dtype == layer.kernel.dtype:
-        return winograd.conv3x3(x, transformed(layer)[0], layer.bias, L.scratch)
-    return L.conv2d_forward(x, layer.kernel, layer.bias, layer.strides, layer.padding)
+    """x (N, H, W, C) -> z (N, Ho, Wo, O): the layer's convolution plus bias (Winograd kernels cached)."""
+    u = transformed(layer)[0] if _winograd_chosen(layer.kernel, layer.strides, layer.padding, layer.name, x.dtype) else None
+    return convolve(x, layer.kernel, layer.bias, layer.strides, layer.padding, layer.name, u)
 
 
 def adjoint(layer, g, input_hw):
     """g (N, Ho, Wo, O) -> (N, H, W, C): the transpose of the layer's convolution (no bias)."""
-    if _winograd_applies(layer) and g.dtype == layer.kernel.dtype:
-        return winograd.conv3x3(g, transformed(layer)[1], None, L.scratch)
-    return L.conv2d_adjoint(g, layer.kernel, input_hw, layer.strides, layer.padding)
+    u = transformed(layer)[1] if _winograd_chosen(layer.kernel, layer.strides, layer.padding, layer.name, g.dtype) else None
+    return convolve_adjoint(g, layer.kernel, input_hw, layer.strides, layer.padding, layer.name, u)

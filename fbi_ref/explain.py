@@ -103,8 +103,7 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     tgt = resolve_target(model, target, fp.probs)
     backward = support = None
     if method in BACKPROP_METHODS:
-        start, rules = backprop_method(model, method, options)
-        used = _options_used(model, method, options)
+        start, rules, used = backprop_method(model, method, options)
         result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers)
         attr, backward, support = result.signal, result.backward, result.support
         if method == "gradient_x_input":
@@ -116,16 +115,6 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     probability = fp.probs[np.arange(len(tgt)), tgt]
     return Explanation(method, attr, heatmap(attr, HEATMAP_REDUCTION[method]), tgt, probability, fp.logits,
                        used, backward, support)
-
-
-def _options_used(model, method, options):
-    """The options of a backprop method with its defaults filled in."""
-    from .methods import FBI_DEFAULTS
-    if method == "fbi":
-        return {**FBI_DEFAULTS, **getattr(model, "fbi_defaults", {}), **options}
-    defaults = {"gradient": {"output": "logit"}, "gradient_x_input": {"output": "logit"},
-                "lrp_epsilon": {"epsilon": 1e-6}}.get(method, {})
-    return {**defaults, **options}
 
 
 def _other_method(model, fp, tgt, method, options, progress):

@@ -64,7 +64,7 @@ def lrp_zplus_bounds(model):
 
 
 def backprop_method(model, method, options):
-    """(start signal, Rules) of a single-traversal method with its options; InputError on unknown ones."""
+    """(start signal, Rules, every option used) of a single-traversal method; InputError on unknown options."""
     def take(**defaults):
         unknown = set(options) - set(defaults)
         if unknown:
@@ -74,21 +74,19 @@ def backprop_method(model, method, options):
 
     if method in ("gradient", "gradient_x_input"):
         o = take(output="logit")
-        return choose("output", o["output"], GRADIENT_STARTS), GRADIENT
+        return choose("output", o["output"], GRADIENT_STARTS), GRADIENT, o
     if method == "deconvnet":
-        take()
-        return R.start_onehot, DECONVNET
+        return R.start_onehot, DECONVNET, take()
     if method == "guided_backprop":
-        take()
-        return R.start_onehot, GUIDED_BACKPROP
+        return R.start_onehot, GUIDED_BACKPROP, take()
     if method == "lrp_epsilon":
         o = take(epsilon=1e-6)
         return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_epsilon(o["epsilon"]),
-                                        pool=R.pool_switch)
+                                        pool=R.pool_switch), o
     if method == "lrp_zplus":
-        take()
         return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_zplus(*lrp_zplus_bounds(model)),
-                                        pool=R.pool_switch)
+                                        pool=R.pool_switch), take()
     if method == "fbi":
-        return fbi(**take(**{**FBI_DEFAULTS, **getattr(model, "fbi_defaults", {})}))
+        o = take(**{**FBI_DEFAULTS, **getattr(model, "fbi_defaults", {})})
+        return (*fbi(**o), o)
     raise KeyError(method)

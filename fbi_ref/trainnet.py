@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
+from . import conv
 from . import layers as L
-from . import winograd
 from .network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
 
 EPS = 1e-3  # Keras's BatchNormalization epsilon
@@ -43,21 +43,11 @@ def init_params(arch):
     return params, stats
 
 
-def _conv(layer, a, kernel, adjoint_to=None):
-    """The convolution of a (or, given the input size adjoint_to, its adjoint), without bias, with a kernel
-    that changes every step: the Winograd path where it applies and pays."""
-    fits = winograd.applies(kernel.shape, layer.strides, layer.padding) and winograd.worthwhile(kernel.shape)
-    if fits and a.dtype == kernel.dtype:
-        k = kernel if adjoint_to is None else winograd.adjoint_kernel(kernel)
-        return winograd.conv3x3(a, winograd.transform_kernel(k), None, L.scratch)
-    if adjoint_to is not None:
-        return L.conv2d_adjoint(a, kernel, adjoint_to, layer.strides, layer.padding)
-    return L.conv2d_forward(a, kernel, None, layer.strides, layer.padding)
-
-
 def _linear(layer, a, kernel):
     """z = W a (no bias) of a conv or dense layer."""
-    return _conv(layer, a, kernel) if isinstance(layer, Conv2D) else a @ kernel
+    if isinstance(layer, Conv2D):
+        return conv.convolve(a, kernel, None, layer.strides, layer.padding, layer.name)
+    return a @ kernel
 
 
 def forward(arch, params, x):
@@ -117,7 +107,7 @@ def _linear_backward(layer, params, grads, a_in, dz, first):
         grads[layer.name, "kernel"] = a_in.T @ dz
         return None if first else dz @ kernel.T
     grads[layer.name, "kernel"] = L.conv2d_kernel_adjoint(a_in, dz, kernel.shape, layer.strides, layer.padding)
-    return None if first else _conv(layer, dz, kernel, adjoint_to=a_in.shape[1:3])
+    return None if first else conv.convolve_adjoint(dz, kernel, a_in.shape[1:3], layer.strides, layer.padding, layer.name)
 
 
 def update_statistics(stats, tape):

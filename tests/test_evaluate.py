@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fbi_ref import evaluate as E
+from fbi_ref import evaluate_cli as C
 from fbi_ref.network import Conv2D, Dense
 from fbi_ref.zoo import embedded_models
 
@@ -18,14 +19,14 @@ TINY = ["--model", MODEL, "--n-test", "6", "--n-pairs", "3", "--n-curves", "3", 
 
 def parse(argv):
     """Arguments as `fbi-ref evaluate` parses them."""
-    return E.configure_parser(argparse.ArgumentParser()).parse_args(argv)
+    return C.configure_parser(argparse.ArgumentParser()).parse_args(argv)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """One tiny benchmark run of FBI and the gradient: (exit code, output folder)."""
     out = tmp_path_factory.mktemp("evaluate")
-    code = E.run(parse(TINY + ["--methods", "fbi,gradient", "--out", str(out)]))
+    code = C.run(parse(TINY + ["--methods", "fbi,gradient", "--out", str(out)]))
     return code, out
 
 
@@ -79,15 +80,15 @@ def test_fbi_score_is_the_mean_of_the_four_criteria():
 
 @pytest.mark.slow
 def test_sweep_only_prints_the_chosen_defaults(tmp_path, capsys):
-    assert E.run(parse(TINY + ["--sweep-only", "--sweep-k", "1", "--sweep-tau", "0", "--out", str(tmp_path)])) == 0
+    assert C.run(parse(TINY + ["--sweep-only", "--sweep-k", "1", "--sweep-tau", "0", "--out", str(tmp_path)])) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == {"fbi_defaults": {"k": 1.0, "tau": 0.0, "tau_mode": "relative"}}
     assert (tmp_path / "sweep.md").exists() and (tmp_path / "sweep.json").exists()
 
 
 def test_unknown_methods_and_models_are_refused(tmp_path, capsys):
-    assert E.run(parse(TINY + ["--methods", "fbi,nope", "--out", str(tmp_path)])) == 2
-    assert E.run(parse(TINY + ["--model", str(tmp_path / "missing.h5"), "--out", str(tmp_path)])) == 1
+    assert C.run(parse(TINY + ["--methods", "fbi,nope", "--out", str(tmp_path)])) == 2
+    assert C.run(parse(TINY + ["--model", str(tmp_path / "missing.h5"), "--out", str(tmp_path)])) == 1
     assert "nope" in capsys.readouterr().err
 
 
