@@ -2,7 +2,7 @@
 
     python -m fbi_ref.train --seed 0 --out weights/      # reproduces the embedded Shapes model
 
-The network is trained with batch normalisation after every convolution (`trainnet`), which is then folded
+The network is trained with batch normalisation before every ReLU (`trainnet`), which is then folded
 into the convolutions: the model that ships is a plain VGG16-shaped network.
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def training_data(n, seed):
     return np.concatenate([single.images, clutter.images]), np.concatenate([single.labels, clutter.labels])
 
 
-def train(seed=0, n_train=16000, epochs=5, batch_size=64, lr=2e-3, progress=True):
+def train(seed=0, n_train=24000, epochs=6, batch_size=64, lr=2e-3, progress=True):
     """Train the Shapes model from He initialisation (with batch normalisation, folded at the end).
 
     Returns (model, history dict).
@@ -145,8 +145,8 @@ def main(argv=None):
     from .shapes import CLASSES, generate
     parser = argparse.ArgumentParser(prog="python -m fbi_ref.train", description=main.__doc__)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-train", type=int, default=16000)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--n-train", type=int, default=24000)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("weights"))
     args = parser.parse_args(argv)
     started = time.time()
@@ -164,7 +164,7 @@ def main(argv=None):
         "preprocessing": "caffe (RGB->BGR, minus [103.939, 116.779, 123.68])",
         "training": {"seed": args.seed, "n_train": args.n_train, "epochs": args.epochs, "batch_size": 64,
                      "optimizer": "Adam lr 2e-3, cosine decay", "init": "He normal",
-                     "normalisation": "batch norm after every conv while training, folded into the convs", "minutes": round(minutes, 1),
+                     "normalisation": "batch norm before every ReLU (convs and fc1, fc2) while training, folded into those layers", "minutes": round(minutes, 1),
                      "data": "fbi_ref.shapes.generate(n - n//2, seed, 'single') + generate(n//2, seed, 'distractor')"},
         "held_out_accuracy": {k: round(v, 4) for k, v in report.items()},
         "held_out_seed": 10_000 + args.seed,

@@ -12,10 +12,12 @@ ReLU has kernel, gamma and beta (no bias: the normalisation would remove it), th
 """
 import dataclasses
 
+import numba
 import numpy as np
 
 from . import conv
 from . import layers as L
+from .kernels import _jit
 from .network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
 
 EPS = 1e-3  # Keras's BatchNormalization epsilon
@@ -50,6 +52,57 @@ def _linear(layer, a, kernel):
     return a @ kernel
 
 
+def _column_dots(a, b):
+    """(M, O), (M, O) -> (O,) float64: sum over rows of a * b, by row blocks so that prange has no races."""
+    m, o = a.shape
+    blocks = min(m, 64)
+    partial = np.zeros((blocks, o))  # (blocks, O)
+    for k in numba.prange(blocks):
+        for r in range(k * m // blocks, (k + 1) * m // blocks):
+            for j in range(o):
+                partial[k, j] += a[r, j] * b[r, j]
+    return partial.sum(axis=0)
+
+
+column_dots = _jit(_column_dots)
+
+
+def _bn_relu_forward(z, gamma, beta, zhat, out):
+    """z (M, O) -> zhat = (z - mean) / std and out = relu(gamma * zhat + beta), in place; returns (mean, var)."""
+    m, o = z.shape
+    ones = np.ones_like(z)  # (M, O)
+    mean = column_dots(z, ones) / m  # (O,)
+    for r in numba.prange(m):
+        for j in range(o):
+            zhat[r, j] = z[r, j] - mean[j]
+    var = column_dots(zhat, zhat) / m  # (O,)
+    std = np.sqrt(var + EPS)  # (O,)
+    for r in numba.prange(m):
+        for j in range(o):
+            zhat[r, j] /= std[j]
+            out[r, j] = max(gamma[j] * zhat[r, j] + beta[j], 0.0)
+    return mean, var
+
+
+def _bn_relu_backward(g, zhat, out, std, gamma, dz):
+    """d loss/d out (M, O) -> d loss/d z (M, O) in place, through the ReLU and batch norm; returns (dgamma, dbeta)."""
+    m, o = g.shape
+    for r in numba.prange(m):
+        for j in range(o):
+            dz[r, j] = g[r, j] if out[r, j] > 0 else 0.0  # through the ReLU
+    dbeta = column_dots(dz, np.ones_like(dz))  # (O,)
+    dgamma = column_dots(dz, zhat)  # (O,)
+    for r in numba.prange(m):
+        for j in range(o):
+            # the batch mean and variance depend on z too: remove their share of the gradient
+            dz[r, j] = gamma[j] / std[j] * (dz[r, j] - (dbeta[j] + zhat[r, j] * dgamma[j]) / m)
+    return dgamma, dbeta
+
+
+bn_relu_forward = _jit(_bn_relu_forward)
+bn_relu_backward = _jit(_bn_relu_backward)
+
+
 def forward(arch, params, x):
     """Training-mode forward on x (N, H, W, C), batch statistics. Returns (logits (N, K), tape for backward)."""
     tape, a = [], x
@@ -57,12 +110,10 @@ def forward(arch, params, x):
         saved = None
         if normalised(layer):
             z = _linear(layer, a, params[layer.name, "kernel"])  # (N, H, W, O) or (N, O)
-            axes = tuple(range(z.ndim - 1))  # every axis but the channels
-            mean, var = z.mean(axis=axes), z.var(axis=axes)  # (O,)
-            std = np.sqrt(var + EPS)
-            zhat = (z - mean) / std
-            out = np.maximum(params[layer.name, "gamma"] * zhat + params[layer.name, "beta"], 0)
-            saved = (zhat, std, mean, var)
+            zhat, out = np.empty_like(z), np.empty_like(z)  # (N, H, W, O) or (N, O)
+            mean, var = bn_relu_forward(_rows(z), params[layer.name, "gamma"], params[layer.name, "beta"],
+                                        _rows(zhat), _rows(out))  # (O,), (O,) float64
+            saved = (zhat, np.sqrt(var + EPS).astype(z.dtype), mean, var)
         elif isinstance(layer, Dense):
             out = L.dense_forward(a, params[layer.name, "kernel"], params[layer.name, "bias"])  # the logits
         elif isinstance(layer, MaxPool2D):
@@ -83,12 +134,10 @@ def backward(params, tape, g):
         first = layer is tape[0][0]  # nobody needs the gradient w.r.t. the image
         if normalised(layer):
             zhat, std = saved[0], saved[1]
-            axes = tuple(range(zhat.ndim - 1))
-            g = g * (out > 0)  # through the ReLU
-            grads[layer.name, "gamma"], grads[layer.name, "beta"] = (g * zhat).sum(axis=axes), g.sum(axis=axes)
-            dzhat = g * params[layer.name, "gamma"]
-            # through the normalisation: the batch mean and variance depend on z too
-            dz = (dzhat - dzhat.mean(axis=axes) - zhat * (dzhat * zhat).mean(axis=axes)) / std
+            dz = np.empty_like(zhat)  # (N, H, W, O) or (N, O)
+            gamma = params[layer.name, "gamma"]
+            dgamma, dbeta = bn_relu_backward(_rows(np.ascontiguousarray(g)), _rows(zhat), _rows(out), std, gamma, _rows(dz))
+            grads[layer.name, "gamma"], grads[layer.name, "beta"] = dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
             g = _linear_backward(layer, params, grads, a_in, dz, first)
         elif isinstance(layer, Dense):
             grads[layer.name, "bias"] = g.sum(axis=0)
@@ -98,6 +147,11 @@ def backward(params, tape, g):
         elif isinstance(layer, MaxPool2D):
             g = L.unpool_switch(g, saved, a_in.shape[1:3], layer.pool_size, layer.strides, layer.padding)
     return grads
+
+
+def _rows(a):
+    """(..., O) contiguous -> (M, O) view: one row per position and image."""
+    return a.reshape(-1, a.shape[-1])
 
 
 def _linear_backward(layer, params, grads, a_in, dz, first):

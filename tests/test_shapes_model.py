@@ -26,8 +26,6 @@ def test_the_embedded_model_matches_its_manifest(model):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 4 stays open: the committed model scores 96.8 % on this fresh "
-                   "sample (97.35 % on the manifest's held-out seed); it needs a longer training run")
 def test_held_out_accuracy_on_single_objects_is_at_least_97_percent(model):
     fresh = generate(600, seed=31_337, kind="single")  # a seed used neither in training nor in the manifest
     assert accuracy(model, fresh.images, fresh.labels) >= 0.97

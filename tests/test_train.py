@@ -51,3 +51,31 @@ def test_adam_steps_lower_the_loss_on_a_fixed_batch():
     for _ in range(30):
         adam.step(params, loss_and_gradients(arch, params, x, labels)[2])
     assert loss_and_gradients(arch, params, x, labels)[0] < 0.5 * first
+
+
+def bn_case(seed, m=37, o=5):
+    rng = np.random.default_rng(seed)
+    z, g = rng.standard_normal((m, o)) * 3 + 1, rng.standard_normal((m, o))
+    gamma, beta = rng.standard_normal(o), rng.standard_normal(o)
+    return z, g, gamma, beta
+
+
+def test_batch_norm_kernels_plain_equal_jitted_equal_the_numpy_formulas():
+    z, g, gamma, beta = bn_case(40)
+    mean, var = z.mean(axis=0), z.var(axis=0)
+    zhat = (z - mean) / np.sqrt(var + trainnet.EPS)
+    out = np.maximum(gamma * zhat + beta, 0)
+    gm = g * (out > 0)  # the textbook batch-norm backward, written out with numpy
+    dz = gamma / np.sqrt(var + trainnet.EPS) * (gm - gm.mean(axis=0) - zhat * (gm * zhat).mean(axis=0))
+    for fwd, bwd in ((trainnet._bn_relu_forward, trainnet._bn_relu_backward),
+                     (trainnet.bn_relu_forward, trainnet.bn_relu_backward)):
+        got_zhat, got_out, got_dz = np.empty_like(z), np.empty_like(z), np.empty_like(z)
+        got_mean, got_var = fwd(z, gamma, beta, got_zhat, got_out)
+        np.testing.assert_allclose(got_mean, mean, rtol=1e-12)
+        np.testing.assert_allclose(got_var, var, rtol=1e-12)
+        np.testing.assert_allclose(got_zhat, zhat, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got_out, out, rtol=1e-12, atol=1e-12)
+        dgamma, dbeta = bwd(g, got_zhat, got_out, np.sqrt(got_var + trainnet.EPS), gamma, got_dz)
+        np.testing.assert_allclose(dbeta, gm.sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(dgamma, (gm * zhat).sum(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(got_dz, dz, rtol=1e-10, atol=1e-12)
