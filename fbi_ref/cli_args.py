@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
+import time
 
 from tqdm.auto import tqdm
 
 from .errors import InputError
 from .explain import METHODS
+
+IMPORTED = time.time()
 
 
 # --- argument types --------------------------------------------------------------------------
@@ -141,6 +146,24 @@ def say(args, *lines):
     if not args.quiet:
         for line in lines:
             tqdm.write(str(line))
+
+
+def announce_compiling(args):
+    """On the first run ever (numba's cache empty), say on stderr that the kernels compile once."""
+    from . import kernels
+    if not args.quiet and not kernels.cached_on_disk():
+        print("fbi-ref: compiling the numba kernels, once (about half a minute); later runs load them from the "
+              "cache", file=sys.stderr, flush=True)
+
+
+def process_age():
+    """Seconds since this process started (Linux: from /proc; elsewhere since fbi_ref was imported)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: start, in clock ticks after boot
+            return float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time() - IMPORTED
 
 
 def bar(args, items, desc, unit):

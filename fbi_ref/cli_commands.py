@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from .cli_args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, bar, method_list,
-                       method_options, number_list, positive_int, say, tau_list)
+from .cli_args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, announce_compiling, bar,
+                       method_list, method_options, number_list, positive_int, process_age, say, tau_list)
 from .errors import InputError, ModelFileError
 from .explain import explain
 from .images import preprocess_caffe, preprocess_image
@@ -85,6 +86,7 @@ def run_demo(args):
         raise InputError(f"the demo draws square Shapes images; {model.name} expects {height}x{width}")
     batch = generate(args.n, seed=args.seed, size=height)  # image i shows class i % 6
     x = preprocess_caffe(batch.images.astype(np.float32))  # (N, H, W, 3)
+    announce_compiling(args)
     explanations = {m: explain(model, x, m) for m in bar(args, DEMO_METHODS, "methods", "method")}
     labels = [f"true: {CLASSES[label]}" for label in batch.labels]
     title = f"fbi-ref demo: {model.name} on {args.n} Shapes images (seed {args.seed})"
@@ -96,15 +98,20 @@ def run_demo(args):
 
 def run_explain(args):
     """One Table-1 style figure per image (and with --save-npz the arrays)."""
-    from .figures import explanation_figure, prediction_text
     files = image_files(args.images)
     model = load_model(args.model)
     options = method_options(args, args.method)
     out = output_folder(args.out)
     stems = set()
+    announce_compiling(args)
     for path in bar(args, files, "explaining", "image"):
         x = preprocess_image(path, model.input_shape)  # (1, H, W, 3), as fbi_ref.load_image
+        started = process_age()
         e = {m: explain(model, x, m, target=args.target, **options[m]) for m in args.method}
+        if args.timings:
+            print(f"fbi-ref: {path.name}: explaining started {started:.2f} s after the process started and took "
+                  f"{process_age() - started:.2f} s", file=sys.stderr)
+        from .figures import explanation_figure, prediction_text  # after explaining: matplotlib takes a while
         stem = _unique(path.stem, stems)
         png = save_figure(args, explanation_figure(x, e, model.class_names, name=path.name),
                           out / f"{stem}_explain.png", announce=False)
@@ -144,6 +151,7 @@ def run_layers(args):
     out = figure_path(args.out)
     model = load_model(args.model)
     x = preprocess_image(args.image, model.input_shape)
+    announce_compiling(args)
     e = explain(model, x, "fbi", target=args.target, record_layers=True, **method_options(args, ["fbi"])["fbi"])
     save_figure(args, layer_gallery(x, e, args.maps, class_names=model.class_names), out)
     return 0
@@ -161,6 +169,7 @@ def run_sweep(args):
     taus = args.tau or ([0.0, 0.01, 0.1, 0.5] if mode == "relative" else [-math.inf, 1.0, 10.0, 100.0])
     cells = [(k, tau) for k in args.k for tau in taus]
     results, first = {}, None
+    announce_compiling(args)
     for k, tau in bar(args, cells, "sweep", "cell"):
         e = explain(model, x, "fbi", target=args.target, k=k, tau=tau, tau_mode=mode)
         results[(k, tau)], first = e.attribution[0], first or e
@@ -195,6 +204,8 @@ def register(sub, command_parser):
     add_options(p)
     p.add_argument("--out", default="explanations", metavar="DIR", help="output folder (default explanations/)")
     p.add_argument("--save-npz", action="store_true", help="also write the arrays: NAME_explain.npz")
+    p.add_argument("--timings", action="store_true",
+                   help="say on stderr when each explanation started (seconds after process start) and its time")
     p.set_defaults(run=run_explain)
 
     p = command_parser(sub, "layers", "FBI's walk as pictures: support and backward maps at every layer",

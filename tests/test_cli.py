@@ -124,6 +124,28 @@ def test_explain_names_outputs_apart_when_two_images_share_a_name(capsys, model_
     assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_2_explain.png", "a_explain.png"]
 
 
+def test_explain_timings_say_when_explaining_started_after_the_process_start(model_path, images, tmp_path):
+    result = run("explain", images / "a.png", "--model", model_path, "--method", "fbi", "--out", tmp_path,
+                 "--timings", "-q")
+    assert result.returncode == 0 and result.stdout == ""
+    words = result.stderr.split("a.png: explaining started ")[1].split()
+    started, took = float(words[0]), float(words[words.index("took") + 1])
+    assert 0 < started < 60 and 0 < took < 60  # seconds since this subprocess started, not since the epoch
+
+
+def test_the_first_run_with_an_empty_numba_cache_says_that_it_compiles(tmp_path):
+    code = ("import argparse; from fbi_ref import kernels, winograd; from fbi_ref.cli_args import announce_compiling; "
+            "print(kernels.cached_on_disk(), len(kernels.COMPILED)); announce_compiling(argparse.Namespace(quiet=False))")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty")}
+    empty = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert empty.stdout.split() == ["False", "7"]  # 5 pooling/patch kernels + 2 Winograd transforms
+    assert "compiling the numba kernels, once" in empty.stderr
+    for method in ("fbi", "gradient"):  # between them they call every kernel, which fills the cache
+        fbi_ref.explain(fbi_ref.load_model("shapes"), np.zeros((1, 64, 64, 3), np.float32), method)
+    warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert warm.stdout.split() == ["True", "7"] and warm.stderr == ""
+
+
 def test_layers_draws_a_row_per_position_of_the_walk(capsys, model_path, images, tmp_path):
     out = tmp_path / "layers.png"
     code, stdout, _ = call(capsys, "layers", images / "a.png", "--model", model_path, "--tau", "none", "--maps", "3",
