@@ -6,7 +6,8 @@ Everything is measured in the same run, on the same machine, with the same threa
 - ours: one explanation, warm (kernels compiled): forward + walk back to the image, per image;
 - torch: PyTorch's forward + backward to the input of the same network (float32, default layout), per image;
 - floor: numpy's matmul on the GEMM shapes of a direct (im2col) forward + adjoint pass, per image;
-- peak RSS of a fresh process that loads the weights and explains one image.
+- peak RSS of a fresh process that loads the weights (HDF5) and explains one image;
+- cold start: when a fresh `fbi-ref explain` process starts explaining, and its first explanation.
 Random He-initialised weights: timing does not depend on the values.
 """
 import argparse
@@ -86,28 +87,33 @@ def torch_time(batch, repeats):
     return median_time(step, repeats)
 
 
-def peak_rss_mb(batch):
-    """Peak RSS (MB) of a fresh process that builds VGG16 and explains one batch with FBI."""
-    code = ("import numpy as np, fbi_ref, resource; from fbi_ref.architectures import random_weights, vgg16; "
-            "from fbi_ref.model import Model; m = Model(random_weights(vgg16(), 0)); "
+def peak_rss_mib(weights, batch):
+    """Peak RSS (MiB) of a fresh process that loads VGG16 from an HDF5 file and explains one batch with FBI."""
+    code = ("import numpy as np, fbi_ref, resource; "
+            f"m = fbi_ref.load_model({weights!r}); "
             f"x = np.random.default_rng(0).normal(0, 50, ({batch}, 224, 224, 3)).astype(np.float32); "
             "fbi_ref.explain(m, x, 'fbi'); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1]) / 1024
 
 
-def cold_start(model, folder):
+def weights_file(model, folder):
+    """VGG16's weights (random, official Keras layout, 528 MiB) written once into `folder`; returns the path."""
+    from fbi_ref.keras_io import write_keras_weights
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "vgg16_random.h5")
+    if not os.path.exists(path):
+        write_keras_weights(model.architecture(), path)
+    return path
+
+
+def cold_start(weights, folder):
     """`fbi-ref explain --timings` on one 224x224 image with VGG16 weights from an HDF5 file, in a fresh process.
 
     Returns (seconds from process start until explaining starts, seconds of that first explanation).
-    The weights file (528 MB, random weights, official Keras layout) is written once into `folder`.
     """
     from PIL import Image
-    from fbi_ref.keras_io import write_keras_weights
-    os.makedirs(folder, exist_ok=True)
-    weights, image = os.path.join(folder, "vgg16_random.h5"), os.path.join(folder, "noise.png")
-    if not os.path.exists(weights):
-        write_keras_weights(model.architecture(), weights)
+    image = os.path.join(folder, "noise.png")
     rgb = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(image)
     command = [sys.executable, "-m", "fbi_ref.cli", "explain", image, "--model", weights, "--method", "fbi",
@@ -157,21 +163,30 @@ def main():
     results = {}
     for batch in args.batch:
         x = np.random.default_rng(0).normal(0, 50, (batch, 224, 224, 3)).astype(np.float32)
-        reps = max(2, args.repeats // batch) if batch > 1 else args.repeats
-        floor = matmul_floor(model, batch, reps) / batch
-        torch_s = torch_time(batch, reps)
+        floor = matmul_floor(model, batch, args.repeats) / batch
+        torch_s = torch_time(batch, args.repeats)
         torch_s = None if torch_s is None else torch_s / batch
+        times = {method: [] for method in METHODS}
+        for method in METHODS:  # warm-up
+            fbi_ref.explain(model, x, method)
+        for _ in range(args.repeats):  # round robin, so that a noisy stretch hits every method alike
+            for method in METHODS:
+                start = time.perf_counter()
+                fbi_ref.explain(model, x, method)
+                times[method].append(time.perf_counter() - start)
         for method in METHODS:
-            ours = median_time(lambda: fbi_ref.explain(model, x, method), reps) / batch
+            ours = float(np.median(times[method])) / batch
             results[batch, method] = ours
             ratio = "n/a" if torch_s is None else f"{ours / torch_s:.2f}"
             lines.append(f"| {batch} | {method} | {ours:.3f} | {torch_s if torch_s is None else f'{torch_s:.3f}'} "
                          f"| {floor:.3f} | {ratio} | {ours / floor:.2f} |")
             print(lines[-1], flush=True)
-    rss = peak_rss_mb(1)
-    lines += ["", f"peak RSS of one FBI explanation (batch 1, fresh process, weights included): {rss:.0f} MB"]
-    started, first = cold_start(model, args.scratch)
-    lines += [f"cold start (`fbi-ref explain --timings`, numba cache warm, weights from a 528 MB HDF5 file): "
+    weights = weights_file(model, args.scratch)
+    rss = peak_rss_mib(weights, 1)
+    lines += ["", f"peak RSS of one FBI explanation (batch 1, fresh process, weights loaded from HDF5, included): "
+                  f"{rss:.0f} MiB"]
+    started, first = cold_start(weights, args.scratch)
+    lines += [f"cold start (`fbi-ref explain --timings`, numba cache warm, weights from a 528 MiB HDF5 file): "
               f"explaining started {started:.2f} s after process start; the first explanation took {first:.2f} s "
               f"(warm: {results.get((1, 'fbi'), float('nan')):.2f} s)"]
     if args.profile:

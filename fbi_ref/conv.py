@@ -39,17 +39,16 @@ def _winograd_chosen(kernel, strides, padding, name, dtype):
 
 
 def transformed(layer):
-    """The layer's Winograd kernels (forward, adjoint), each (16, C, O), computed once per kernel array.
+    """The layer's Winograd kernel U (16, C, O), computed once per kernel array (the adjoint uses views of it).
 
     Cached on the layer and keyed by the kernel array itself; a Model's kernels are read-only (see
-    Model.__init__), so a kernel is changed by assigning a new array, which recomputes them.
+    Model.__init__), so a kernel is changed by assigning a new array, which recomputes it.
     """
     cached = getattr(layer, "_winograd", None)
     if cached is None or cached[0] is not layer.kernel:
-        cached = (layer.kernel, winograd.transform_kernel(layer.kernel),
-                  winograd.transform_kernel(winograd.adjoint_kernel(layer.kernel)))
+        cached = (layer.kernel, winograd.transform_kernel(layer.kernel))
         layer._winograd = cached
-    return cached[1], cached[2]
+    return cached[1]
 
 
 def convolve(x, kernel, bias, strides, padding, name="conv", u=None):
@@ -60,20 +59,20 @@ def convolve(x, kernel, bias, strides, padding, name="conv", u=None):
 
 
 def convolve_adjoint(g, kernel, input_hw, strides, padding, name="conv", u=None):
-    """g (N, Ho, Wo, O) -> (N, H, W, C): the transposed conv. u: the adjoint's Winograd kernel, if known."""
+    """g (N, Ho, Wo, O) -> (N, H, W, C): the transposed conv. u: the forward Winograd kernel, if known."""
     if _winograd_chosen(kernel, strides, padding, name, g.dtype):
-        u = winograd.transform_kernel(winograd.adjoint_kernel(kernel)) if u is None else u
-        return winograd.conv3x3(g, u, None, L.scratch)
+        u = winograd.transform_kernel(kernel) if u is None else u
+        return winograd.conv3x3(g, winograd.adjoint_transformed(u), None, L.scratch)
     return L.conv2d_adjoint(g, kernel, input_hw, strides, padding)
 
 
 def forward(layer, x):
     """x (N, H, W, C) -> z (N, Ho, Wo, O): the layer's convolution plus bias (Winograd kernels cached)."""
-    u = transformed(layer)[0] if _winograd_chosen(layer.kernel, layer.strides, layer.padding, layer.name, x.dtype) else None
+    u = transformed(layer) if _winograd_chosen(layer.kernel, layer.strides, layer.padding, layer.name, x.dtype) else None
     return convolve(x, layer.kernel, layer.bias, layer.strides, layer.padding, layer.name, u)
 
 
 def adjoint(layer, g, input_hw):
     """g (N, Ho, Wo, O) -> (N, H, W, C): the transpose of the layer's convolution (no bias)."""
-    u = transformed(layer)[1] if _winograd_chosen(layer.kernel, layer.strides, layer.padding, layer.name, g.dtype) else None
+    u = transformed(layer) if _winograd_chosen(layer.kernel, layer.strides, layer.padding, layer.name, g.dtype) else None
     return convolve_adjoint(g, layer.kernel, input_hw, layer.strides, layer.padding, layer.name, u)

@@ -104,7 +104,7 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     backward = support = None
     if method in BACKPROP_METHODS:
         start, rules, used = backprop_method(model, method, options)
-        result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers)
+        result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers, release=True)
         attr, backward, support = result.signal, result.backward, result.support
         if method == "gradient_x_input":
             attr = attr * fp.x

@@ -58,11 +58,12 @@ def top_layer_index(model):
     return last
 
 
-def walk(model, fp, start, rules: Rules, record=False, stop_at="input"):
+def walk(model, fp, start, rules: Rules, record=False, stop_at="input", release=False):
     """Carry the start signal (N, K) at the logits down to `stop_at` (a layer name or "input").
 
     fp is the model's ForwardPass of the same batch. With record=True, returns every position's signal
-    (after the masks applied there) and every mask's binary support, keyed by position.
+    (after the masks applied there) and every mask's binary support, keyed by position. With release=True,
+    each layer's output is dropped from fp once the walk is past it (less memory; fp is used up).
     """
     top = top_layer_index(model)
     conv_names = [layer.name for layer in model.layers if isinstance(layer, Conv2D)]
@@ -86,6 +87,9 @@ def walk(model, fp, start, rules: Rules, record=False, stop_at="input"):
             g, kept = rules.mask(g, a_in, i == 0)
             _record(None, support, below, g, kept)
         _record(backward, None, below, g, None)
+        if release:
+            fp.outputs.pop(layer.name)
+            fp.switches.pop(layer.name, None)
     if stop_at != "input":
         raise KeyError(f"no layer called {stop_at!r} below the logits of {model.name}")
     return Walk(g, backward, support)

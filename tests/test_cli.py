@@ -138,12 +138,12 @@ def test_the_first_run_with_an_empty_numba_cache_says_that_it_compiles(tmp_path)
             "print(kernels.cached_on_disk(), len(kernels.COMPILED)); announce_compiling(argparse.Namespace(quiet=False))")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty")}
     empty = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert empty.stdout.split() == ["False", "7"]  # 5 pooling/patch kernels + 2 Winograd transforms
+    assert empty.stdout.split() == ["False", "8"]  # 5 pooling/patch kernels + 3 Winograd transforms
     assert "compiling the numba kernels, once" in empty.stderr
     for method in ("fbi", "gradient"):  # between them they call every kernel, which fills the cache
         fbi_ref.explain(fbi_ref.load_model("shapes"), np.zeros((1, 64, 64, 3), np.float32), method)
     warm = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert warm.stdout.split() == ["True", "7"] and warm.stderr == ""
+    assert warm.stdout.split() == ["True", "8"] and warm.stderr == ""
 
 
 def test_layers_draws_a_row_per_position_of_the_walk(capsys, model_path, images, tmp_path):

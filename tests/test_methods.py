@@ -240,3 +240,14 @@ def test_targets_and_methods_are_validated():
         explain(model, x, "gradient", k=0.5)
     with pytest.raises(InputError, match="record_layers"):
         explain(model, x, "gradcam", record_layers=True)
+
+
+def test_a_releasing_walk_gives_the_same_signal_and_drops_the_activations_behind_it():
+    from fbi_ref import methods, traversal
+    model, x = tiny_model(70), randn(71, 2, 9, 9, 3)
+    start, rules, _ = methods.backprop_method(model, "fbi", {"tau": 0.0})
+    kept, released = model.forward(x), model.forward(x)
+    signal = traversal.walk(model, kept, start(kept.logits, kept.probs, np.array([1, 2])), rules).signal
+    again = traversal.walk(model, released, start(kept.logits, kept.probs, np.array([1, 2])), rules, release=True)
+    np.testing.assert_array_equal(again.signal, signal)
+    assert len(kept.outputs) == len(model.layers) and released.outputs == {} and released.switches == {}

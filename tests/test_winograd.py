@@ -42,14 +42,27 @@ def test_transform_kernels_plain_equal_jitted(shape, seed):
     th, tw = (h + 1) // 2, (w + 1) // 2
     xp = randn(seed, n, 2 * th + 2, 2 * tw + 2, c)
     v_plain, v_jit = np.empty((16, n * th * tw, c)), np.empty((16, n * th * tw, c))
-    W._input_transform(xp, th, tw, v_plain)
-    W.input_transform(xp, th, tw, v_jit)
+    W._input_transform(xp, th, tw, 0, v_plain)
+    W.input_transform(xp, th, tw, 0, v_jit)
     np.testing.assert_allclose(v_plain, v_jit, atol=1e-13)
     m, bias = randn(seed + 1, 16, n * th * tw, o), randn(seed + 2, o)
     y_plain, y_jit = np.empty((n, h, w, o)), np.empty((n, h, w, o))
-    W._output_transform(m, th, tw, bias, y_plain)
-    W.output_transform(m, th, tw, bias, y_jit)
+    W._output_transform(m, th, tw, 0, bias, y_plain)
+    W.output_transform(m, th, tw, 0, bias, y_jit)
     np.testing.assert_allclose(y_plain, y_jit, atol=1e-13)
+
+
+@given(st.integers(1, 6), st.integers(1, 6), seeds)
+@settings(deadline=None, max_examples=20)
+def test_kernel_transform_is_G_g_Gt_and_the_adjoint_is_a_permuted_view_of_it(c, o, seed):
+    kernel = randn(seed, 3, 3, c, o)
+    expected = np.einsum("ik,klco,jl->ijco", W.G, kernel, W.G).reshape(16, c, o)  # the definition, written out
+    for fn in (W._kernel_transform, W.kernel_transform):
+        u = np.empty((16, c, o))
+        fn(kernel, u)
+        np.testing.assert_allclose(u, expected, rtol=1e-13, atol=1e-13)
+    adjoint = W.transform_kernel(np.ascontiguousarray(W.adjoint_kernel(kernel)))  # (16, O, C), transformed anew
+    np.testing.assert_allclose(np.stack(W.adjoint_transformed(W.transform_kernel(kernel))), adjoint, rtol=1e-13, atol=1e-13)
 
 
 def test_winograd_matches_im2col_in_float32_to_rounding():
@@ -74,12 +87,12 @@ def test_cached_kernels_follow_the_kernel_array():
     model = tiny_model(42, dtype=np.float32)
     layer = model.layers[1]  # 3x3 stride-1 'same'
     assert W.applies(layer.kernel.shape, layer.strides, layer.padding)
-    first = conv.transformed(layer)[0]
-    assert conv.transformed(layer)[0] is first  # computed once
+    first = conv.transformed(layer)
+    assert conv.transformed(layer) is first  # computed once
     with pytest.raises(ValueError, match="read-only"):
         layer.kernel[0, 0, 0, 0] = 1.0  # in-place edits would leave the cache stale: refused
     layer.kernel = layer.kernel * 2
-    np.testing.assert_allclose(conv.transformed(layer)[0], 2 * first, rtol=1e-6)
+    np.testing.assert_allclose(conv.transformed(layer), 2 * first, rtol=1e-6)
 
 
 def test_winograd_refuses_convolutions_it_cannot_compute():
@@ -89,3 +102,12 @@ def test_winograd_refuses_convolutions_it_cannot_compute():
     with pytest.raises(InputError, match="algorithm"):
         with conv.use("fft"):
             pass
+
+
+def test_chunks_of_tiles_give_the_same_result_as_one_chunk(monkeypatch):
+    x, kernel, bias = randn(50, 2, 7, 9, 3), randn(51, 3, 3, 3, 4), randn(52, 4)
+    u = W.transform_kernel(kernel)
+    whole = W.conv3x3(x, u, bias, L.scratch)
+    monkeypatch.setattr(W, "TILES_BUDGET_BYTES", 16 * 4 * 8 * 7)  # 7 tiles per chunk: 40 tiles in 6 chunks
+    np.testing.assert_array_equal(W.conv3x3(x, u, bias, L.scratch), whole)
+    np.testing.assert_allclose(whole, L.conv2d_forward(x, kernel, bias), rtol=1e-12, atol=1e-12)
