@@ -10,6 +10,7 @@ from .errors import (ArchitectureError, DownloadError, FbiRefError, ImageError, 
                      UnsupportedLayerError)
 from .explain import METHODS, Explanation, explain
 from .images import deprocess_caffe, load_image as load_image_rgb, preprocess_caffe
+from .malloc import keep_freed_memory
 from .model import ForwardPass, Model
 from .zoo import load_model
 
@@ -27,5 +28,5 @@ def load_image(path, model, interpolation="nearest"):
 
 
 __all__ = ["load_model", "load_image", "load_image_rgb", "explain", "Explanation", "Model", "ForwardPass",
-           "METHODS", "preprocess_caffe", "deprocess_caffe", "FbiRefError", "ModelFileError",
+           "METHODS", "keep_freed_memory", "preprocess_caffe", "deprocess_caffe", "FbiRefError", "ModelFileError",
            "ArchitectureError", "UnsupportedLayerError", "ImageError", "InputError", "DownloadError"]
