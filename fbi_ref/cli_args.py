@@ -149,11 +149,29 @@ def say(args, *lines):
 
 
 def announce_compiling(args):
-    """On the first run ever (numba's cache empty), say on stderr that the kernels compile once."""
-    from . import kernels
-    if not args.quiet and not kernels.cached_on_disk():
-        print("fbi-ref: compiling the numba kernels, once (about half a minute); later runs load them from the "
-              "cache", file=sys.stderr, flush=True)
+    """From now on, say once on stderr when numba starts compiling a kernel (it has none in its cache)."""
+    global _notice
+    if _notice is None:
+        from numba.core import event  # numba's "numba:compile" event fires on a compile, not on a cache load
+
+        class CompileNotice(event.Listener):
+            """Prints the notice when the first compile starts."""
+            enabled, said = False, False
+
+            def on_start(self, ev):
+                if self.enabled and not self.said:
+                    self.said = True
+                    print("fbi-ref: compiling the numba kernels, once (about half a minute); later runs load "
+                          "them from the cache", file=sys.stderr, flush=True)
+
+            def on_end(self, ev):
+                pass
+        _notice = CompileNotice()
+        event.register("numba:compile", _notice)
+    _notice.enabled = not args.quiet
+
+
+_notice = None  # the listener, registered once per process
 
 
 def process_age():

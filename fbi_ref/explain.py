@@ -99,11 +99,15 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    x = model.check_input(x)
+    if not (target is None or (isinstance(target, str) and target == "top1")):
+        resolve_target(model, target, np.zeros((len(x), model.num_classes)))  # bad targets fail before any work
+    if method in BACKPROP_METHODS:
+        start, rules, used = backprop_method(model, method, options)  # and so do bad options
     fp = model.forward(x)
     tgt = resolve_target(model, target, fp.probs)
     backward = support = None
     if method in BACKPROP_METHODS:
-        start, rules, used = backprop_method(model, method, options)
         result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers, release=True)
         attr, backward, support = result.signal, result.backward, result.support
         if method == "gradient_x_input":

@@ -20,21 +20,9 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 
-COMPILED = []  # every kernel jitted by _jit, for `cached_on_disk`
-
-
 def _jit(fn):
     """Compile a plain kernel with numba: parallel loops, cached on disk."""
-    COMPILED.append(numba.njit(parallel=True, cache=True)(fn))
-    return COMPILED[-1]
-
-
-def cached_on_disk():
-    """True if numba's on-disk cache holds every kernel jitted so far (else the first call compiles them)."""
-    try:
-        return all(os.path.exists(k._cache._cache_file._index_path) for k in COMPILED)  # numba 0.5x-0.6x internals
-    except AttributeError:  # another numba: cannot tell, so do not claim a compile
-        return True
+    return numba.njit(parallel=True, cache=True)(fn)
 
 
 def _covering(i, pad, d, stride, out):
