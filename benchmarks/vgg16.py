@@ -104,8 +104,9 @@ def weights_file(model, folder):
     from fbi_ref.keras_io import write_keras_weights
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "vgg16_random.h5")
-    if not os.path.exists(path):
-        write_keras_weights(model.architecture(), path)
+    if not os.path.exists(path):  # written under another name first: an interrupted write leaves no file
+        write_keras_weights(model.architecture(), path + ".part")
+        os.replace(path + ".part", path)
     return path
 
 

@@ -72,7 +72,6 @@ def main(argv=None):
     except SystemExit as e:  # --help and --version exit 0 from inside argparse
         return e.code if isinstance(e.code, int) else 0
     prefix = " ".join([PROG, args.command, *filter(None, [getattr(args, "action", None)])]) + ": error:"
-    keep_freed_memory()  # fewer page faults per explanation (fbi_ref/malloc.py)
     try:
         return int(args.run(args) or 0)
     except UsageError as e:
@@ -124,5 +123,11 @@ def os_error_text(e):
     return f"{e.filename}: {reason}" if e.filename else reason
 
 
+def console_main():
+    """The `fbi-ref` program: main() in a process of its own, whose freed memory malloc may keep for reuse."""
+    keep_freed_memory()  # fewer page faults per explanation (fbi_ref/malloc.py); not in main(), which tests call
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console_main())

@@ -176,12 +176,15 @@ _notice = None  # the listener, registered once per process
 
 def process_age():
     """Seconds since this process started (Linux: from /proc; elsewhere since fbi_ref was imported)."""
+    since_import = time.time() - IMPORTED
     try:
         with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
             ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: start, in clock ticks after boot
-            return float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+            age = float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
-        return time.time() - IMPORTED
+        return since_import
+    # some containers virtualise /proc/uptime but not the start time: then the age makes no sense
+    return age if since_import - 0.02 <= age < since_import + 3600 else since_import
 
 
 def bar(args, items, desc, unit):

@@ -37,6 +37,13 @@ SANITY_THRESHOLD = 0.5        # a method fails if rank correlation stays >= this
 COST = {"occlusion": 4, "integrated_gradients": 3, "smoothgrad": 3}  # rough relative cost, to start big tasks first
 
 
+def cpu_count():
+    """The CPUs this process may run on (its affinity, which containers and taskset narrow), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 @dataclass
 class Settings:
     """Every size, seed and option of a benchmark run (the defaults are the documented run)."""
@@ -66,7 +73,7 @@ class Settings:
     occlusion_patch: int = 16
     occlusion_stride: int = 8
     batch_size: int = 32
-    jobs: int = min(2, os.cpu_count() or 1)  # worker processes; results do not depend on it
+    jobs: int = min(2, cpu_count())  # worker processes; results do not depend on it
     progress: bool = True
 
     def method_options(self, method):
@@ -181,8 +188,8 @@ def run_tasks(fn, tasks, settings, desc, costs=None):
                 bar.update()
             return results
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: numba's threads do not fork
-        jobs = min(settings.jobs, len(tasks))
-        with worker_threads(max(1, (os.cpu_count() or 1) // jobs)), \
+        jobs = max(1, min(settings.jobs, len(tasks)))
+        with worker_threads(max(1, cpu_count() // jobs)), \
                 ProcessPoolExecutor(jobs, mp_context=context) as pool:
             futures = {pool.submit(fn, *tasks[i]): i for i in order}
             for future in as_completed(futures):
@@ -202,7 +209,8 @@ def worker_threads(n):
     workers ran the sweep 4-5x slower than one process alone.
     """
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(n) for name in THREAD_VARIABLES})
+    for name, value in saved.items():  # never more threads than the user asked for
+        os.environ[name] = str(min(n, int(value)) if value and value.isdigit() and int(value) > 0 else n)
     try:
         yield
     finally:

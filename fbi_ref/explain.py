@@ -99,11 +99,18 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     """
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    # bad targets and options fail here, before any work
     x = model.check_input(x)
+    if not (target is None or isinstance(target, (str, int, np.integer))):
+        target = list(target)  # once: an iterator would be used up by the check below
     if not (target is None or (isinstance(target, str) and target == "top1")):
-        resolve_target(model, target, np.zeros((len(x), model.num_classes)))  # bad targets fail before any work
+        resolve_target(model, target, np.zeros((len(x), model.num_classes)))
     if method in BACKPROP_METHODS:
-        start, rules, used = backprop_method(model, method, options)  # and so do bad options
+        start, rules, used = backprop_method(model, method, options)
+    else:
+        if record_layers:
+            raise InputError(f"record_layers is only available for {', '.join(BACKPROP_METHODS)}")
+        used = other_method_options(method, options)
     fp = model.forward(x)
     tgt = resolve_target(model, target, fp.probs)
     backward = support = None
@@ -113,17 +120,14 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
         if method == "gradient_x_input":
             attr = attr * fp.x
     else:
-        if record_layers:
-            raise InputError(f"record_layers is only available for {', '.join(BACKPROP_METHODS)}")
-        attr, used = _other_method(model, fp, tgt, method, options, progress)
+        attr = _other_method(model, fp, tgt, method, used, progress)
     probability = fp.probs[np.arange(len(tgt)), tgt]
     return Explanation(method, attr, heatmap(attr, HEATMAP_REDUCTION[method]), tgt, probability, fp.logits,
                        used, backward, support)
 
 
-def _other_method(model, fp, tgt, method, options, progress):
-    """Run a method that is not a single traversal; returns (attribution, options used)."""
-    x = fp.x
+def other_method_options(method, options):
+    """The options of a method that is not a single traversal, defaults filled in; InputError on unknown ones."""
     defaults = {
         "gradcam": {"layer": None},
         "guided_gradcam": {"layer": None},
@@ -134,16 +138,21 @@ def _other_method(model, fp, tgt, method, options, progress):
     unknown = set(options) - set(defaults)
     if unknown:
         raise InputError(f"method {method!r} takes no option {sorted(unknown)[0]!r} (its options: {', '.join(defaults)})")
-    o = {**defaults, **options}
+    return {**defaults, **options}
+
+
+def _other_method(model, fp, tgt, method, o, progress):
+    """Run a method that is not a single traversal with its options o; returns the attribution."""
+    x = fp.x
     if method in ("gradcam", "guided_gradcam"):
         cam = A.gradcam(model, fp, tgt, o["layer"])  # (N, H, W)
         if method == "gradcam":
-            return np.repeat(cam[..., None], x.shape[-1], axis=-1), o
+            return np.repeat(cam[..., None], x.shape[-1], axis=-1)
         start = R.start_onehot(fp.logits, fp.probs, tgt)
         guided = walk(model, fp, start, A.GUIDED_BACKPROP).signal  # (N, H, W, C)
-        return guided * cam[..., None], o
+        return guided * cam[..., None]
     if method == "integrated_gradients":
-        return A.integrated_gradients(model, x, tgt, progress=progress, **o), o
+        return A.integrated_gradients(model, x, tgt, progress=progress, **o)
     if method == "smoothgrad":
-        return A.smoothgrad(model, x, tgt, progress=progress, **o), o
-    return A.occlusion(model, x, tgt, progress=progress, **o), o
+        return A.smoothgrad(model, x, tgt, progress=progress, **o)
+    return A.occlusion(model, x, tgt, progress=progress, **o)

@@ -6,7 +6,7 @@ VGG16 at 224 x 224 about 3,400 faults and 40-50 ms of system time per image, mor
 100 MB activations are always fresh). With the limits raised, freed arrays go back to malloc's heap and
 the next explanation reuses them (docs/performance.md). The command line does this; a Python program
 opts in with `fbi_ref.keep_freed_memory()`. The cost: memory freed by the process is not returned to the
-system until it exits (peak memory does not grow).
+system until it exits (on VGG16 the peak stayed at 932 MiB, docs/performance.md).
 """
 import ctypes
 import ctypes.util
@@ -14,14 +14,21 @@ import ctypes.util
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 
+INT_MAX = 2**31 - 1  # mallopt takes a C int
+
+
 def keep_freed_memory(limit=1 << 30):
     """Serve allocations below `limit` bytes from the heap and keep up to `limit` bytes of freed memory.
 
-    Returns True if glibc accepted both settings, False elsewhere (musl, macOS, Windows: nothing changes).
+    Returns True if glibc accepted both settings (glibc 2.36 here accepts 1 GiB; the mallopt manual
+    mentions a 32 MiB cap for the mmap threshold on older versions), False otherwise and elsewhere (musl,
+    macOS, Windows: nothing changes).
     """
-    name = ctypes.util.find_library("c")
+    if not 0 < limit <= INT_MAX:
+        raise ValueError(f"limit must be between 1 and {INT_MAX} bytes (a C int), got {limit}")
     try:
-        mallopt = ctypes.CDLL(name).mallopt
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (OSError, AttributeError, TypeError):
         return False
-    return bool(mallopt(M_MMAP_THRESHOLD, int(limit))) and bool(mallopt(M_TRIM_THRESHOLD, int(limit)))
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, limit)) and bool(mallopt(M_TRIM_THRESHOLD, limit))

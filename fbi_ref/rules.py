@@ -180,7 +180,9 @@ def fbi_mask(tau=10.0, relative=False, mask_image=True):
         if relative:
             threshold = tau * product.reshape(len(product), -1).max(axis=1).reshape(-1, *[1] * (g.ndim - 1))
         kept = product > threshold
-        return np.multiply(g, kept, out=product), kept  # product is ours and no longer needed: reuse it
+        if product.dtype == g.dtype:  # product is ours and no longer needed: reuse its memory
+            return np.multiply(g, kept, out=product), kept
+        return g * kept, kept
     return rule
 
 

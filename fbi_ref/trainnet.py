@@ -52,30 +52,30 @@ def _linear(layer, a, kernel):
     return a @ kernel
 
 
-def _column_dots(a, b):
-    """(M, O), (M, O) -> (O,) float64: sum over rows of a * b, by row blocks so that prange has no races."""
+def _column_sums(a, b, use_b):
+    """(M, O) -> (O,) float64: the sum over rows of a (use_b False) or of a * b, by row blocks so that prange
+    has no races."""
     m, o = a.shape
     blocks = min(m, 64)
     partial = np.zeros((blocks, o))  # (blocks, O)
     for k in numba.prange(blocks):
         for r in range(k * m // blocks, (k + 1) * m // blocks):
             for j in range(o):
-                partial[k, j] += a[r, j] * b[r, j]
+                partial[k, j] += a[r, j] * b[r, j] if use_b else a[r, j]
     return partial.sum(axis=0)
 
 
-column_dots = _jit(_column_dots)
+column_sums = _jit(_column_sums)
 
 
 def _bn_relu_forward(z, gamma, beta, zhat, out):
     """z (M, O) -> zhat = (z - mean) / std and out = relu(gamma * zhat + beta), in place; returns (mean, var)."""
     m, o = z.shape
-    ones = np.ones_like(z)  # (M, O)
-    mean = column_dots(z, ones) / m  # (O,)
+    mean = column_sums(z, z, False) / m  # (O,)
     for r in numba.prange(m):
         for j in range(o):
             zhat[r, j] = z[r, j] - mean[j]
-    var = column_dots(zhat, zhat) / m  # (O,)
+    var = column_sums(zhat, zhat, True) / m  # (O,)
     std = np.sqrt(var + EPS)  # (O,)
     for r in numba.prange(m):
         for j in range(o):
@@ -90,8 +90,8 @@ def _bn_relu_backward(g, zhat, out, std, gamma, dz):
     for r in numba.prange(m):
         for j in range(o):
             dz[r, j] = g[r, j] if out[r, j] > 0 else 0.0  # through the ReLU
-    dbeta = column_dots(dz, np.ones_like(dz))  # (O,)
-    dgamma = column_dots(dz, zhat)  # (O,)
+    dbeta = column_sums(dz, dz, False)  # (O,)
+    dgamma = column_sums(dz, zhat, True)  # (O,)
     for r in numba.prange(m):
         for j in range(o):
             # the batch mean and variance depend on z too: remove their share of the gradient
@@ -110,7 +110,7 @@ def forward(arch, params, x):
         saved = None
         if normalised(layer):
             z = _linear(layer, a, params[layer.name, "kernel"])  # (N, H, W, O) or (N, O)
-            zhat, out = np.empty_like(z), np.empty_like(z)  # (N, H, W, O) or (N, O)
+            zhat, out = np.empty(z.shape, z.dtype), np.empty(z.shape, z.dtype)  # (N, H, W, O) or (N, O)
             mean, var = bn_relu_forward(_rows(z), params[layer.name, "gamma"], params[layer.name, "beta"],
                                         _rows(zhat), _rows(out))  # (O,), (O,) float64
             saved = (zhat, np.sqrt(var + EPS).astype(z.dtype), mean, var)
@@ -134,7 +134,7 @@ def backward(params, tape, g):
         first = layer is tape[0][0]  # nobody needs the gradient w.r.t. the image
         if normalised(layer):
             zhat, std = saved[0], saved[1]
-            dz = np.empty_like(zhat)  # (N, H, W, O) or (N, O)
+            dz = np.empty(zhat.shape, zhat.dtype)  # (N, H, W, O) or (N, O)
             gamma = params[layer.name, "gamma"]
             dgamma, dbeta = bn_relu_backward(_rows(np.ascontiguousarray(g)), _rows(zhat), _rows(out), std, gamma, _rows(dz))
             grads[layer.name, "gamma"], grads[layer.name, "beta"] = dgamma.astype(gamma.dtype), dbeta.astype(gamma.dtype)
@@ -150,7 +150,9 @@ def backward(params, tape, g):
 
 
 def _rows(a):
-    """(..., O) contiguous -> (M, O) view: one row per position and image."""
+    """(..., O) C-contiguous -> (M, O) view (never a copy: the kernels write into it)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("the batch-norm kernels need C-contiguous arrays")
     return a.reshape(-1, a.shape[-1])
 
 

@@ -251,3 +251,15 @@ def test_a_releasing_walk_gives_the_same_signal_and_drops_the_activations_behind
     again = traversal.walk(model, released, start(kept.logits, kept.probs, np.array([1, 2])), rules, release=True)
     np.testing.assert_array_equal(again.signal, signal)
     assert len(kept.outputs) == len(model.layers) and released.outputs == {} and released.switches == {}
+
+
+def test_targets_and_options_are_checked_before_any_work_and_an_iterator_target_works():
+    model, x = tiny_model(72), randn(73, 2, 9, 9, 3)
+    with pytest.raises(InputError, match="no option 'steps'"):
+        explain(model, x, "gradcam", steps=3)
+    with pytest.raises(InputError, match="record_layers"):
+        explain(model, x, "occlusion", record_layers=True)
+    with pytest.raises(InputError, match="out of range"):
+        explain(model, x, "fbi", target=[0, 99])
+    e = explain(model, x, "gradient", target=(t for t in [1, 2]))
+    assert e.target.tolist() == [1, 2]

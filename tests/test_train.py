@@ -1,6 +1,7 @@
 """Training: the gradients of the batch-normalised training network equal finite differences, folding the
 batch normalisation away changes nothing, and Adam lowers the loss."""
 import numpy as np
+import pytest
 
 from fbi_ref import trainnet
 from fbi_ref.model import Model
@@ -53,15 +54,16 @@ def test_adam_steps_lower_the_loss_on_a_fixed_batch():
     assert loss_and_gradients(arch, params, x, labels)[0] < 0.5 * first
 
 
-def bn_case(seed, m=37, o=5):
+def bn_case(seed, m, o=5):
     rng = np.random.default_rng(seed)
     z, g = rng.standard_normal((m, o)) * 3 + 1, rng.standard_normal((m, o))
     gamma, beta = rng.standard_normal(o), rng.standard_normal(o)
     return z, g, gamma, beta
 
 
-def test_batch_norm_kernels_plain_equal_jitted_equal_the_numpy_formulas():
-    z, g, gamma, beta = bn_case(40)
+@pytest.mark.parametrize("m", [37, 1000])  # 1000 rows: 64 blocks of 15-16 rows each
+def test_batch_norm_kernels_plain_equal_jitted_equal_the_numpy_formulas(m):
+    z, g, gamma, beta = bn_case(40, m)
     mean, var = z.mean(axis=0), z.var(axis=0)
     zhat = (z - mean) / np.sqrt(var + trainnet.EPS)
     out = np.maximum(gamma * zhat + beta, 0)
@@ -79,3 +81,16 @@ def test_batch_norm_kernels_plain_equal_jitted_equal_the_numpy_formulas():
         np.testing.assert_allclose(dbeta, gm.sum(axis=0), rtol=1e-12)
         np.testing.assert_allclose(dgamma, (gm * zhat).sum(axis=0), rtol=1e-12)
         np.testing.assert_allclose(got_dz, dz, rtol=1e-10, atol=1e-12)
+
+
+def test_batch_norm_kernels_in_float32_agree_with_float64():
+    z, g, gamma, beta = (a.astype(np.float32) for a in bn_case(41, 3000))
+    results = []
+    for dtype in (np.float32, np.float64):
+        zz, gg, ga, be = (a.astype(dtype) for a in (z, g, gamma, beta))
+        zhat, out, dz = np.empty_like(zz), np.empty_like(zz), np.empty_like(zz)
+        _, var = trainnet.bn_relu_forward(zz, ga, be, zhat, out)
+        trainnet.bn_relu_backward(gg, zhat, out, np.sqrt(var + trainnet.EPS).astype(dtype), ga, dz)
+        results.append((out, dz))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-5)

@@ -108,6 +108,10 @@ def test_chunks_of_tiles_give_the_same_result_as_one_chunk(monkeypatch):
     x, kernel, bias = randn(50, 2, 7, 9, 3), randn(51, 3, 3, 3, 4), randn(52, 4)
     u = W.transform_kernel(kernel)
     whole = W.conv3x3(x, u, bias, L.scratch)
+    g = randn(53, 2, 7, 9, 4)
+    back = W.conv3x3(g, W.adjoint_transformed(u), None, L.scratch)  # the adjoint, through the views
     monkeypatch.setattr(W, "TILES_BUDGET_BYTES", 16 * 4 * 8 * 7)  # 7 tiles per chunk: 40 tiles in 6 chunks
     np.testing.assert_array_equal(W.conv3x3(x, u, bias, L.scratch), whole)
+    np.testing.assert_array_equal(W.conv3x3(g, W.adjoint_transformed(u), None, L.scratch), back)
     np.testing.assert_allclose(whole, L.conv2d_forward(x, kernel, bias), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(back, L.conv2d_adjoint(g, kernel, (7, 9)), rtol=1e-12, atol=1e-12)
