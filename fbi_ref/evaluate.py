@@ -9,23 +9,19 @@ and only then evaluated on the test set. docs/benchmark.md explains every metric
 """
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from itertools import takewhile
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import metrics as M
 from .architectures import random_weights
 from .explain import METHODS, explain
 from .model import Model
 from .network import Architecture, Conv2D, Dense
+from .workers import cpu_count, cpu_time, run_tasks
 from .zoo import PAPER_FBI_DEFAULTS
 
 TEST_SEED = 30_000            # the held-out test images (training used seed 0, train.py's accuracy check 10_000)
@@ -35,13 +31,6 @@ PAPER_FBI = PAPER_FBI_DEFAULTS  # k = 50 %, tau = 10 (absolute): the paper's val
 ROWS = ("fbi", "fbi_paper") + METHODS[1:]  # 'fbi_paper': FBI with the paper's VGG16 k and tau
 SANITY_THRESHOLD = 0.5        # a method fails if rank correlation stays >= this after the dense layers are random
 COST = {"occlusion": 4, "integrated_gradients": 3, "smoothgrad": 3}  # rough relative cost, to start big tasks first
-
-
-def cpu_count():
-    """The CPUs this process may run on (its affinity, which containers and taskset narrow), at least 1."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 @dataclass
@@ -172,53 +161,6 @@ def curves(model, maps, data, mode, steps, chunk=8):
         out.append(M.perturbation_curve(model.predict, x[i:j], maps[i:j], targets[i:j], base[i:j], mode, steps,
                                         ends=data.ends[mode][i:j]))
     return np.concatenate(out) if out else np.zeros((0, steps + 1))
-
-
-def run_tasks(fn, tasks, settings, desc, costs=None):
-    """[fn(*task) for task in tasks], in order; on settings.jobs spawned processes, costliest first.
-
-    Every task computes the same thing wherever it runs, so the results do not depend on the job count.
-    """
-    order = sorted(range(len(tasks)), key=lambda i: -(costs[i] if costs else 0))  # stable: ties keep order
-    results = [None] * len(tasks)
-    with tqdm(total=len(tasks), desc=desc, disable=not settings.progress) as bar:
-        if settings.jobs <= 1:
-            for i in order:
-                results[i] = fn(*tasks[i])
-                bar.update()
-            return results
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: numba's threads do not fork
-        jobs = max(1, min(settings.jobs, len(tasks)))
-        with worker_threads(max(1, cpu_count() // jobs)), \
-                ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = {pool.submit(fn, *tasks[i]): i for i in order}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update()
-    return results
-
-
-THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextlib.contextmanager
-def worker_threads(n):
-    """Processes spawned within the block use n threads each (numba and BLAS), so jobs x threads <= cores.
-
-    Without it, every worker starts as many numba and BLAS threads as there are cores, and on 2 cores two
-    workers ran the sweep 4-5x slower than one process alone.
-    """
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    for name, value in saved.items():  # never more threads than the user asked for
-        os.environ[name] = str(min(n, int(value)) if value and value.isdigit() and int(value) > 0 else n)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def evaluate_row(model, method, options, data, settings):
@@ -389,12 +331,6 @@ def evaluate(model, settings=None, names=ROWS):
     return results, examples
 
 
-def cpu_time():
-    """CPU seconds of this process and of its finished worker processes."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
 def add_sanity(results):
     """Per row: rho after the dense layers and after every layer are random, and pass / fail."""
     is_dense, rho = results["randomisation"]["dense"], results["randomisation"]["rho"]
@@ -408,18 +344,6 @@ def add_sanity(results):
 def settings_dict(settings):
     """The settings as plain JSON values."""
     return {f.name: list(v) if isinstance(v := getattr(settings, f.name), tuple) else v for f in fields(settings)}
-
-
-def benchmark_model(name, seed=0):
-    """The model to benchmark: 'random' (Shapes architecture, random weights), 'shapes' or a Keras file."""
-    from .zoo import load_model
-    if name != "random":
-        return load_model(name)
-    from .shapes import CLASSES
-    from .train import shapes_architecture
-    model = Model(random_weights(shapes_architecture(len(CLASSES)), seed))
-    model.name, model.class_names = f"shapes_random_seed{seed}", list(CLASSES)
-    return model
 
 
 if __name__ == "__main__":  # python -m fbi_ref.evaluate: the command line lives in evaluate_cli

@@ -7,7 +7,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from .evaluate import ROWS, Settings, benchmark_model, evaluate, settings_dict, tune_fbi_defaults
+from .evaluate import ROWS, Settings, evaluate, settings_dict, tune_fbi_defaults
 
 # The command line: `fbi-ref evaluate` (fbi_ref/cli.py) and `python -m fbi_ref.evaluate`.
 HELP = {
@@ -75,6 +75,20 @@ def command_line(args):
         else:
             parts.append(f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
     return " ".join(parts)
+
+
+def benchmark_model(name, seed=0):
+    """The model to benchmark: 'random' (Shapes architecture, random weights), 'shapes' or a Keras file."""
+    from .zoo import load_model
+    if name != "random":
+        return load_model(name)
+    from .shapes import CLASSES
+    from .train import shapes_architecture
+    from .architectures import random_weights
+    from .model import Model
+    model = Model(random_weights(shapes_architecture(len(CLASSES)), seed))
+    model.name, model.class_names = f"shapes_random_seed{seed}", list(CLASSES)
+    return model
 
 
 def run(args):

@@ -94,7 +94,7 @@ def test_unknown_methods_and_models_are_refused(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_evaluate_is_deterministic_apart_from_timings_on_one_or_two_processes():
-    model = E.benchmark_model("random", 3)
+    model = C.benchmark_model("random", 3)
     settings = E.Settings(n_test=3, n_pairs=2, n_curves=2, n_random=1, steps=4, sweep=False, progress=False, jobs=1)
 
     def strip(results):
@@ -110,7 +110,7 @@ def test_evaluate_is_deterministic_apart_from_timings_on_one_or_two_processes():
 
 
 def test_cascade_randomises_cumulatively_from_the_top():
-    model = E.benchmark_model("random", 0)
+    model = C.benchmark_model("random", 0)
     steps = list(E.cascade(model, 1))
     weighted = [layer.name for layer in model.layers if isinstance(layer, (Conv2D, Dense))]
     assert [name for name, _ in steps] == weighted[::-1]
