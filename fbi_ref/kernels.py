@@ -1,5 +1,4 @@
-"""The numba inner loops: patch gathering for convolution, max-pooling with its three backward maps, and
-FBI's forward-backward mask.
+"""The numba inner loops: patch gathering for convolution, and max-pooling with its three backward maps.
 
 Every kernel is a plain Python function `_name`, jitted once by `name = _jit(_name)`, so the plain version
 stays callable (and testable) on small inputs. All of them are written as *gathers*: each parallel
@@ -158,41 +157,13 @@ def _unpool_replicate(g, ph, pw, sh, sw, pt, pl, average, out):
                     out[n, ih, iw, ch] /= count
 
 
-def _product_max(g, a, blocks, out):
-    """g, a (N, L) -> out (N,): the largest g * a of each image, by blocks of L so that prange has no races."""
-    n, length = g.shape
-    partial = np.full((n, blocks), -np.inf)  # (N, blocks)
-    for t in numba.prange(n * blocks):
-        i, b = t // blocks, t % blocks
-        best = -np.inf
-        for k in range(b * length // blocks, (b + 1) * length // blocks):
-            best = max(best, g[i, k] * a[i, k])
-        partial[i, b] = best
-    for i in range(n):
-        out[i] = partial[i].max()
-
-
-def _forward_backward_mask(g, a, threshold, out, kept):
-    """g, a (N, L), threshold (N,) -> kept = g * a > threshold, out = g where kept else 0 (FBI's mask)."""
-    n, length = g.shape
-    for i in range(n):
-        for k in numba.prange(length):
-            keep = g[i, k] * a[i, k] > threshold[i]
-            kept[i, k] = keep
-            out[i, k] = g[i, k] if keep else 0.0
-
-
 im2col = _jit(_im2col)
 col2im = _jit(_col2im)
 maxpool = _jit(_maxpool)
 unpool_switch = _jit(_unpool_switch)
 unpool_replicate = _jit(_unpool_replicate)
-product_max = _jit(_product_max)
-forward_backward_mask = _jit(_forward_backward_mask)
 
 PLAIN = {"im2col": _im2col, "col2im": _col2im, "maxpool": _maxpool,
-         "unpool_switch": _unpool_switch, "unpool_replicate": _unpool_replicate,
-         "product_max": _product_max, "forward_backward_mask": _forward_backward_mask}
+         "unpool_switch": _unpool_switch, "unpool_replicate": _unpool_replicate}
 JITTED = {"im2col": im2col, "col2im": col2im, "maxpool": maxpool,
-          "unpool_switch": unpool_switch, "unpool_replicate": unpool_replicate,
-          "product_max": product_max, "forward_backward_mask": forward_backward_mask}
+          "unpool_switch": unpool_switch, "unpool_replicate": unpool_replicate}

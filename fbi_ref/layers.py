@@ -207,23 +207,6 @@ def flatten_adjoint(g, input_shape):
     return g.reshape(g.shape[0], *input_shape)
 
 
-def forward_backward_mask(g, a, tau, relative=False):
-    """g, a (N, ...) -> (g where g * a > threshold else 0, kept (N, ...) bool): FBI's mask, in two passes.
-
-    threshold = tau (absolute), or tau * max(g * a) of each image (relative).
-    """
-    n = len(g)
-    g2 = np.ascontiguousarray(g).reshape(n, -1)  # (N, L)
-    a2 = np.ascontiguousarray(a, dtype=g.dtype).reshape(n, -1)  # (N, L)
-    threshold = np.full(n, tau, dtype=g.dtype)  # (N,): in g's dtype, as g * a is
-    if relative:
-        kernels.product_max(g2, a2, min(64, g2.shape[1]), threshold)
-        threshold *= tau
-    out, kept = np.empty(g.shape, g.dtype), np.empty(g.shape, bool)  # (N, ...)
-    kernels.forward_backward_mask(g2, a2, threshold, out.reshape(n, -1), kept.reshape(n, -1))
-    return out, kept
-
-
 def relu(z):
     """Elementwise max(z, 0)."""
     return np.maximum(z, 0)

@@ -175,7 +175,14 @@ def fbi_mask(tau=10.0, relative=False, mask_image=True):
     def rule(g, a, at_image):
         if at_image and not mask_image:
             return g, None
-        return L.forward_backward_mask(g, a, tau, relative)
+        product = g * a
+        threshold = tau
+        if relative:
+            threshold = tau * product.reshape(len(product), -1).max(axis=1).reshape(-1, *[1] * (g.ndim - 1))
+        kept = product > threshold
+        if product.dtype == g.dtype:  # product is ours and no longer needed: reuse its memory
+            return np.multiply(g, kept, out=product), kept
+        return g * kept, kept
     return rule
 
 

@@ -1,7 +1,6 @@
 """The numba kernels equal their plain-Python versions (the same function, run by the interpreter)."""
 import numpy as np
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fbi_ref import kernels, layers as L
 
@@ -47,19 +46,3 @@ def test_pool_kernels_plain_equal_jitted(case, seed):
     for average in (False, True):
         plain, jit = run_both("unpool_replicate", g, *pool, *strides, pt, pl, average, np.empty((n, *hw, c)))
         np.testing.assert_allclose(plain[-1], jit[-1], atol=1e-13)
-
-
-@given(st.integers(1, 3), st.integers(1, 200), seeds, st.sampled_from([-np.inf, 0.0, 0.3]))
-@settings(deadline=None, max_examples=25)
-def test_forward_backward_mask_plain_equals_jitted_equals_numpy(n, length, seed, tau):
-    g, a = randn(seed, n, length), np.abs(randn(seed + 1, n, length))
-    expected_max = (g * a).max(axis=1)
-    for table in (kernels.PLAIN, kernels.JITTED):
-        top = np.empty(n)
-        table["product_max"](g, a, min(64, length), top)
-        np.testing.assert_array_equal(top, expected_max)
-        threshold = tau * top
-        out, kept = np.empty_like(g), np.empty(g.shape, bool)
-        table["forward_backward_mask"](g, a, threshold, out, kept)
-        np.testing.assert_array_equal(kept, g * a > threshold[:, None])
-        np.testing.assert_array_equal(out, np.where(kept, g, 0.0))
