@@ -2,10 +2,9 @@
 
     fbi-ref evaluate --out out/evaluate          # or: python -m fbi_ref.evaluate --out out/evaluate
 
-Per method, on a fixed test set: pointing game, relevance mass accuracy, class sensitivity on two-object
-images, deletion and insertion AUC, the cascading model-randomisation check, sparsity and time per
-explanation. FBI's k and tau are first chosen by a sweep on a separate validation set (`tune_fbi_defaults`)
-and only then evaluated on the test set. docs/benchmark.md explains every metric and holds the results.
+Per method, on a fixed test set: pointing game, relevance mass, class sensitivity on two-object images,
+deletion and insertion AUC, cascading model randomisation, sparsity, time. FBI's k and tau are first chosen
+by a sweep on a separate validation set (`tune_fbi_defaults`). docs/benchmark.md explains it all.
 """
 from __future__ import annotations
 
