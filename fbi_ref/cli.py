@@ -72,6 +72,8 @@ def main(argv=None):
     except SystemExit as e:  # --help and --version exit 0 from inside argparse
         return e.code if isinstance(e.code, int) else 0
     prefix = " ".join([PROG, args.command, *filter(None, [getattr(args, "action", None)])]) + ": error:"
+    from .cli_args import announce_compiling
+    announce_compiling(args)  # says so if this command is the one that compiles the numba kernels
     try:
         return int(args.run(args) or 0)
     except UsageError as e:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli_args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, announce_compiling, bar,
+from .cli_args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, bar,
                        method_list, method_options, number_list, positive_int, process_age, say, tau_list)
 from .errors import InputError, ModelFileError
 from .explain import explain
@@ -86,7 +86,6 @@ def run_demo(args):
         raise InputError(f"the demo draws square Shapes images; {model.name} expects {height}x{width}")
     batch = generate(args.n, seed=args.seed, size=height)  # image i shows class i % 6
     x = preprocess_caffe(batch.images.astype(np.float32))  # (N, H, W, 3)
-    announce_compiling(args)
     explanations = {m: explain(model, x, m) for m in bar(args, DEMO_METHODS, "methods", "method")}
     labels = [f"true: {CLASSES[label]}" for label in batch.labels]
     title = f"fbi-ref demo: {model.name} on {args.n} Shapes images (seed {args.seed})"
@@ -103,7 +102,6 @@ def run_explain(args):
     options = method_options(args, args.method)
     out = output_folder(args.out)
     stems = set()
-    announce_compiling(args)
     for path in bar(args, files, "explaining", "image"):
         x = preprocess_image(path, model.input_shape)  # (1, H, W, 3), as fbi_ref.load_image
         started = process_age()
@@ -151,7 +149,6 @@ def run_layers(args):
     out = figure_path(args.out)
     model = load_model(args.model)
     x = preprocess_image(args.image, model.input_shape)
-    announce_compiling(args)
     e = explain(model, x, "fbi", target=args.target, record_layers=True, **method_options(args, ["fbi"])["fbi"])
     save_figure(args, layer_gallery(x, e, args.maps, class_names=model.class_names), out)
     return 0
@@ -169,7 +166,6 @@ def run_sweep(args):
     taus = args.tau or ([0.0, 0.01, 0.1, 0.5] if mode == "relative" else [-math.inf, 1.0, 10.0, 100.0])
     cells = [(k, tau) for k in args.k for tau in taus]
     results, first = {}, None
-    announce_compiling(args)
     for k, tau in bar(args, cells, "sweep", "cell"):
         e = explain(model, x, "fbi", target=args.target, k=k, tau=tau, tau_mode=mode)
         results[(k, tau)], first = e.attribution[0], first or e

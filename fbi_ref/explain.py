@@ -53,18 +53,24 @@ class Explanation:
     support: dict | None = None
 
 
-def resolve_target(model, target, probs):
-    """Targets (N,) int64 from None/'top1' (the prediction), an int, a class name, or a sequence of those."""
-    n, k = probs.shape
+def target_indices(model, target, n):
+    """Targets (n,) int64 from an int, a class name, or a sequence of those; None for None/'top1' (the prediction)."""
     if target is None or (isinstance(target, str) and target == "top1"):
-        return probs.argmax(axis=1)
+        return None
     items = [target] * n if isinstance(target, (str, int, np.integer)) else list(target)
     if len(items) != n:
         raise InputError(f"got {len(items)} targets for a batch of {n} images")
     out = np.array([_class_index(model, t) for t in items], dtype=np.int64)
+    k = model.num_classes
     if ((out < 0) | (out >= k)).any():
         raise InputError(f"target {out[(out < 0) | (out >= k)][0]} is out of range: {model.name} has {k} classes")
     return out
+
+
+def resolve_target(model, target, probs):
+    """Targets (N,) int64 from None/'top1' (the prediction, from probs (N, K)), an int, a class name, or a sequence."""
+    fixed = target_indices(model, target, len(probs))
+    return probs.argmax(axis=1) if fixed is None else fixed
 
 
 def _class_index(model, t):
@@ -101,10 +107,7 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     # bad targets and options fail here, before any work
     x = model.check_input(x)
-    if not (target is None or isinstance(target, (str, int, np.integer))):
-        target = list(target)  # once: an iterator would be used up by the check below
-    if not (target is None or (isinstance(target, str) and target == "top1")):
-        resolve_target(model, target, np.zeros((len(x), model.num_classes)))
+    fixed = target_indices(model, target, len(x))
     if method in BACKPROP_METHODS:
         start, rules, used = backprop_method(model, method, options)
     else:
@@ -112,7 +115,7 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
             raise InputError(f"record_layers is only available for {', '.join(BACKPROP_METHODS)}")
         used = other_method_options(method, options)
     fp = model.forward(x)
-    tgt = resolve_target(model, target, fp.probs)
+    tgt = fp.probs.argmax(axis=1) if fixed is None else fixed
     backward = support = None
     if method in BACKPROP_METHODS:
         result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers, release=True)
