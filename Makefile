@@ -1,10 +1,14 @@
 # The two commands a new user needs: `make demo` and `make test`. Each creates .venv and installs what it needs.
+#   make demo       explain a few generated images with the embedded model -> demo.png
+#   make test       the layering contracts (lint-imports), then every test, the slow ones and the lessons too
+#   make test-fast  the tests not marked slow
+#   make lessons    open the lesson notebooks (lessons/) in JupyterLab, installed into .venv on first use
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast lint lessons clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,17 +19,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fbi-ref demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
-
-# The lessons (lessons/*.ipynb) in JupyterLab, installed into .venv on first use.
-.PHONY: lessons
 lessons: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lessons,jupyter]'
 	$(VENV)/bin/jupyter lab lessons/
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info .import_linter_cache

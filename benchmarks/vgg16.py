@@ -19,9 +19,9 @@ import time
 import numpy as np
 
 import fbi_ref
-from fbi_ref.architectures import random_weights, vgg16
-from fbi_ref.model import Model
-from fbi_ref.network import Conv2D, Dense
+from fbi_ref.nn.architectures import random_weights, vgg16
+from fbi_ref.nn.model import Model
+from fbi_ref.nn.network import Conv2D, Dense
 
 METHODS = ("fbi", "gradient", "deconvnet", "guided_backprop")
 
@@ -101,7 +101,7 @@ def peak_rss_mib(weights, batch):
 
 def weights_file(model, folder):
     """VGG16's weights (random, official Keras layout, 528 MiB) written once into `folder`; returns the path."""
-    from fbi_ref.keras_io import write_keras_weights
+    from fbi_ref.io.keras_files import write_keras_weights
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "vgg16_random.h5")
     if not os.path.exists(path):  # written under another name first: an interrupted write leaves no file
@@ -128,7 +128,8 @@ def cold_start(weights, folder):
 
 def profile(model, x):
     """Seconds per layer: forward, and FBI's backward step (wrapping each rule of the walk in a timer)."""
-    from fbi_ref import methods, model as model_module, traversal
+    from fbi_ref.methods import tables as methods, traversal
+    from fbi_ref.nn import model as model_module
     rows = {}
 
     def timed(fn, key):
@@ -160,7 +161,7 @@ def main():
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument("--scratch", default="out/bench", help="folder for the cold-start weights file and image")
     args = parser.parse_args()
-    fbi_ref.keep_freed_memory()  # as the command line does (fbi_ref/malloc.py)
+    fbi_ref.keep_freed_memory()  # as the command line does (fbi_ref/nn/memory.py)
     model = Model(random_weights(vgg16(), 0))
     lines = ["| batch | method | ours s/img | torch fwd+bwd s/img | matmul floor s/img | ours/torch | ours/floor |",
              "|---|---|---|---|---|---|---|"]

@@ -39,8 +39,8 @@ def pool_case(draw):
 def tiny_model(seed=0, dtype=np.float64, relu=True, zero_bias=False, input_shape=(9, 9, 3)):
     """A small random network exercising every layer kind: even-kernel strided 'same' conv, overlapping
     'same' max-pool, 'valid' conv, 2x2 pool, flatten, dense, softmax. He-initialised."""
-    from fbi_ref.model import Model
-    from fbi_ref.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+    from fbi_ref.nn.model import Model
+    from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
 
     rng = np.random.default_rng(seed)
     act = "relu" if relu else "linear"

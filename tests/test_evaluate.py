@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 
-from fbi_ref import evaluate as E
-from fbi_ref import evaluate_cli as C
-from fbi_ref.network import Conv2D, Dense
-from fbi_ref.zoo import embedded_models
+from fbi_ref.evaluation import benchmark as E
+from fbi_ref.cli import evaluate as C
+from fbi_ref.nn.network import Conv2D, Dense
+from fbi_ref.io.zoo import embedded_models
 
 MODEL = "shapes" if "shapes" in embedded_models() else "random"
 TINY = ["--model", MODEL, "--n-test", "6", "--n-pairs", "3", "--n-curves", "3", "--n-random", "1",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from fbi_ref import fetch
+from fbi_ref.io import weights_cache as fetch
 from fbi_ref.errors import DownloadError, InputError, ModelFileError
-from fbi_ref.fetch import (KnownFile, cache_home, cached_weights, download, fetch_weights,
+from fbi_ref.io.weights_cache import (KnownFile, cache_home, cached_weights, download, fetch_weights,
                            list_cached, md5sum, verify, weights_dir, weights_path)
 
 PAYLOAD = os.urandom(3 * fetch.CHUNK_SIZE + 12345)  # several chunks and a ragged end

@@ -10,7 +10,7 @@ from PIL import Image
 
 import fbi_ref
 from fbi_ref import figures
-from fbi_ref.figures_walk import strongest_channels
+from fbi_ref.figures import strongest_channels
 
 METHODS = ("fbi", "guided_backprop", "gradient_x_input", "gradcam")
 

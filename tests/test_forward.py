@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 import fbi_ref
-from fbi_ref.architectures import random_weights, vgg16
+from fbi_ref.nn.architectures import random_weights, vgg16
 from fbi_ref.errors import InputError
-from fbi_ref.keras_io import write_keras_weights
+from fbi_ref.io.keras_files import write_keras_weights
 
 FILES = ["small_vgg_keras1_style.h5", "small_vgg_tfk2_weights.h5", "small_vgg_tfk2_full.h5",
          "small_vgg_k3_legacy_full.h5", "small_vgg_tfk2.weights.h5", "small_vgg_k3.weights.h5", "small_vgg_k3.keras"]

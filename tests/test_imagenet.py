@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fbi_ref.errors import InputError
-from fbi_ref.imagenet import (CLASSES, class_index, class_name, class_wnid,
+from fbi_ref.io.imagenet import (CLASSES, class_index, class_name, class_wnid,
                               decode_predictions)
 
 # The hash keras.applications.imagenet_utils checks imagenet_class_index.json against.
@@ -14,7 +14,7 @@ KERAS_CLASS_INDEX_MD5 = "c2c37ea517e94d9795004a39431a14cb"
 
 
 def test_packaged_json_is_byte_identical_to_keras():
-    data = files("fbi_ref").joinpath("data").joinpath("imagenet_classes.json").read_bytes()
+    data = files("fbi_ref.io").joinpath("imagenet_classes.json").read_bytes()
     assert hashlib.md5(data).hexdigest() == KERAS_CLASS_INDEX_MD5
 
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from fbi_ref.errors import ImageError, InputError
-from fbi_ref.images import (CAFFE_BGR_MEAN, deprocess_caffe, load_image, preprocess_caffe,
+from fbi_ref.io.images import (CAFFE_BGR_MEAN, deprocess_caffe, load_image_rgb, preprocess_caffe,
                             preprocess_image)
 
 FIXTURES = [("50x37", (32, 32)), ("300x240", (224, 224))]
@@ -49,14 +49,14 @@ def save(tmp_path, img, name):
 @pytest.mark.parametrize("tag, size", FIXTURES)
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 def test_load_image_equals_keras_load_img(keras_fixtures, reference, tag, size, interpolation):
-    got = load_image(keras_fixtures / f"image_fixture_{tag}.png", size, interpolation)
+    got = load_image_rgb(keras_fixtures / f"image_fixture_{tag}.png", size, interpolation)
     assert got.dtype == np.float32 and got.shape == size + (3,)
     np.testing.assert_array_equal(got, keras_load_img(reference, tag, size, interpolation))
 
 
 @pytest.mark.parametrize("tag, size", FIXTURES)
 def test_no_size_keeps_the_file_pixels(keras_fixtures, reference, tag, size):
-    got = load_image(keras_fixtures / f"image_fixture_{tag}.png")
+    got = load_image_rgb(keras_fixtures / f"image_fixture_{tag}.png")
     np.testing.assert_array_equal(got, reference[f"{tag}/pixels_rgb_uint8"])
 
 
@@ -84,7 +84,7 @@ def test_rgba_drops_alpha_before_resizing(tmp_path, reference, small_rgb, interp
     alpha = np.linspace(0, 255, small_rgb.shape[0] * small_rgb.shape[1]).astype(np.uint8)
     rgba = np.dstack([small_rgb, alpha.reshape(small_rgb.shape[:2])])  # (37, 50, 4)
     path = save(tmp_path, Image.fromarray(rgba), "rgba.png")
-    got = load_image(path, (32, 32), interpolation)
+    got = load_image_rgb(path, (32, 32), interpolation)
     np.testing.assert_array_equal(got, keras_load_img(reference, "50x37", (32, 32), interpolation))
 
 
@@ -94,7 +94,7 @@ def test_cmyk_is_converted_by_pillow(tmp_path, reference, small_rgb, interpolati
     cmyk = np.dstack([255 - small_rgb, np.zeros(small_rgb.shape[:2], np.uint8)])  # (37, 50, 4)
     path = save(tmp_path, Image.frombytes("CMYK", (50, 37), cmyk.tobytes()), "cmyk.tiff")
     assert mode_of(path) == "CMYK"
-    got = load_image(path, (32, 32), interpolation)
+    got = load_image_rgb(path, (32, 32), interpolation)
     np.testing.assert_array_equal(got, keras_load_img(reference, "50x37", (32, 32), interpolation))
 
 
@@ -108,11 +108,11 @@ def test_palette_image_with_transparency(tmp_path, small_rgb, interpolation):
     path = tmp_path / "palette.png"
     pal.save(path, transparency=transparency)
     assert mode_of(path) == "P"
-    expected = load_image(save(tmp_path, Image.fromarray(coarse), "coarse.png"), (32, 32),
+    expected = load_image_rgb(save(tmp_path, Image.fromarray(coarse), "coarse.png"), (32, 32),
                           interpolation)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # dropping the transparency is intended: no warning
-        got = load_image(path, (32, 32), interpolation)
+        got = load_image_rgb(path, (32, 32), interpolation)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -131,12 +131,12 @@ def grey_cases(small_rgb):
 @pytest.mark.parametrize("mode", ["L", "LA", "I;16"])
 def test_grey_modes_become_equal_rgb_channels(tmp_path, small_rgb, mode, interpolation):
     grey = small_rgb[..., 1]
-    expected = load_image(save(tmp_path, Image.fromarray(np.dstack([grey] * 3)), "rgb.png"),
+    expected = load_image_rgb(save(tmp_path, Image.fromarray(np.dstack([grey] * 3)), "rgb.png"),
                           (32, 32), interpolation)
     img = dict(grey_cases(small_rgb))[mode]
     path = save(tmp_path, img, "grey.png")
     assert mode_of(path) == mode
-    np.testing.assert_array_equal(load_image(path, (32, 32), interpolation), expected)
+    np.testing.assert_array_equal(load_image_rgb(path, (32, 32), interpolation), expected)
 
 
 @pytest.mark.parametrize("suffix, mode", [(".png", "I;16"), (".tiff", "I;16"), (".pgm", "I")])
@@ -145,23 +145,23 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path, suffix, mode):
     values = np.array([[0, 128, 129, 257, 32896, 65535]], np.uint16)
     path = save(tmp_path, Image.fromarray(values), "sixteen" + suffix)
     assert mode_of(path) == mode
-    got = load_image(path)  # (1, 6, 3)
+    got = load_image_rgb(path)  # (1, 6, 3)
     np.testing.assert_array_equal(got[0, :, 0], [0, 0, 1, 1, 128, 255])
     np.testing.assert_array_equal(got[..., 0], got[..., 2])
 
 
 def test_every_interpolation_name_gives_rgb_float32(keras_fixtures):
     for name in ["nearest", "bilinear", "bicubic", "hamming", "box", "lanczos"]:
-        got = load_image(keras_fixtures / "image_fixture_50x37.png", (20, 64), name)
+        got = load_image_rgb(keras_fixtures / "image_fixture_50x37.png", (20, 64), name)
         assert got.shape == (20, 64, 3) and got.dtype == np.float32
 
 
 # --- bad files ------------------------------------------------------------------------------
 
 def assert_image_error(path, *words):
-    """load_image(path) raises a one-line ImageError naming the file and containing `words`."""
+    """load_image_rgb(path) raises a one-line ImageError naming the file and containing `words`."""
     with pytest.raises(ImageError) as info:
-        load_image(path, (8, 8))
+        load_image_rgb(path, (8, 8))
     message = str(info.value)
     assert "\n" not in message and str(path) in message
     for word in words:
@@ -207,18 +207,18 @@ def test_decompression_bomb(tmp_path, monkeypatch, pixels):
 def test_bomb_limit_none_means_no_limit(tmp_path, monkeypatch):
     path = save(tmp_path, Image.new("RGB", (20, 20)), "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
-    assert load_image(path).shape == (20, 20, 3)
+    assert load_image_rgb(path).shape == (20, 20, 3)
 
 
 @pytest.mark.parametrize("size", [(0, 5), (5,), (5, 5, 5), (2.5, 4), (True, 4), "ab", 7])
 def test_bad_size(keras_fixtures, size):
     with pytest.raises(InputError, match="size"):
-        load_image(keras_fixtures / "image_fixture_50x37.png", size)
+        load_image_rgb(keras_fixtures / "image_fixture_50x37.png", size)
 
 
 def test_bad_interpolation(keras_fixtures):
     with pytest.raises(InputError, match="interpolation"):
-        load_image(keras_fixtures / "image_fixture_50x37.png", (8, 8), "cubic")
+        load_image_rgb(keras_fixtures / "image_fixture_50x37.png", (8, 8), "cubic")
 
 
 @pytest.mark.parametrize("shape", [(224, 224), (224, 224, 1), (224, None, 3), (0, 4, 3), None])

@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from fbi_ref.architectures import random_weights, vgg16, vgg19, weighted_layers
+from fbi_ref.nn.architectures import random_weights, vgg16, vgg19, weighted_layers
 from fbi_ref.errors import ArchitectureError, InputError, ModelFileError, UnsupportedLayerError
-from fbi_ref.keras_io import read_keras_file, write_keras_weights
-from fbi_ref.network import Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from fbi_ref.io.keras_files import read_keras_file, write_keras_weights
+from fbi_ref.nn.network import Conv2D, Dense, Dropout, Flatten, MaxPool2D
 
 FIXTURE_FILES = [
     "small_vgg_keras1_style.h5",

@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, settings
 
-from fbi_ref import kernels, layers as L
+from fbi_ref.nn import kernels, layers as L
 
 from .strategies import conv_case, pool_case, randn, seeds
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fbi_ref import layers as L
-from fbi_ref import naive
+from fbi_ref.nn import layers as L
+from fbi_ref.nn import naive
 from fbi_ref.errors import InputError
 
 from .strategies import conv_case, pool_case, randn, seeds
@@ -199,6 +199,60 @@ def test_preprocess_linear_part_adjoint_identity(seed):
     x, y = randn(seed, 2, 3, 4, 3), randn(seed + 1, 2, 3, 4, 3)
     linear = L.preprocess_forward(x) - L.preprocess_forward(np.zeros_like(x))
     assert_adjoint(linear, y, x, L.preprocess_adjoint(y))
+
+
+# ------------------------------------------------------------------ ReLU and softmax: Jacobians at the forward point
+
+def relu_jacobian(z):
+    """The ReLU's Jacobian at z (F,), built explicitly: diag[z > 0]."""
+    return np.diag((z > 0).astype(float))
+
+
+def softmax_jacobian(z):
+    """The softmax's Jacobian at z (K,), built explicitly entry by entry: dp_i/dz_j = p_i ([i == j] - p_j)."""
+    p = L.softmax(z[None])[0]
+    return np.array([[p[i] * ((i == j) - p[j]) for j in range(len(z))] for i in range(len(z))])
+
+
+def central_difference(f, z, v, h=1e-6):
+    """(f(z + h v) - f(z - h v)) / 2h: the directional derivative J v, without the Jacobian."""
+    return (f(z + h * v) - f(z - h * v)) / (2 * h)
+
+
+@given(seeds)
+def test_relu_adjoint_is_the_transposed_jacobian_at_the_forward_point(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 30))
+    z, x, y = randn(seed, n), randn(seed + 1, n), randn(seed + 2, n)
+    z[np.abs(z) < 1e-3] = 0.5  # keep the finite difference away from the kink
+    j = relu_jacobian(z)
+    aty = L.relu_adjoint(y[None], L.relu(z)[None])[0]
+    assert_adjoint(j @ x, y, x, aty)
+    np.testing.assert_allclose(aty, j.T @ y, atol=1e-15)
+    np.testing.assert_allclose(j @ x, central_difference(L.relu, z, x), atol=1e-8)
+
+
+@given(seeds)
+def test_softmax_adjoint_is_the_transposed_jacobian_at_the_forward_point(seed):
+    rng = np.random.default_rng(seed)
+    k = int(rng.integers(1, 12))
+    z, x, y = 3 * randn(seed, k), randn(seed + 1, k), randn(seed + 2, k)
+    j = softmax_jacobian(z)
+    p = L.softmax(z[None])
+    aty = L.softmax_adjoint(y[None], p)[0]
+    assert_adjoint(j @ x, y, x, aty)
+    np.testing.assert_allclose(aty, j.T @ y, atol=1e-14)
+    np.testing.assert_allclose(j, j.T, atol=1e-15)  # symmetric: J^T = J
+    np.testing.assert_allclose(j @ x, central_difference(lambda v: L.softmax(v[None])[0], z, x), atol=1e-8)
+
+
+def test_softmax_adjoint_of_a_one_hot_is_the_gradient_of_that_probability():
+    z = randn(3, 2, 5)
+    p = L.softmax(z)
+    e = np.zeros_like(z)
+    e[[0, 1], [2, 4]] = 1
+    expected = p[[0, 1], [2, 4]][:, None] * (e - p)  # p_c (e_c - p), the textbook formula
+    np.testing.assert_allclose(L.softmax_adjoint(e, p), expected, atol=1e-16)
 
 
 def test_softmax_is_stable_and_normalised():

@@ -2,15 +2,15 @@
 import numpy as np
 import pytest
 
-from fbi_ref import layers as L
-from fbi_ref import naive
-from fbi_ref import rules as R
-from fbi_ref.attribution import bilinear_matrix, upsample_bilinear
+from fbi_ref.nn import layers as L
+from fbi_ref.nn import naive
+from fbi_ref.methods import rules as R
+from fbi_ref.methods.multipass import bilinear_matrix, upsample_bilinear
 from fbi_ref.errors import InputError
-from fbi_ref.explain import METHODS, explain
-from fbi_ref.model import Model
-from fbi_ref.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
-from fbi_ref.traversal import Rules, walk
+from fbi_ref.methods.explain import METHODS, explain
+from fbi_ref.nn.model import Model
+from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.methods.traversal import Rules, walk
 
 from .strategies import randn, tiny_model
 
@@ -243,7 +243,7 @@ def test_targets_and_methods_are_validated():
 
 
 def test_a_releasing_walk_gives_the_same_signal_and_drops_the_activations_behind_it():
-    from fbi_ref import methods, traversal
+    from fbi_ref.methods import tables as methods, traversal
     model, x = tiny_model(70), randn(71, 2, 9, 9, 3)
     start, rules, _ = methods.backprop_method(model, "fbi", {"tau": 0.0})
     kept, released = model.forward(x), model.forward(x)

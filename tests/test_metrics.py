@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from fbi_ref import metrics as M
+from fbi_ref.evaluation import metrics as M
 
 
 def square_mask(size=8, top=2, left=2, side=3):

@@ -10,7 +10,9 @@ import pytest
 
 import fbi_ref
 from fbi_ref.cli import main
-from fbi_ref.reference import build_reference, compare, format_comparison, load_npz, write_npz
+from fbi_ref.io.arrays import load_npz, write_npz
+from fbi_ref.reference.build import build_reference
+from fbi_ref.reference.compare import compare, format_comparison
 from fbi_ref.errors import InputError
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -85,7 +87,7 @@ def test_fbi_walk_goes_from_the_top_layer_down_to_the_input(arrays, model):
 def test_meta_is_json_with_versions_options_and_conventions(arrays, model_path):
     meta = json.loads(str(arrays["meta"]))
     assert meta["fbi_ref_version"] == fbi_ref.__version__ and meta["numpy_version"] == np.__version__
-    assert meta["model"]["md5"] == fbi_ref.fetch.md5sum(model_path)
+    assert meta["model"]["md5"] == fbi_ref.io.weights_cache.md5sum(model_path)
     assert meta["methods"]["fbi"]["tau"] == 0.0 and meta["methods"]["fbi"]["k"] == 0.5
     assert meta["methods"]["gradcam"] == {"layer": None}
     assert [layer["name"] for layer in meta["layers"]] == [layer.name for layer in fbi_ref.load_model(model_path).layers]

@@ -8,7 +8,7 @@ from matplotlib.path import Path
 
 from fbi_ref.errors import InputError
 from fbi_ref.shapes import CLASSES, DISTRACTORS, KINDS, MIN_SIZE, ShapesBatch, generate
-from fbi_ref.shapes_draw import STAR_INNER, Shape, shape_sd
+from fbi_ref.shapes.draw import STAR_INNER, Shape, shape_sd
 
 N = 60  # images per kind for the per-image checks
 

@@ -7,8 +7,8 @@ import pytest
 
 import fbi_ref
 from fbi_ref.shapes import CLASSES, generate
-from fbi_ref.train import accuracy
-from fbi_ref.zoo import EMBEDDED_DIR
+from fbi_ref.shapes.train import accuracy
+from fbi_ref.io.zoo import EMBEDDED_DIR
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fbi_ref
-from fbi_ref.network import Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.network import Conv2D, Dense, Flatten, MaxPool2D
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch

@@ -3,9 +3,9 @@ batch normalisation away changes nothing, and Adam lowers the loss."""
 import numpy as np
 import pytest
 
-from fbi_ref import trainnet
-from fbi_ref.model import Model
-from fbi_ref.train import Adam, loss_and_gradients
+from fbi_ref.shapes import batchnorm as trainnet
+from fbi_ref.nn.model import Model
+from fbi_ref.shapes.train import Adam, loss_and_gradients
 
 from .strategies import randn, tiny_model
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fbi_ref import conv, layers as L, winograd as W
+from fbi_ref.nn import conv, layers as L, winograd as W
 from fbi_ref.errors import InputError
-from fbi_ref.network import Conv2D
+from fbi_ref.nn.network import Conv2D
 
 from .strategies import randn, seeds, tiny_model
 

@@ -1,0 +1,129 @@
+"""`fbi-ref evaluate`: the benchmark's command line (fbi_ref/evaluation/benchmark.py runs it)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from fbi_ref.cli.args import OneLineParser
+from fbi_ref.errors import FbiRefError
+from fbi_ref.evaluation import benchmark
+from fbi_ref.evaluation.benchmark import ROWS, Settings, benchmark_model, evaluate, settings_dict, tune_fbi_defaults
+from fbi_ref.evaluation.report import write_report, write_sweep
+
+HELP = {
+    "kind": "kind of the single-object test and validation images",
+    "n_test": "single-object test images (pointing game, relevance mass, sparsity, time)",
+    "n_pairs": "two-object test images (class sensitivity)", "n_curves": "test images for deletion / insertion",
+    "n_random": "test images for the randomisation cascade", "steps": "deletion / insertion steps",
+    "deletion_baseline": "what removed pixels become", "insertion_baseline": "the image insertion starts from",
+    "blur_sigma": "Gaussian sigma (px) of the 'blur' baseline", "tolerance": "pointing-game mask dilation (px)",
+    "sweep_k": "FBI sweep: k values (fractions of the channels)", "sweep_tau": "FBI sweep: tau values",
+    "jobs": "worker processes (the results do not depend on it)",
+}
+CHOICES = {"kind": ("single", "distractor"), "deletion_baseline": ("mean", "blur"),
+           "insertion_baseline": ("blur", "mean"), "sweep_tau_mode": ("relative", "absolute")}
+
+
+def float_list(text):
+    """'0.1,0.25,1' -> (0.1, 0.25, 1.0); 'inf' and '-inf' allowed."""
+    return tuple(float(v) for v in text.split(",") if v.strip())
+
+
+def configure_parser(parser):
+    """Add the benchmark's arguments to an argparse parser; returns the parser."""
+    parser.add_argument("--model", default="shapes",
+                        help="'shapes' (the embedded trained model), 'random' (the Shapes architecture with "
+                             "random weights, for development) or the path of a Keras file")
+    parser.add_argument("--model-seed", type=int, default=0, help="seed of --model random")
+    parser.add_argument("--out", type=Path, default=Path("out/evaluate"), help="output folder")
+    parser.add_argument("--methods", default=",".join(ROWS), help=f"comma-separated rows (default all: {', '.join(ROWS)})")
+    parser.add_argument("--sweep-only", action="store_true",
+                        help="only run the FBI sweep on the validation set and print the chosen defaults")
+    parser.add_argument("--no-sweep", action="store_true", help="no sweep: FBI uses --fbi-* or the model's defaults")
+    parser.add_argument("--fbi-k", type=float, help="FBI's k without a sweep")
+    parser.add_argument("--fbi-tau", type=float, help="FBI's tau without a sweep")
+    parser.add_argument("--fbi-tau-mode", choices=("absolute", "relative"), help="FBI's tau_mode without a sweep")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for f in fields(Settings):
+        if f.name in ("fbi", "sweep", "progress"):
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), float_list if isinstance(f.default, tuple) else type(f.default)
+        shown = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+                            help=f"{HELP.get(f.name, f.name.replace('_', ' '))} (default {shown})")
+    return parser
+
+
+def settings_from_args(args):
+    """The Settings of parsed arguments."""
+    values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    fbi = {key: getattr(args, "fbi_" + key) for key in ("k", "tau", "tau_mode") if getattr(args, "fbi_" + key) is not None}
+    return Settings(**values, fbi=fbi, sweep=not args.no_sweep, progress=not args.no_progress)
+
+
+def command_line(args):
+    """The `fbi-ref evaluate` command that reproduces a run: the arguments that differ from the defaults."""
+    defaults = vars(configure_parser(argparse.ArgumentParser()).parse_args([]))
+    parts = ["fbi-ref evaluate"]
+    for key, default in defaults.items():
+        value = getattr(args, key, default)
+        if value == default or key == "no_progress":
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        else:
+            parts.append(f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
+    return " ".join(parts)
+
+
+def run(args):
+    """Run `fbi-ref evaluate` with parsed arguments; returns the exit code."""
+    names = [name.strip() for name in args.methods.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ROWS]
+    if unknown or not names:
+        print(f"fbi-ref evaluate: unknown method {unknown[0] if unknown else '(none)'!r}; choose from "
+              f"{', '.join(ROWS)}", file=sys.stderr)
+        return 2
+    try:
+        model = benchmark_model(args.model, args.model_seed)
+    except FbiRefError as e:
+        print(f"fbi-ref evaluate: {e} (train the Shapes model with `python -m fbi_ref.shapes.train`, or use "
+              f"--model random)", file=sys.stderr)
+        return 1
+    settings = settings_from_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.sweep_only:
+        defaults, rows = tune_fbi_defaults(model, settings)
+        write_sweep(rows, defaults, settings_dict(settings), command_line(args), args.out)
+        print(json.dumps({"fbi_defaults": defaults}))
+        return 0
+    results, examples = evaluate(model, settings, names)
+    results["command"] = command_line(args)
+    table = write_report(results, examples, args.out)
+    print(table)
+    print(f"FBI defaults: {json.dumps(results['fbi_defaults'])}; {results['seconds']:.0f} s; written to {args.out}")
+    return 0
+
+
+def run_evaluate(args):
+    """Parse the rest of the command line with configure_parser and run the benchmark."""
+    parser = OneLineParser(prog="fbi-ref evaluate", description=benchmark.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    configure_parser(parser)
+    try:
+        inner = parser.parse_args(args.rest)
+    except SystemExit as e:  # its --help
+        return e.code if isinstance(e.code, int) else 0
+    return run(inner)
+
+
+def register(sub, command_parser):
+    """Add `evaluate` to the subcommands (it parses its own arguments: see configure_parser)."""
+    p = sub.add_parser("evaluate", help="quantitative evaluation of the methods (see fbi-ref evaluate --help)",
+                       add_help=False, description="Run the benchmark with the arguments that follow.")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(run=run_evaluate, quiet=False)

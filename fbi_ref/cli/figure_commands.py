@@ -1,0 +1,190 @@
+"""The figure commands of `fbi-ref`: demo, explain, layers, sweep."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fbi_ref.cli.args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, bar, figure_path,
+                              image_files, load_model, method_list, method_options, number_list, output_folder,
+                              positive_int, process_age, say, tau_list)
+from fbi_ref.errors import InputError
+from fbi_ref.io.arrays import write_npz
+from fbi_ref.io.images import preprocess_caffe, preprocess_image
+from fbi_ref.methods.explain import explain
+from fbi_ref.nn.layers import softmax
+from fbi_ref.reference.build import plain, stable_json
+
+DEMO_METHODS = ("fbi", "guided_backprop", "deconvnet", "gradient", "gradcam")
+
+
+def save_figure(args, fig, path, announce=True):
+    """Write a figure (creating its folder) and, unless told not to, say where."""
+    from fbi_ref.figures import save
+    output_folder(Path(path).parent)
+    save(fig, path)
+    if announce:
+        say(args, f"wrote {path}")
+    return path
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+def run_demo(args):
+    """Shapes images explained by the embedded model, one row per image, one column per method."""
+    from fbi_ref.figures import comparison_figure  # matplotlib: imported only by the commands that draw
+    from fbi_ref.shapes import CLASSES, generate
+    out = figure_path(args.out)
+    model = load_model(args.model)
+    height, width, _ = model.input_shape
+    if height != width:
+        raise InputError(f"the demo draws square Shapes images; {model.name} expects {height}x{width}")
+    batch = generate(args.n, seed=args.seed, size=height)  # image i shows class i % 6
+    x = preprocess_caffe(batch.images.astype(np.float32))  # (N, H, W, 3)
+    explanations = {m: explain(model, x, m) for m in bar(args, DEMO_METHODS, "methods", "method")}
+    labels = [f"true: {CLASSES[label]}" for label in batch.labels]
+    title = f"fbi-ref demo: {model.name} on {args.n} Shapes images (seed {args.seed})"
+    save_figure(args, comparison_figure(x, explanations, model.class_names, labels, title), out)
+    return 0
+
+
+# --- explain ---------------------------------------------------------------------------------
+
+def run_explain(args):
+    """One Table-1 style figure per image (and with --save-npz the arrays)."""
+    files = image_files(args.images)
+    model = load_model(args.model)
+    options = method_options(args, args.method)
+    out = output_folder(args.out)
+    stems = set()
+    for path in bar(args, files, "explaining", "image"):
+        x = preprocess_image(path, model.input_shape)  # (1, H, W, 3), as fbi_ref.load_image
+        started = process_age()
+        e = {m: explain(model, x, m, target=args.target, **options[m]) for m in args.method}
+        if args.timings:
+            print(f"fbi-ref: {path.name}: explaining started {started:.2f} s after the process started and took "
+                  f"{process_age() - started:.2f} s", file=sys.stderr)
+        from fbi_ref.figures import explanation_figure, prediction_text  # after explaining: matplotlib takes a while
+        stem = _unique(path.stem, stems)
+        png = save_figure(args, explanation_figure(x, e, model.class_names, name=path.name),
+                          out / f"{stem}_explain.png", announce=False)
+        written = [png] + ([_save_arrays(out / f"{stem}_explain.npz", x, e, model, path)] if args.save_npz else [])
+        prediction = prediction_text(next(iter(e.values())), 0, model.class_names)
+        say(args, f"{path}: {prediction} -> {', '.join(map(str, written))}")
+    return 0
+
+
+def _unique(stem, taken):
+    """A file stem not used yet in this run (two cat.jpg from two folders: cat, cat_2)."""
+    candidate, i = stem, 1
+    while candidate in taken:
+        i += 1
+        candidate = f"{stem}_{i}"
+    taken.add(candidate)
+    return candidate
+
+
+def _save_arrays(path, x, explanations, model, image):
+    """x, logits, probs, target, attr/<method>, heatmap/<method> and a meta record, as .npz."""
+    first = next(iter(explanations.values()))
+    arrays = {"x": x, "logits": first.logits, "probs": softmax(first.logits), "target": first.target}
+    arrays.update({f"attr/{m}": e.attribution for m, e in explanations.items()})
+    arrays.update({f"heatmap/{m}": e.heatmap for m, e in explanations.items()})
+    meta = {"image": image.name, "model": model.name, "layout": "NHWC",
+            "methods": {m: plain(e.options) for m, e in explanations.items()}}
+    arrays["meta"] = np.array(stable_json(meta))
+    return write_npz(path, arrays)
+
+
+# --- layers ----------------------------------------------------------------------------------
+
+def run_layers(args):
+    """FBI's walk as pictures: the support and strongest backward maps at every position."""
+    from fbi_ref.figures import layer_gallery
+    out = figure_path(args.out)
+    model = load_model(args.model)
+    x = preprocess_image(args.image, model.input_shape)
+    e = explain(model, x, "fbi", target=args.target, record_layers=True, **method_options(args, ["fbi"])["fbi"])
+    save_figure(args, layer_gallery(x, e, args.maps, class_names=model.class_names), out)
+    return 0
+
+
+# --- sweep -----------------------------------------------------------------------------------
+
+def run_sweep(args):
+    """FBI over a grid of k and tau."""
+    from fbi_ref.figures import sweep_figure
+    out = figure_path(args.out)
+    model = load_model(args.model)
+    x = preprocess_image(args.image, model.input_shape)
+    mode = args.tau_mode or "absolute"
+    taus = args.tau or ([0.0, 0.01, 0.1, 0.5] if mode == "relative" else [-math.inf, 1.0, 10.0, 100.0])
+    cells = [(k, tau) for k in args.k for tau in taus]
+    results, first = {}, None
+    for k, tau in bar(args, cells, "sweep", "cell"):
+        e = explain(model, x, "fbi", target=args.target, k=k, tau=tau, tau_mode=mode)
+        results[(k, tau)], first = e.attribution[0], first or e
+    save_figure(args, sweep_figure(x, results, args.k, taus, mode, model.class_names, first), out)
+    return 0
+
+
+# --- registration ----------------------------------------------------------------------------
+
+def register(sub, command_parser):
+    """Add demo, explain, layers and sweep to the subcommands."""
+    p = command_parser(sub, "demo", "explain a few Shapes images with the embedded model (nothing to download)",
+                       "Generate Shapes images (fixed seed), explain them with FBI, guided backprop, DeconvNet, "
+                       "gradient and Grad-CAM, and write one figure: a row per image, a column per method.",
+                       "fbi-ref demo --out demo.png")
+    p.add_argument("--out", default="demo.png", help="the figure to write (default demo.png)")
+    add_model(p, default="shapes")
+    p.add_argument("--n", type=positive_int, default=6, help="how many images (default 6: one of each class)")
+    p.add_argument("--seed", type=int, default=0, help="the Shapes seed (default 0)")
+    p.set_defaults(run=run_demo)
+
+    p = command_parser(sub, "explain", "one figure per image: the input, then each method (the paper's Table 1)",
+                       "Explain images with one or more methods and write one figure per image (the predicted "
+                       "class and its probability in the title). Folders expand to the image files in them.",
+                       "fbi-ref explain cat.jpg photos/ --model vgg16 --method fbi,guided_backprop --out out/")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    add_model(p)
+    p.add_argument("--method", type=method_list, default=list(DEMO_METHODS), metavar="M1,M2,...|all",
+                   help=f"methods, in columns (default {','.join(DEMO_METHODS)})")
+    add_target(p)
+    add_fbi_options(p)
+    add_options(p)
+    p.add_argument("--out", default="explanations", metavar="DIR", help="output folder (default explanations/)")
+    p.add_argument("--save-npz", action="store_true", help="also write the arrays: NAME_explain.npz")
+    p.add_argument("--timings", action="store_true",
+                   help="say on stderr when each explanation started (seconds after process start) and its time")
+    p.set_defaults(run=run_explain)
+
+    p = command_parser(sub, "layers", "FBI's walk as pictures: support and backward maps at every layer",
+                       "Show, from the top layer down to the image, FBI's support (what the masks keep) and "
+                       "the strongest backward maps at every position of the walk.",
+                       "fbi-ref layers cat.jpg --model vgg16 --out layers.png")
+    p.add_argument("image", metavar="IMAGE")
+    add_model(p)
+    add_target(p)
+    add_fbi_options(p)
+    p.add_argument("--maps", type=positive_int, default=4, help="backward maps shown per layer (default 4)")
+    p.add_argument("--out", default="layers.png", help="the figure to write (default layers.png)")
+    p.set_defaults(run=run_layers, option=[])
+
+    p = command_parser(sub, "sweep", "FBI over a grid of k (rows) and tau (columns)",
+                       "Run FBI for every pair of k and tau and show the results as a grid.",
+                       "fbi-ref sweep cat.jpg --k 0.1,0.25,0.5,1.0 --tau none,1,10,100")
+    p.add_argument("image", metavar="IMAGE")
+    add_model(p)
+    add_target(p)
+    p.add_argument("--k", type=number_list, default=[0.1, 0.25, 0.5, 1.0], metavar="K1,K2,...",
+                   help="rows: fractions in (0, 1] or counts of maps (default 0.1,0.25,0.5,1.0)")
+    p.add_argument("--tau", type=tau_list, default=None, metavar="T1,T2,...", help="columns: thresholds, none for "
+                   "no mask (default none,1,10,100; relative: 0,0.01,0.1,0.5)")
+    add_tau_mode(p)
+    p.add_argument("--out", default="sweep.png", help="the figure to write (default sweep.png)")
+    p.set_defaults(run=run_sweep)
+    return sub
+

@@ -1,0 +1,139 @@
+"""`fbi-ref weights`: fetch, list and verify model weights (the cache of known files and the embedded models)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+
+from fbi_ref.cli.args import emit_json, file_size, say
+from fbi_ref.errors import InputError
+from fbi_ref.io import weights_cache
+from fbi_ref.io.zoo import embedded_models
+
+
+def run_weights_fetch(args):
+    """Download known weights into the cache (or keep the cached file if its MD5 matches)."""
+    path = weights_cache.fetch_weights(args.name, force=args.force, url=args.url, progress=not args.quiet)
+    say(args, f"{args.name}: {path} (md5 {weights_cache.known_file(args.name).md5} verified)")
+    return 0
+
+
+def weights_table():
+    """One record per known weights file (cached or not) and per embedded model."""
+    rows = []
+    for name, known in weights_cache.KNOWN_WEIGHTS.items():
+        path = weights_cache.cached_weights(name)
+        row = {"name": name, "kind": "official", "path": str(path or weights_cache.weights_file(name)), "cached": bool(path),
+               "size": path and path.stat().st_size, "md5": path and weights_cache.md5sum(path), "expected_md5": known.md5}
+        row["status"] = "missing" if not path else "ok" if row["md5"] == known.md5 else "MISMATCH"
+        rows.append(row)
+    for name, path in embedded_models().items():
+        expected = manifest_sha256(path)
+        sha = sha256sum(path)
+        rows.append({"name": name, "kind": "embedded", "path": str(path), "cached": True,
+                     "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": sha, "expected_sha256": expected,
+                     "status": "ok" if expected in (None, sha) else "MISMATCH"})
+    return rows
+
+
+def run_weights_list(args):
+    """The official weights (cached or missing) and the embedded models, with sizes and hashes."""
+    rows = weights_table()
+    if args.json:
+        emit_json({"cache": str(weights_cache.weights_dir()), "models": rows})
+    elif args.quiet:
+        for row in rows:
+            if row["cached"]:
+                print(row["name"])
+    else:
+        print(f"cache: {weights_cache.weights_dir()}")
+        print(f"{'name':<13} {'kind':<9} {'status':<9} {'size':>9}  {'md5':<32}  path")
+        for r in rows:
+            size = file_size(r["path"]) if r["cached"] else "-"
+            hint = "" if r["cached"] else f"   (fbi-ref weights fetch {r['name']})"
+            print(f"{r['name']:<13} {r['kind']:<9} {r['status']:<9} {size:>9}  {r['md5'] or '-':<32}  {r['path']}{hint}")
+    return 0
+
+
+def manifest_sha256(path):
+    """The SHA-256 an embedded model's manifest (NAME.json beside NAME.h5) announces, or None."""
+    manifest = path.with_suffix(".json")
+    try:
+        return json.loads(manifest.read_text()).get("sha256")
+    except (ValueError, AttributeError) as e:
+        raise InputError(f"{manifest}: not a valid manifest ({e})") from None
+
+
+def sha256sum(path):
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(weights_cache.CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_record(target):
+    """Hash a known name's cached file, an embedded model, or any file; compare with the expected hash if any."""
+    if target in weights_cache.KNOWN_WEIGHTS:
+        path, expected = weights_cache.weights_path(target), ("md5", weights_cache.known_file(target).md5)
+    elif target in embedded_models():
+        path = embedded_models()[target]
+        expected = ("sha256", manifest_sha256(path))
+    else:
+        path = Path(target)
+        if not path.is_file():
+            known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded_models()])
+            raise InputError(f"{target}: no such file, and not a known weights name ({known})")
+        by_file = {k.filename: k.md5 for k in weights_cache.KNOWN_WEIGHTS.values()}
+        expected = ("md5", by_file.get(path.name))
+    record = {"path": str(path), "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": sha256sum(path)}
+    kind, value = expected
+    if value:
+        record.update(expected_hash=kind, expected=value, ok=record[kind] == value.lower())
+    return record
+
+
+def run_weights_verify(args):
+    """Check a file's hash against the registry (exit 1 on a mismatch), or print its MD5 and SHA-256."""
+    record = verify_record(args.target)
+    ok = record.get("ok", True)
+    if args.json:
+        emit_json(record)
+    elif not args.quiet:
+        print(f"{record['path']}\n  md5    {record['md5']}\n  sha256 {record['sha256']}")
+        if "expected" in record:
+            verdict = "OK" if ok else "MISMATCH"
+            print(f"  {verdict}: expected {record['expected_hash']} {record['expected']}")
+    return 0 if ok else 1
+
+
+def register(sub, command_parser):
+    """Add `weights` (fetch, list, verify) to the subcommands."""
+    p = sub.add_parser("weights", help="the weights cache: fetch, list, verify",
+                       description="Download, list and check model weights (fbi-ref weights ACTION --help).",
+                       epilog="examples:\n  fbi-ref weights fetch vgg16\n  fbi-ref weights list --json\n"
+                              "  fbi-ref weights verify ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    weights = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    w = command_parser(weights, "fetch", "download known weights into the cache, checking their MD5",
+                       f"Download {', '.join(weights_cache.KNOWN_WEIGHTS)} into the cache ($FBI_REF_HOME/weights, "
+                       "default ~/.cache/fbi_ref/weights), with a progress bar; the MD5 is checked before the file "
+                       "is put in place.", "fbi-ref weights fetch vgg16")
+    w.add_argument("name", choices=list(weights_cache.KNOWN_WEIGHTS), metavar="NAME", help=", ".join(weights_cache.KNOWN_WEIGHTS))
+    w.add_argument("--url", help="download from this address instead (a mirror); the MD5 is still checked")
+    w.add_argument("--force", action="store_true", help="download even if a verified copy is cached")
+    w.set_defaults(run=run_weights_fetch)
+    w = command_parser(weights, "list", "cached and embedded models with sizes and hashes",
+                       "List the official weights (cached or missing) and the embedded models, with sizes and "
+                       "hashes. -q prints only the names of the models available.", "fbi-ref weights list --json")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    w.set_defaults(run=run_weights_list)
+    w = command_parser(weights, "verify", "check a weights file's hash (exit 1 on a mismatch)",
+                       "Hash a cached model (by name) or any file (by path). Known files are checked against the "
+                       "registry MD5 (exit 1 on a mismatch); others just get their MD5 and SHA-256 printed.",
+                       "fbi-ref weights verify vgg16")
+    w.add_argument("target", metavar="NAME|PATH")
+    w.add_argument("--json", action="store_true", help="machine-readable output")
+    w.set_defaults(run=run_weights_verify)

@@ -1,0 +1,299 @@
+"""Read the weights layouts Keras writes (.h5 of Keras 1/2/3, .weights.h5, .keras) and write the official one.
+
+Layouts (see the README of the keras-small fixtures):
+- "layer_names": root (or /model_weights in a full-model .h5) @layer_names, one group per layer
+  with @weight_names naming its datasets in kernel, bias order; Keras 1 official files, Keras 2
+  save_weights('x.h5') and every model.save('x.h5').
+- "layers": /layers/<class-derived name>/vars/0, 1, ... from Keras 3 (and late tf-keras)
+  save_weights('x.weights.h5'), also inside a .keras zip next to config.json.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fbi_ref.errors import ArchitectureError, FbiRefError, InputError, ModelFileError, UnsupportedLayerError
+from fbi_ref.io.infer import check_shape, infer_vgg, kernel_and_bias
+from fbi_ref.io.keras_config import architecture_from_config
+from fbi_ref.nn.architectures import is_placeholder, vgg16, vgg19, weighted_layers
+from fbi_ref.nn.network import Architecture, Conv2D, Dense
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_NAMED_ARCHITECTURES = {"vgg16": vgg16, "vgg19": vgg19}
+# Keras 3 names a layer's group after its class, numbered per class in model.layers order.
+_WEIGHTED_GROUPS = {"conv2d": Conv2D, "dense": Dense}
+# HDF5 keeps attributes in a 64 kB object header; Keras splits longer lists into name0, name1, ...
+_ATTRIBUTE_LIMIT = 64512
+_INPUT_LAYER = "input_1"
+
+
+@dataclasses.dataclass
+class _Stored:
+    """One layer as a file holds it: its Keras name (None if only class-derived), group key, datasets."""
+    name: str | None
+    key: str
+    datasets: tuple
+
+
+def read_keras_file(path, architecture=None) -> Architecture:
+    """The model in a Keras file; `architecture` is 'vgg16', 'vgg19', an Architecture, or None to infer."""
+    path = Path(path)
+    with _naming(path):
+        with open(path, "rb") as file:
+            is_zip = file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        return _read_keras_zip(path, architecture) if is_zip else _read_hdf5(path, architecture)
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """Re-raise failures as one-line errors that start with the file's name."""
+    try:
+        yield
+    except FbiRefError as error:
+        raise type(error)(f"{path}: {error}") from error
+    except FileNotFoundError as error:
+        raise ModelFileError(f"{path}: no such file") from error
+    # h5py reports damaged files as OSError, RuntimeError or ValueError (bad JSON and text also land here).
+    except (OSError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
+        detail = " ".join(str(error).split())
+        raise ModelFileError(f"{path}: not a readable Keras HDF5 or .keras file ({detail})") from error
+
+
+def _read_keras_zip(path: Path, architecture) -> Architecture:
+    """A Keras 3 .keras zip: config.json gives the layers, model.weights.h5 the weights."""
+    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as scratch:
+        missing = {"config.json", "model.weights.h5"} - set(archive.namelist())
+        if missing:
+            raise ModelFileError(f".keras archive lacks {', '.join(sorted(missing))}")
+        config = json.loads(archive.read("config.json"))
+        # h5py needs a seekable file; a member of a compressed zip only seeks by re-reading from the start.
+        weights_path = Path(scratch) / "model.weights.h5"
+        with archive.open("model.weights.h5") as source, open(weights_path, "wb") as target:
+            shutil.copyfileobj(source, target)
+        return _read_hdf5(weights_path, architecture, config)
+
+
+def _read_hdf5(path: Path, architecture, config: dict | None = None) -> Architecture:
+    """Any HDF5 layout: pick the weights group and the architecture, then read the weights."""
+    with h5py.File(path, "r") as h5:
+        if "model_config" in h5.attrs:
+            config = json.loads(_text(h5.attrs["model_config"]))
+            h5 = _subgroup(h5, "model_weights")
+        if _attribute_list(h5.attrs, "layer_names") is not None:
+            return _from_layer_names(h5, _chosen(architecture, config))
+        if isinstance(h5.get("layers"), h5py.Group):
+            return _from_class_groups(h5, _chosen(architecture, config))
+        raise ModelFileError("unknown weights layout (no @layer_names, @model_config or /layers group)")
+
+
+def _chosen(architecture, config: dict | None):
+    """An Architecture, a builder taking include_top (for a name), or None to infer from the weights."""
+    # An explicit architecture wins over the file's own config.
+    if isinstance(architecture, Architecture):
+        return architecture
+    if isinstance(architecture, str):
+        if architecture.lower() not in _NAMED_ARCHITECTURES:
+            raise InputError(f"unknown architecture {architecture!r} (known: vgg16, vgg19)")
+        return _NAMED_ARCHITECTURES[architecture.lower()]
+    if architecture is not None:
+        raise InputError(f"architecture must be a name, an Architecture or None, not {architecture!r}")
+    return architecture_from_config(config) if config is not None else None
+
+
+def _from_layer_names(group: h5py.Group, architecture) -> Architecture:
+    """Weights from the @layer_names layout, matched to the architecture by layer name."""
+    names = _attribute_list(group.attrs, "layer_names")
+    stored = [_Stored(name, name, _layer_datasets(group, name)) for name in names]
+    if architecture is None:
+        return infer_vgg([(s.name, _read_all(s.datasets)) for s in stored])
+    if callable(architecture):
+        architecture = architecture(include_top=_has_dense(stored))
+    return _filled(architecture, {s.name: s.datasets for s in stored})
+
+
+def _layer_datasets(group: h5py.Group, name: str) -> tuple:
+    """A layer's datasets in @weight_names order (sorted keys would put the bias first)."""
+    layer = _subgroup(group, name)
+    return tuple(_dataset(layer, weight) for weight in _attribute_list(layer.attrs, "weight_names") or [])
+
+
+def _from_class_groups(h5: h5py.Group, architecture) -> Architecture:
+    """Weights from the /layers/<class-derived name>/vars layout, matched by @name or class order."""
+    stored = [_class_group(key, group) for key, group in h5["layers"].items()]
+    weighted = _weighted_in_order(stored)
+    named = all(s.name for s in weighted)  # only recent Keras 3 writes @name
+    if architecture is None:
+        num_pools = sum(_class_key(s.key)[0] == "max_pooling2d" for s in stored)
+        return infer_vgg([(s.name if named else None, _read_all(s.datasets)) for s in weighted], num_pools)
+    if callable(architecture):
+        architecture = architecture(include_top=_has_dense(weighted))
+    names = {s.name for s in weighted}
+    if named and all(layer.name in names for layer in weighted_layers(architecture)):
+        return _filled(architecture, {s.name: s.datasets for s in weighted})
+    # Keras itself ignores @name and pairs layers with groups by class and position.
+    return _filled(architecture, _by_class_order(architecture, weighted))
+
+
+def _class_group(key: str, group: h5py.Group) -> _Stored:
+    """One /layers entry: its @name (written by recent Keras 3 only) and vars 0, 1, ... in numeric order."""
+    if not isinstance(group, h5py.Group):
+        raise ModelFileError(f"layer entry /layers/{key} is damaged or not a group")
+    variables = group.get("vars")
+    if not isinstance(variables, h5py.Group):
+        return _Stored(None, key, ())
+    name = _text(variables.attrs["name"]) if "name" in variables.attrs else None
+    indices = sorted(int(index) for index in variables if index.isdigit())
+    return _Stored(name, key, tuple(_dataset(variables, str(index)) for index in indices))
+
+
+def _weighted_in_order(stored: list) -> list:
+    """The class groups that hold weights, in model order: per class by number, conv before dense."""
+    weighted = [s for s in stored if s.datasets]
+    for s in weighted:
+        if _class_key(s.key)[0] not in _WEIGHTED_GROUPS:
+            raise UnsupportedLayerError(f"layer group {s.key}: layers with weights of this kind are not supported")
+    kinds = list(_WEIGHTED_GROUPS)
+    return sorted(weighted, key=lambda s: (kinds.index(_class_key(s.key)[0]), _class_key(s.key)[1]))
+
+
+def _class_key(key: str) -> tuple:
+    """('conv2d', 10) for 'conv2d_10' and ('conv2d', 0) for 'conv2d': never compare these as strings."""
+    match = re.fullmatch(r"(.*?)(?:_(\d+))?", key)
+    return match.group(1), int(match.group(2) or 0)
+
+
+def _by_class_order(architecture: Architecture, weighted: list) -> dict:
+    """Layer name -> datasets, pairing the k-th Conv2D (Dense) layer with the k-th conv2d (dense) group."""
+    by_name = {}
+    for kind, layer_type in _WEIGHTED_GROUPS.items():
+        names = [layer.name for layer in architecture.layers if isinstance(layer, layer_type)]
+        groups = [s for s in weighted if _class_key(s.key)[0] == kind]
+        if len(names) != len(groups):
+            raise ArchitectureError(f"architecture has {len(names)} {layer_type.__name__} layers, "
+                                    f"file has {len(groups)} {kind} groups")
+        by_name.update({name: s.datasets for name, s in zip(names, groups)})
+    return by_name
+
+
+def _filled(architecture: Architecture, stored: dict) -> Architecture:
+    """A copy of `architecture` whose weights are read from `stored` (layer name -> datasets)."""
+    wanted = weighted_layers(architecture)
+    missing = [layer.name for layer in wanted if not stored.get(layer.name)]
+    if missing:
+        raise ArchitectureError(f"no weights for layers {', '.join(missing)}")
+    unused = sorted({name for name, datasets in stored.items() if datasets} - {layer.name for layer in wanted})
+    if unused:
+        raise ArchitectureError(f"weights for layers the architecture does not have: {', '.join(unused)}")
+    for layer in wanted:  # check every shape before reading any weights
+        kernel, bias = kernel_and_bias(layer.name, stored[layer.name])
+        check_shape(layer.name, "kernel", layer.kernel.shape, kernel.shape)
+        check_shape(layer.name, "bias", layer.bias.shape, bias.shape)
+    loaded = {layer.name: _loaded(layer, stored[layer.name]) for layer in wanted}
+    layers = [loaded.get(layer.name, layer) for layer in architecture.layers]
+    return dataclasses.replace(architecture, layers=layers)
+
+
+def _loaded(layer, datasets: tuple):
+    """The layer with its kernel and bias read from the file."""
+    kernel, bias = _read_all(datasets)
+    return dataclasses.replace(layer, kernel=kernel, bias=bias)
+
+
+def _has_dense(stored: list) -> bool:
+    """True if some layer has a 2-D (dense) kernel, i.e. the file includes the classifier top."""
+    return any(s.datasets and len(s.datasets[0].shape) == 2 for s in stored)
+
+
+def _read_all(datasets: tuple) -> tuple:
+    """Read datasets as float32 C-contiguous arrays, converting inside HDF5 (no float64 copy)."""
+    arrays = []
+    for dataset in datasets:
+        if dataset.dtype.kind != "f":
+            raise ModelFileError(f"weight {dataset.name} has dtype {dataset.dtype}, not floating point")
+        array = np.empty(dataset.shape, np.float32)
+        if array.size:
+            dataset.read_direct(array)
+        arrays.append(array)
+    return tuple(arrays)
+
+
+def _subgroup(group: h5py.Group, name: str) -> h5py.Group:
+    """group[name], which must be a group."""
+    found = group.get(name)
+    if not isinstance(found, h5py.Group):
+        raise ModelFileError(f"layer group {name!r} is listed but missing")
+    return found
+
+
+def _dataset(group: h5py.Group, name: str) -> h5py.Dataset:
+    """group[name], which must be a dataset."""
+    found = group.get(name)
+    if not isinstance(found, h5py.Dataset):
+        raise ModelFileError(f"weight {name!r} of {group.name} is listed but missing")
+    return found
+
+
+def _attribute_list(attrs, name: str) -> list | None:
+    """A list of strings stored whole as attrs[name] or split as name0, name1, ...; None if absent."""
+    if name in attrs:
+        chunks = [attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in attrs:
+            chunks.append(attrs[f"{name}{len(chunks)}"])
+        if not chunks:
+            return None
+    # Weightless layers store an empty float64 array: atleast_1d turns it into no names.
+    return [_text(value) for chunk in chunks for value in np.atleast_1d(chunk)]
+
+
+def _text(value) -> str:
+    """An attribute value as str, whether h5py returned bytes or str."""
+    return value.decode("utf8") if isinstance(value, bytes) else str(value)
+
+
+def write_keras_weights(arch: Architecture, path) -> None:
+    """Save weights in the layout of vgg16_weights_tf_dim_ordering_tf_kernels.h5, for model.load_weights."""
+    layer_names = [_INPUT_LAYER] + [layer.name for layer in arch.layers]
+    if len(set(layer_names)) != len(layer_names):
+        raise InputError(f"layer names must be unique (and not {_INPUT_LAYER!r}) to be saved")
+    with h5py.File(path, "w") as h5:
+        _write_attribute_list(h5.attrs, "layer_names", layer_names)
+        _write_layer(h5, _INPUT_LAYER, ())
+        for layer in arch.layers:
+            weights = (layer.kernel, layer.bias) if isinstance(layer, (Conv2D, Dense)) else ()
+            _write_layer(h5, layer.name, weights)
+
+
+def _write_layer(h5: h5py.File, name: str, weights: tuple) -> None:
+    """One layer group with @weight_names ['<name>_W_1:0', '<name>_b_1:0'] (none if weightless)."""
+    if any(is_placeholder(np.asarray(w)) for w in weights):
+        raise InputError(f"layer {name}: has no weights yet (load or fill them before saving)")
+    group = h5.create_group(name)
+    weight_names = [f"{name}_{kind}_1:0" for kind in "Wb"][: len(weights)]
+    _write_attribute_list(group.attrs, "weight_names", weight_names)
+    for weight_name, weight in zip(weight_names, weights):
+        group.create_dataset(weight_name, data=np.asarray(weight, dtype=np.float32))
+
+
+def _write_attribute_list(attrs, name: str, values: list) -> None:
+    """Store strings as fixed-length bytes like Keras does, split into name0, name1, ... when too long."""
+    # Keras writes an empty list as np.asarray([]), i.e. an empty float64 array.
+    data = np.array([value.encode("utf8") for value in values]) if values else np.array([], np.float64)
+    chunks = 1
+    while any(chunk.nbytes > _ATTRIBUTE_LIMIT for chunk in np.array_split(data, chunks)):
+        chunks += 1
+    if chunks == 1:
+        attrs[name] = data
+        return
+    for index, chunk in enumerate(np.array_split(data, chunks)):
+        attrs[f"{name}{index}"] = chunk

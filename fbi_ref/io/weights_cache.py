@@ -1,0 +1,246 @@
+"""The weights cache: where Keras weight files live on disk, and a safe downloader for them.
+
+Files live in $FBI_REF_HOME/weights (default ~/.cache/fbi_ref/weights) under the file names
+Keras uses, so a file downloaded by Keras (~/.keras/models/) can simply be copied there.
+A download is written to a hidden temporary file next to its destination, checked against the
+announced size and the known MD5, and only then renamed onto the destination (atomic on one
+file system): an interrupted or corrupt download never sits where a finished one belongs.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import secrets
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fbi_ref.errors import DownloadError, InputError, ModelFileError
+
+CHUNK_SIZE = 1 << 20  # 1 MiB: few system calls, little memory
+DEFAULT_HOME = "~/.cache/fbi_ref"
+KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications"
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A weights file fbi_ref can fetch: its URL and the MD5 of its content."""
+    url: str
+    md5: str
+
+    @property
+    def filename(self) -> str:
+        """The file name at the end of the URL (also Keras's cache file name)."""
+        return self.url.rsplit("/", 1)[-1]
+
+
+KNOWN_WEIGHTS = {
+    "vgg16": KnownFile(
+        f"{KERAS_APPLICATIONS}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+        "64373286793e3c8b2b4e3219cbf3544b"),
+    "vgg16_notop": KnownFile(
+        f"{KERAS_APPLICATIONS}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "6d6bbae143d832006294945121d1f1fc"),
+    # The two VGG19 hashes are copied from keras.applications.vgg19 (its get_file file_hash
+    # values; 32 hex digits, which Keras treats as MD5), not computed here.
+    "vgg19": KnownFile(
+        f"{KERAS_APPLICATIONS}/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5",
+        "cbe5617147190e668d6c5d5026f83318"),
+    "vgg19_notop": KnownFile(
+        f"{KERAS_APPLICATIONS}/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "253f8cb515780f3b799900260a226db6"),
+}
+
+
+# --- the cache ------------------------------------------------------------------------------
+
+def cache_home() -> Path:
+    """The cache folder: $FBI_REF_HOME, or ~/.cache/fbi_ref when that is unset or empty."""
+    return Path(os.environ.get("FBI_REF_HOME") or DEFAULT_HOME).expanduser()
+
+
+def weights_dir() -> Path:
+    """The folder holding weight files: <cache_home()>/weights."""
+    return cache_home() / "weights"
+
+
+def known_file(name: str) -> KnownFile:
+    """The registry entry for `name`; InputError naming the known names otherwise."""
+    if name not in KNOWN_WEIGHTS:
+        raise InputError(f"unknown weights {name!r}; known: {', '.join(KNOWN_WEIGHTS)}")
+    return KNOWN_WEIGHTS[name]
+
+
+def weights_file(name: str) -> Path:
+    """Where the weights `name` are (or would be) cached."""
+    return weights_dir() / known_file(name).filename
+
+
+def cached_weights(name: str) -> Path | None:
+    """The cached file of the known weights `name`, or None when it is not there.
+
+    Only checks that the file exists (hashing 500 MB takes a second); use verify() or
+    fetch_weights() to check its MD5.
+    """
+    path = weights_file(name)
+    return path if path.is_file() else None
+
+
+def list_cached() -> dict[str, Path]:
+    """The known weights present in the cache, as {name: path}."""
+    found = {name: cached_weights(name) for name in KNOWN_WEIGHTS}
+    return {name: path for name, path in found.items() if path is not None}
+
+
+def weights_path(name: str) -> Path:
+    """The cached file of the known weights `name`.
+
+    Raises ModelFileError with instructions when it is missing: the command that downloads
+    it and the folder to copy an existing copy of the file into.
+    """
+    path = cached_weights(name)
+    if path is None:
+        raise ModelFileError(missing_weights_message(name))
+    return path
+
+
+def missing_weights_message(name: str) -> str:
+    """One line telling the user how to get the weights `name` into the cache."""
+    known = known_file(name)
+    return (f"{name} weights not found at {weights_file(name)}: run `fbi-ref weights fetch {name}`"
+            f" to download them ({known.url}), or copy a {known.filename} you already have"
+            f" (e.g. from ~/.keras/models/) into {weights_dir()}/")
+
+
+def fetch_weights(name: str, force: bool = False, url: str | None = None,
+                  progress: bool = True) -> Path:
+    """Make sure the known weights `name` are in the cache, downloading them if needed.
+
+    A cached file whose MD5 matches is used as is (no network access) unless force=True.
+    A missing or mismatching file is downloaded from `url` (default: the registry URL; pass
+    a mirror or a local server's address to override it) and checked against the registry
+    MD5. Returns the cached path. Raises InputError for an unknown name, DownloadError when
+    the download fails.
+    """
+    known = known_file(name)
+    dest = weights_file(name)
+    if not force and verify(dest, known.md5):
+        return dest
+    return download(url or known.url, dest, md5=known.md5, progress=progress)
+
+
+def md5sum(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
+    """The MD5 of a file as 32 lowercase hex digits, read in chunks (weights are ~500 MB)."""
+    digest = hashlib.md5(usedforsecurity=False)  # a checksum, not security: allowed under FIPS
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: str | os.PathLike, md5: str) -> bool:
+    """True when `path` is a file whose MD5 is `md5` (any case); False otherwise or if missing."""
+    return Path(path).is_file() and md5sum(path) == md5.lower()
+
+
+# --- downloading ----------------------------------------------------------------------------
+
+def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,
+             timeout: float = 30) -> Path:
+    """Download `url` to `dest` atomically, checking its size and (optionally) its MD5.
+
+    Streams in chunks into a hidden temporary file in dest's folder (created if needed),
+    with a tqdm progress bar on stderr unless progress=False. The file is checked against
+    the Content-Length header and `md5`, and only then renamed onto dest, replacing any
+    older file there. On any failure the temporary file is removed and dest is untouched.
+    `timeout` (seconds) bounds the connection and each read. Raises DownloadError with a
+    one-line message: cannot connect, HTTP error status, connection dropped mid-file,
+    checksum mismatch, or a folder that cannot be written.
+    """
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    try:
+        actual_md5 = _download_to(url, tmp, timeout, progress, label=dest.name)
+        if md5 is not None and actual_md5 != md5.lower():
+            raise DownloadError(
+                f"checksum mismatch for {url}: expected md5 {md5.lower()}, got {actual_md5}")
+        _replace(tmp, dest)
+    except BaseException:  # Ctrl-C included: never leave a partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _download_to(url: str, tmp: Path, timeout: float, progress: bool, label: str) -> str:
+    """Stream `url` into the new file `tmp`; return the content's MD5."""
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        # 'xb' never reuses an existing file, and unlike mkstemp (0600) it lets the umask decide.
+        with open(tmp, "xb") as out, _open_url(url, timeout) as response:
+            return _stream(response, out, url, progress, label)
+    except OSError as e:  # network errors are DownloadError already: these are local disk ones
+        raise DownloadError(f"cannot write {tmp}: {e.strerror or e}") from None
+
+
+def _open_url(url: str, timeout: float):
+    """urlopen, with each way of failing turned into a one-line DownloadError."""
+    try:
+        return urllib.request.urlopen(url, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        e.close()
+        raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise DownloadError(f"cannot connect to {url}: {e.reason}") from None
+    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, garbled replies
+        raise DownloadError(f"cannot download {url}: {e or type(e).__name__}") from None
+    except ValueError as e:  # not a URL urllib understands
+        raise DownloadError(f"cannot download {url!r}: {e}") from None
+
+
+def _stream(response, out, url: str, progress: bool, label: str) -> str:
+    """Copy the response body to `out` chunk by chunk; return its MD5."""
+    expected = _content_length(response)  # None when the server does not say
+    digest = hashlib.md5(usedforsecurity=False)
+    received = 0
+    with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+              disable=not progress) as bar:
+        while chunk := _read_chunk(response, url, received, expected):
+            out.write(chunk)
+            digest.update(chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+    # http.client returns b'' rather than raising when the connection closes early.
+    if expected is not None and received != expected:
+        raise DownloadError(f"download of {url} stopped after {received} of {expected} bytes")
+    return digest.hexdigest()
+
+
+def _read_chunk(response, url: str, received: int, expected: int | None) -> bytes:
+    """The next chunk of the body (b'' at the end), or DownloadError if the connection fails."""
+    try:
+        return response.read(CHUNK_SIZE)
+    except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
+        total = "?" if expected is None else expected
+        raise DownloadError(f"connection to {url} dropped after {received} of {total} bytes:"
+                            f" {e or type(e).__name__}") from None
+
+
+def _content_length(response) -> int | None:
+    """The Content-Length header as an int, or None when absent or malformed."""
+    value = response.headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Rename the finished download onto dest in one step."""
+    try:
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise DownloadError(f"cannot write {dest}: {e.strerror or e}") from None

@@ -1,0 +1,73 @@
+"""Models by name (the official Keras VGG weights, the embedded Shapes model) or by path: `load_model`."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fbi_ref.errors import ModelFileError
+from fbi_ref.io import weights_cache
+from fbi_ref.io.imagenet import CLASSES
+from fbi_ref.io.keras_files import read_keras_file
+from fbi_ref.nn.model import Model
+
+# The folder of weights that ship with the project (the embedded, trained Shapes model).
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "weights"
+
+# FBI's defaults per model. VGG16/VGG19: the paper's k = 50 %, tau = 10 on caffe-preprocessed input.
+PAPER_FBI_DEFAULTS = {"k": 0.5, "tau": 10.0, "tau_mode": "absolute"}
+FBI_DEFAULTS = {"vgg16": PAPER_FBI_DEFAULTS, "vgg19": PAPER_FBI_DEFAULTS}
+
+
+def embedded_models():
+    """{name: path} of the models that ship in weights/ (each NAME.h5 with a NAME.json manifest)."""
+    if not EMBEDDED_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(EMBEDDED_DIR.glob("*.h5")) if p.with_suffix(".json").is_file()}
+
+
+def load_model(path_or_name, architecture=None) -> Model:
+    """Load a model from a Keras file or by name.
+
+    path_or_name: 'vgg16', 'vgg19' (with '_notop' variants): the official Keras weights from the cache
+        (`fbi-ref weights fetch vgg16` downloads them); the name of an embedded model (e.g. 'shapes');
+        or the path of any Keras file: .h5 (Keras 1/2/3, weights-only or full model), .weights.h5, .keras.
+    architecture: for weights-only files, 'vgg16', 'vgg19' or None to infer a VGG-shaped model from the
+        weight shapes (full-model files carry their architecture).
+
+    Raises ModelFileError (missing or unreadable file), ArchitectureError (weights that do not fit),
+    UnsupportedLayerError (a layer type fbi_ref does not implement).
+    """
+    name = str(path_or_name)
+    if name in weights_cache.KNOWN_WEIGHTS:
+        base = name.replace("_notop", "")
+        model = _model(read_keras_file(weights_cache.weights_path(name), architecture or base), base)
+        model.class_names = [label for _, label in CLASSES] if model.num_classes == 1000 else None
+        return model
+    embedded = embedded_models()
+    if name in embedded:
+        return _embedded(name, embedded[name])
+    path = Path(os.path.expanduser(name))
+    if not path.exists():
+        known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded])
+        raise ModelFileError(f"{name}: no such file, and not a known model name ({known})")
+    if path.is_dir():
+        raise ModelFileError(f"{name} is a folder, not a Keras weights file")
+    return _model(read_keras_file(path, architecture), None)
+
+
+def _model(arch, defaults_key):
+    """A Model with the FBI defaults that belong to it."""
+    model = Model(arch)
+    model.fbi_defaults = dict(FBI_DEFAULTS.get(defaults_key, PAPER_FBI_DEFAULTS))
+    return model
+
+
+def _embedded(name, path):
+    """An embedded model with its class names and FBI defaults from its manifest."""
+    manifest = json.loads(path.with_suffix(".json").read_text())
+    model = _model(read_keras_file(path, manifest.get("architecture")), None)
+    model.name = name
+    model.class_names = manifest.get("class_names")
+    model.fbi_defaults = {**PAPER_FBI_DEFAULTS, **manifest.get("fbi_defaults", {})}
+    return model

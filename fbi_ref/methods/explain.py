@@ -1,0 +1,161 @@
+"""The public entry point: `explain(model, x, method=...)` and what it returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fbi_ref.errors import InputError
+from fbi_ref.methods import multipass
+from fbi_ref.methods import rules as R
+from fbi_ref.methods.tables import GUIDED_BACKPROP, backprop_method
+from fbi_ref.methods.traversal import walk
+
+BACKPROP_METHODS = ("fbi", "gradient", "gradient_x_input", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus")
+OTHER_METHODS = ("gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion")
+METHODS = BACKPROP_METHODS + OTHER_METHODS
+
+# How each method's (N, H, W, C) attribution becomes a 2-D heat map (N, H, W): documented in docs/methods.md.
+HEATMAP_REDUCTION = {
+    "fbi": "max_abs", "gradient": "max_abs", "deconvnet": "max_abs", "guided_backprop": "max_abs",
+    "smoothgrad": "max_abs", "guided_gradcam": "max_abs",
+    "gradient_x_input": "sum", "integrated_gradients": "sum", "lrp_epsilon": "sum", "lrp_zplus": "sum",
+    "gradcam": "mean", "occlusion": "mean",
+}
+
+
+def heatmap(attribution, reduction):
+    """(N, H, W, C) -> (N, H, W): 'max_abs' (max over channels of |a|), 'sum' (signed sum), 'mean'."""
+    if reduction == "max_abs":
+        return np.abs(attribution).max(axis=-1)
+    if reduction == "sum":
+        return attribution.sum(axis=-1)
+    return attribution.mean(axis=-1)
+
+
+@dataclass
+class Explanation:
+    """One method's explanation of a batch.
+
+    attribution: (N, H, W, C) w.r.t. the preprocessed input; heatmap: (N, H, W), see HEATMAP_REDUCTION;
+    target, probability: (N,) the explained class and its softmax probability; logits: (N, K);
+    options: every option used (defaults filled in); backward / support: with record_layers=True, the
+    backward signal and binary support at every position (a Keras layer name's output, or "input").
+    """
+    method: str
+    attribution: np.ndarray
+    heatmap: np.ndarray
+    target: np.ndarray
+    probability: np.ndarray
+    logits: np.ndarray
+    options: dict = field(default_factory=dict)
+    backward: dict | None = None
+    support: dict | None = None
+
+
+def target_indices(model, target, n):
+    """Targets (n,) int64 from an int, a class name, or a sequence of those; None for None/'top1' (the prediction)."""
+    if target is None or (isinstance(target, str) and target == "top1"):
+        return None
+    items = [target] * n if isinstance(target, (str, int, np.integer)) else list(target)
+    if len(items) != n:
+        raise InputError(f"got {len(items)} targets for a batch of {n} images")
+    out = np.array([_class_index(model, t) for t in items], dtype=np.int64)
+    k = model.num_classes
+    if ((out < 0) | (out >= k)).any():
+        raise InputError(f"target {out[(out < 0) | (out >= k)][0]} is out of range: {model.name} has {k} classes")
+    return out
+
+
+def resolve_target(model, target, probs):
+    """Targets (N,) int64 from None/'top1' (the prediction, from probs (N, K)), an int, a class name, or a sequence."""
+    fixed = target_indices(model, target, len(probs))
+    return probs.argmax(axis=1) if fixed is None else fixed
+
+
+def _class_index(model, t):
+    """A target given as an index or a class name."""
+    if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+        return int(t)
+    if isinstance(t, str) and model.class_names is not None and t in model.class_names:
+        return list(model.class_names).index(t)
+    raise InputError(f"unknown target {t!r}: give a class index or one of the model's class names")
+
+
+def explain(model, x, method="fbi", target=None, record_layers=False, progress=False, **options):
+    """Explain the model's decision on a batch of preprocessed images.
+
+    Parameters
+    ----------
+    model : fbi_ref.Model
+    x : array (N, H, W, C), preprocessed as the model expects (see fbi_ref.load_image).
+    method : one of METHODS: 'fbi', 'gradient', 'gradient_x_input', 'deconvnet', 'guided_backprop',
+        'lrp_epsilon', 'lrp_zplus', 'gradcam', 'guided_gradcam', 'integrated_gradients', 'smoothgrad',
+        'occlusion'.
+    target : None or 'top1' (each image's prediction), a class index or name, or one per image.
+    record_layers : for the single-traversal methods, also return every layer's backward signal and
+        (for FBI) binary support, by Keras layer name.
+    progress : show a progress bar for the multi-pass methods.
+    **options : the method's options, e.g. FBI's k, tau, tau_mode, start, dense_bias, conv_bias, unpool,
+        topk_score, topk_layers, mask_image (docs/methods.md lists every option and its default).
+
+    Returns
+    -------
+    Explanation
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    # bad targets and options fail here, before any work
+    x = model.check_input(x)
+    fixed = target_indices(model, target, len(x))
+    if method in BACKPROP_METHODS:
+        start, rules, used = backprop_method(model, method, options)
+    else:
+        if record_layers:
+            raise InputError(f"record_layers is only available for {', '.join(BACKPROP_METHODS)}")
+        used = other_method_options(method, options)
+    fp = model.forward(x)
+    tgt = fp.probs.argmax(axis=1) if fixed is None else fixed
+    backward = support = None
+    if method in BACKPROP_METHODS:
+        result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers, release=True)
+        attr, backward, support = result.signal, result.backward, result.support
+        if method == "gradient_x_input":
+            attr = attr * fp.x
+    else:
+        attr = _other_method(model, fp, tgt, method, used, progress)
+    probability = fp.probs[np.arange(len(tgt)), tgt]
+    return Explanation(method, attr, heatmap(attr, HEATMAP_REDUCTION[method]), tgt, probability, fp.logits,
+                       used, backward, support)
+
+
+def other_method_options(method, options):
+    """The options of a method that is not a single traversal, defaults filled in; InputError on unknown ones."""
+    defaults = {
+        "gradcam": {"layer": None},
+        "guided_gradcam": {"layer": None},
+        "integrated_gradients": {"baseline": "zeros", "steps": 64, "batch_size": 32},
+        "smoothgrad": {"base": "gradient", "samples": 50, "noise": 0.15, "seed": 0, "batch_size": 16},
+        "occlusion": {"patch": None, "stride": None, "fill": 0.0, "batch_size": 32},
+    }[method]
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise InputError(f"method {method!r} takes no option {sorted(unknown)[0]!r} (its options: {', '.join(defaults)})")
+    return {**defaults, **options}
+
+
+def _other_method(model, fp, tgt, method, o, progress):
+    """Run a method that is not a single traversal with its options o; returns the attribution."""
+    x = fp.x
+    if method in ("gradcam", "guided_gradcam"):
+        cam = multipass.gradcam(model, fp, tgt, o["layer"])  # (N, H, W)
+        if method == "gradcam":
+            return np.repeat(cam[..., None], x.shape[-1], axis=-1)
+        start = R.start_onehot(fp.logits, fp.probs, tgt)
+        guided = walk(model, fp, start, GUIDED_BACKPROP).signal  # (N, H, W, C)
+        return guided * cam[..., None]
+    if method == "integrated_gradients":
+        return multipass.integrated_gradients(model, x, tgt, progress=progress, **o)
+    if method == "smoothgrad":
+        return multipass.smoothgrad(model, x, tgt, progress=progress, **o)
+    return multipass.occlusion(model, x, tgt, progress=progress, **o)

@@ -1,0 +1,123 @@
+"""The methods that are more than one walk: Grad-CAM (a walk to a conv layer), integrated gradients and
+SmoothGrad (many walks), occlusion (many forward passes)."""
+import numpy as np
+from tqdm.auto import tqdm
+
+from fbi_ref.errors import InputError
+from fbi_ref.methods import rules as R
+from fbi_ref.methods.tables import GRADIENT, GUIDED_BACKPROP
+from fbi_ref.methods.traversal import walk
+from fbi_ref.nn import layers as L
+from fbi_ref.nn.network import Conv2D
+
+
+def target_gradient(model, x, target, rules=GRADIENT):
+    """The backward signal of the target logits at the image, for a batch x (B, H, W, C) and targets (B,)."""
+    fp = model.forward(x)
+    return walk(model, fp, R.start_onehot(fp.logits, fp.probs, target), rules).signal  # (B, H, W, C)
+
+
+def last_conv_name(model):
+    """Name of the last Conv2D layer (Grad-CAM's default layer)."""
+    names = [layer.name for layer in model.layers if isinstance(layer, Conv2D)]
+    if not names:
+        raise InputError(f"{model.name} has no Conv2D layer for Grad-CAM")
+    return names[-1]
+
+
+def bilinear_matrix(n_out, n_in):
+    """(n_out, n_in) linear interpolation with half-pixel centres (align_corners=False), edges clamped."""
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)  # (n_out,)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    m = np.zeros((n_out, n_in))  # (n_out, n_in)
+    np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
+    np.add.at(m, (np.arange(n_out), hi), src - lo)
+    return m
+
+
+def upsample_bilinear(maps, size):
+    """maps (N, h, w) -> (N, H, W), bilinear, half-pixel centres (as tf.image.resize and torch align_corners=False)."""
+    mh, mw = bilinear_matrix(size[0], maps.shape[1]), bilinear_matrix(size[1], maps.shape[2])
+    return np.einsum("Hh,nhw,Ww->nHW", mh, maps, mw).astype(maps.dtype)
+
+
+def gradcam(model, fp, target, layer=None):
+    """Grad-CAM maps (N, H, W): ReLU(sum_k alpha_k A_k), alpha_k the spatial mean of d logit_c / d A_k, upsampled."""
+    name = layer or last_conv_name(model)
+    start = R.start_onehot(fp.logits, fp.probs, target)
+    g = walk(model, fp, start, GRADIENT, stop_at=name).signal  # (N, h, w, K)
+    alpha = g.mean(axis=(1, 2))  # (N, K)
+    cam = np.maximum((fp.outputs[name] * alpha[:, None, None, :]).sum(axis=-1), 0)  # (N, h, w)
+    return upsample_bilinear(cam, model.input_shape[:2])
+
+
+def baseline_image(model, x, baseline):
+    """The reference image for integrated gradients: 'zeros' (the mean image), 'black', or an array."""
+    if isinstance(baseline, str):
+        if baseline == "zeros":
+            return np.zeros_like(x)
+        if baseline == "black":
+            return np.broadcast_to(L.preprocess_forward(np.zeros((1, 1, 1, 3), x.dtype)), x.shape).copy()
+        raise InputError(f"baseline must be 'zeros', 'black' or an array; got {baseline!r}")
+    b = np.asarray(baseline, dtype=x.dtype)
+    try:
+        return np.broadcast_to(b, x.shape).copy()
+    except ValueError:
+        raise InputError(f"baseline of shape {b.shape} does not broadcast to the input {x.shape}") from None
+
+
+def integrated_gradients(model, x, target, baseline="zeros", steps=64, batch_size=32, progress=False):
+    """(x - b) * mean over the midpoint rule alpha = (i + 1/2) / steps of the gradient at b + alpha (x - b)."""
+    if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    base = baseline_image(model, x, baseline)
+    alphas = ((np.arange(steps) + 0.5) / steps).astype(x.dtype)  # (steps,)
+    total = np.zeros_like(x)  # (N, H, W, C)
+    chunks = [(n, alphas[i:i + batch_size]) for n in range(len(x)) for i in range(0, steps, batch_size)]
+    for n, a in tqdm(chunks, desc="integrated gradients", disable=not progress, leave=False):
+        path = base[n] + a[:, None, None, None] * (x[n] - base[n])  # (B, H, W, C)
+        total[n] += target_gradient(model, path, np.full(len(a), target[n])).sum(axis=0)
+    return (x - base) * total / steps
+
+
+def smoothgrad(model, x, target, base="gradient", samples=50, noise=0.15, seed=0, batch_size=16, progress=False):
+    """The mean of the base method's attribution over noisy copies x + N(0, (noise * (max x - min x))^2)."""
+    rules = {"gradient": GRADIENT, "guided_backprop": GUIDED_BACKPROP}.get(base)
+    if rules is None:
+        raise InputError(f"smoothgrad base must be 'gradient' or 'guided_backprop', got {base!r}")
+    total = np.zeros_like(x)  # (N, H, W, C)
+    for n in tqdm(range(len(x)), desc="smoothgrad", disable=not progress, leave=False):
+        rng = np.random.default_rng(seed)  # per image, so an image's result does not depend on its batch
+        sigma = noise * (x[n].max() - x[n].min())
+        for i in range(0, samples, batch_size):
+            m = min(batch_size, samples - i)
+            noisy = x[n] + rng.normal(0, sigma, size=(m, *x.shape[1:])).astype(x.dtype)  # (m, H, W, C)
+            total[n] += target_gradient(model, noisy, np.full(m, target[n]), rules).sum(axis=0)
+    return total / samples
+
+
+def occlusion(model, x, target, patch=None, stride=None, fill=0.0, batch_size=32, progress=False):
+    """Per pixel, the mean drop of the target logit over the occluding patches (filled with `fill`) covering it.
+
+    Defaults: patch = 1/8 of the input side, stride = half the patch. The map is repeated over channels.
+    """
+    h, w, c = model.input_shape
+    patch = patch or max(1, h // 8)
+    stride = stride or max(1, patch // 2)
+    corners = [(i, j) for i in range(0, max(h - patch, 0) + 1, stride) for j in range(0, max(w - patch, 0) + 1, stride)]
+    drop = np.zeros((len(x), h, w))  # (N, H, W)
+    count = np.zeros((h, w))  # (H, W)
+    for i, j in corners:
+        count[i:i + patch, j:j + patch] += 1
+    for n in tqdm(range(len(x)), desc="occlusion", disable=not progress, leave=False):
+        ref = model.forward(x[n:n + 1]).logits[0, target[n]]
+        for b in range(0, len(corners), batch_size):
+            batch = np.repeat(x[n:n + 1], len(corners[b:b + batch_size]), axis=0)  # (B, H, W, C)
+            for k, (i, j) in enumerate(corners[b:b + batch_size]):
+                batch[k, i:i + patch, j:j + patch] = fill
+            logits = model.forward(batch).logits[:, target[n]]  # (B,)
+            for k, (i, j) in enumerate(corners[b:b + batch_size]):
+                drop[n, i:i + patch, j:j + patch] += ref - logits[k]
+    drop /= np.maximum(count, 1)
+    return np.repeat(drop[..., None], c, axis=-1).astype(x.dtype)  # (N, H, W, C)

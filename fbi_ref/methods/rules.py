@@ -1,0 +1,222 @@
+"""The per-layer rules the methods are made of, and the start signals at the logits.
+
+Each rule is a small function with the signature `traversal.Rules` documents; a method is a start signal
+plus a `Rules` table (see `tables.py` and `fbi.py`). Arrays: g is the backward signal, a_in / a_out the forward input /
+output of the layer, both NHWC (or (N, F) for dense layers).
+"""
+import numpy as np
+
+from fbi_ref.errors import InputError
+from fbi_ref.nn import conv
+from fbi_ref.nn import layers as L
+from fbi_ref.nn.network import Conv2D
+
+
+def choose(name, value, table):
+    """table[value], or an InputError listing the choices."""
+    if value not in table:
+        raise InputError(f"{name} must be one of {', '.join(map(repr, table))}; got {value!r}")
+    return table[value]
+
+
+# ---------------------------------------------------------------- start signals at the logits (N, K)
+
+
+def one_hot(logits, target):
+    """(N, K) with 1 at each image's target class."""
+    e = np.zeros_like(logits)  # (N, K)
+    e[np.arange(len(target)), target] = 1
+    return e
+
+
+def start_onehot(logits, probs, target):
+    """e_c: the derivative of the target logit."""
+    return one_hot(logits, target)
+
+
+def start_maxmin(logits, probs, target):
+    """FBI's 'adjoint of the softmax': max(z) at the target class, min(z) everywhere else."""
+    hot = one_hot(logits, target).astype(bool)
+    zmax, zmin = logits.max(axis=1, keepdims=True), logits.min(axis=1, keepdims=True)  # (N, 1)
+    return np.where(hot, zmax, zmin)  # (N, K)
+
+
+def start_logits(logits, probs, target):
+    """The logits themselves."""
+    return logits.copy()
+
+
+def start_probability(logits, probs, target):
+    """d p_c / d z = J^T e_c, the softmax's adjoint (Jacobian transpose) applied to e_c; equals p_c (e_c - p)."""
+    return L.softmax_adjoint(one_hot(logits, target), probs)
+
+
+def start_log_probability(logits, probs, target):
+    """d log p_c / d z = J^T (e_c / p_c) = e_c - p, written out so that an underflowed p_c cannot divide by 0."""
+    return one_hot(logits, target) - probs
+
+
+def start_relevance(logits, probs, target):
+    """LRP: all relevance on the target logit, R = z_c e_c."""
+    return one_hot(logits, target) * logits
+
+
+# ---------------------------------------------------------------- ReLU rules: g w.r.t. output -> pre-activation
+
+def relu_gradient(g, a_out):
+    """Chain rule: the ReLU's adjoint, i.e. pass where the forward ReLU was active."""
+    return L.relu_adjoint(g, a_out)
+
+
+def relu_deconvnet(g, a_out):
+    """DeconvNet (and FBI, 'the adjoint of ReLU is ReLU itself'): ReLU of the backward signal."""
+    return np.maximum(g, 0)
+
+
+def relu_guided(g, a_out):
+    """Guided backprop: pass where both the forward activation and the backward signal are positive."""
+    return L.relu_adjoint(relu_deconvnet(g, a_out), a_out)
+
+
+def relu_pass(g, a_out):
+    """LRP: relevance goes through the activation unchanged."""
+    return g
+
+
+# ---------------------------------------------------------------- linear layers: g w.r.t. pre-activation -> input
+
+def pre_activation(layer, a_in, kernel=None, bias=True):
+    """z = W a + b of a conv or dense layer, optionally with another kernel and without bias."""
+    if isinstance(layer, Conv2D) and kernel is None and bias:
+        return conv.forward(layer, a_in)
+    kernel = layer.kernel if kernel is None else kernel
+    b = layer.bias if bias else None
+    if isinstance(layer, Conv2D):
+        return L.conv2d_forward(a_in, kernel, b, layer.strides, layer.padding)
+    return L.dense_forward(a_in, kernel, b)
+
+
+def adjoint(layer, g, a_in, kernel=None):
+    """W^T g of a conv or dense layer (no bias), optionally with another kernel."""
+    if isinstance(layer, Conv2D) and kernel is None:
+        return conv.adjoint(layer, g, a_in.shape[1:3])
+    kernel = layer.kernel if kernel is None else kernel
+    if isinstance(layer, Conv2D):
+        return L.conv2d_adjoint(g, kernel, a_in.shape[1:3], layer.strides, layer.padding)
+    return L.dense_adjoint(g, kernel)
+
+
+def linear_adjoint(g, layer, a_in, at_image):
+    """The transposed linear map, no bias (gradient, DeconvNet, guided backprop)."""
+    return adjoint(layer, g, a_in)
+
+
+def linear_fbi(dense_bias="subtract", conv_bias="ignore"):
+    """FBI's layer adjoint: W^T (g - b) where the bias is subtracted, W^T g where it is ignored."""
+    for name, value in (("dense_bias", dense_bias), ("conv_bias", conv_bias)):
+        if value not in ("subtract", "ignore"):
+            raise InputError(f"{name} must be 'subtract' or 'ignore', got {value!r}")
+
+    def rule(g, layer, a_in, at_image):
+        subtract = (conv_bias if isinstance(layer, Conv2D) else dense_bias) == "subtract"
+        return adjoint(layer, g - layer.bias if subtract else g, a_in)
+    return rule
+
+
+def _stabilise(z, epsilon):
+    """z + epsilon * sign(z), with sign(0) = +1, so the division never blows up."""
+    return z + epsilon * np.where(z >= 0, 1, -1).astype(z.dtype)
+
+
+def linear_lrp_epsilon(epsilon=1e-6):
+    """LRP-epsilon: R_in = a_in * W^T (R / (z + eps sign z)), z including the bias."""
+    def rule(g, layer, a_in, at_image):
+        s = g / _stabilise(pre_activation(layer, a_in), epsilon)
+        return a_in * adjoint(layer, s, a_in)
+    return rule
+
+
+def linear_lrp_zplus(low, high):
+    """LRP-z+ on hidden layers (positive weights only); the z^B rule on the image, bounded by [low, high].
+
+    low and high are the preprocessed images of a black and a white picture (their per-channel values).
+    """
+    def rule(g, layer, a_in, at_image):
+        w_pos, w_neg = np.maximum(layer.kernel, 0), np.minimum(layer.kernel, 0)
+        if not at_image:
+            z = pre_activation(layer, a_in, w_pos, bias=False)
+            s = np.where(z > 0, g / np.where(z > 0, z, 1), 0)
+            return a_in * adjoint(layer, s, a_in, w_pos)
+        lo, hi = np.broadcast_to(low, a_in.shape), np.broadcast_to(high, a_in.shape)
+        z = (pre_activation(layer, a_in, bias=False) - pre_activation(layer, lo, w_pos, bias=False)
+             - pre_activation(layer, hi, w_neg, bias=False))
+        s = g / _stabilise(z, 1e-12)
+        return a_in * adjoint(layer, s, a_in) - lo * adjoint(layer, s, a_in, w_pos) - hi * adjoint(layer, s, a_in, w_neg)
+    return rule
+
+
+# ---------------------------------------------------------------- max-pool: g w.r.t. output -> input
+
+def pool_switch(g, layer, a_in, switches):
+    """Every value back to its window's argmax (gradient, DeconvNet, guided backprop, LRP)."""
+    return L.unpool_switch(g, switches, a_in.shape[1:3], layer.pool_size, layer.strides, layer.padding)
+
+
+def pool_replicate(g, layer, a_in, switches):
+    """Every value copied over its window (averaged where windows overlap)."""
+    return L.unpool_replicate(g, a_in.shape[1:3], layer.pool_size, layer.strides, layer.padding, average=True)
+
+
+def pool_min_replicate(g, layer, a_in, switches):
+    """FBI's unpooling: min(forward pre-pool activation, replicated backward signal)."""
+    return np.minimum(a_in, pool_replicate(g, layer, a_in, switches))
+
+
+POOL_RULES = {"switch": pool_switch, "replicate": pool_replicate, "min-replicate": pool_min_replicate}
+
+
+# ---------------------------------------------------------------- FBI's masks
+
+def fbi_mask(tau=10.0, relative=False, mask_image=True):
+    """Keep the entries whose product with the forward activation exceeds tau (or tau * the per-image max)."""
+    def rule(g, a, at_image):
+        if at_image and not mask_image:
+            return g, None
+        product = g * a
+        threshold = tau
+        if relative:
+            threshold = tau * product.reshape(len(product), -1).max(axis=1).reshape(-1, *[1] * (g.ndim - 1))
+        kept = product > threshold
+        if product.dtype == g.dtype:  # product is ours and no longer needed: reuse its memory
+            return np.multiply(g, kept, out=product), kept
+        return g * kept, kept
+    return rule
+
+
+def count_of(k, channels):
+    """k as a channel count: an int is a count, a float in (0, 1] a fraction of the channels (at least one)."""
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, float, np.integer, np.floating)):
+        raise InputError(f"k must be an int (a count) or a float in (0, 1] (a fraction), got {k!r}")
+    if isinstance(k, (float, np.floating)):
+        if not 0 < k <= 1:
+            raise InputError(f"k as a fraction must be in (0, 1], got {k}")
+        return max(1, int(round(k * channels)))
+    if not 1 <= k:
+        raise InputError(f"k as a count must be at least 1, got {k}")
+    return min(int(k), channels)
+
+
+def fbi_topk(k=0.5, score="backward"):
+    """Keep the k feature maps with the largest total score; zero the others. Ties: lower channel first."""
+    if score not in ("backward", "forward", "product"):
+        raise InputError(f"topk_score must be 'backward', 'forward' or 'product', got {score!r}")
+
+    def rule(g, a):
+        n, c = g.shape[0], g.shape[-1]
+        per_map = {"backward": g, "forward": a, "product": g * a}[score].sum(axis=(1, 2))  # (N, C)
+        best = np.argsort(-per_map, axis=1, kind="stable")[:, :count_of(k, c)]  # (N, count)
+        keep = np.zeros((n, c), dtype=bool)  # (N, C)
+        np.put_along_axis(keep, best, True, axis=1)
+        kept = np.broadcast_to(keep[:, None, None, :], g.shape)  # (N, H, W, C)
+        return g * kept, kept
+    return rule

@@ -1,0 +1,196 @@
+"""A sequential CNN built from the layer specs in `network`, and its forward pass."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fbi_ref.errors import ArchitectureError, InputError, UnsupportedLayerError
+from fbi_ref.nn import conv
+from fbi_ref.nn import layers as L
+from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+
+
+def activate(z, activation):
+    """Apply a named activation ('relu' | 'linear' | 'softmax')."""
+    if activation == "relu":
+        return L.relu(z)
+    if activation == "linear":
+        return z
+    if activation == "softmax":
+        return L.softmax(z)
+    raise UnsupportedLayerError(f"activation {activation!r} is not supported (relu, linear, softmax are)")
+
+
+@dataclass
+class ForwardPass:
+    """Everything one forward pass computed, kept for the backward traversals.
+
+    x: the (preprocessed) input (N, H, W, C); outputs: every layer's output (after its activation) by Keras
+    layer name; switches: every max-pool's argmax (N, Ho, Wo, C) by name; logits: the last layer's output
+    before softmax (N, K); probs: softmax(logits) (N, K).
+    """
+    x: np.ndarray
+    outputs: dict = field(default_factory=dict)
+    switches: dict = field(default_factory=dict)
+    logits: np.ndarray | None = None
+    probs: np.ndarray | None = None
+
+    def input_of(self, model, name):
+        """The input the layer `name` saw: the previous layer's output, or x for the first layer."""
+        i = model.index(name)
+        return self.x if i == 0 else self.outputs[model.layers[i - 1].name]
+
+
+class Model:
+    """A sequential convolutional network with Keras layer names, NHWC, caffe-preprocessed input.
+
+    Build one with `fbi_ref.load_model(path_or_name)`. `forward(x)` runs it on a batch x of shape
+    (N, H, W, C) (already preprocessed, see `fbi_ref.load_image`) and returns a `ForwardPass` with the
+    logits, the probabilities and every layer's output by Keras layer name.
+    """
+
+    def __init__(self, arch: Architecture, class_names=None, preprocessing="caffe"):
+        self.layers = list(arch.layers)
+        self.input_shape = tuple(int(s) for s in arch.input_shape)  # (H, W, C)
+        self.name = arch.name
+        self.class_names = class_names
+        self.preprocessing = preprocessing
+        self._shapes = self._infer_shapes()
+        for layer in self.layers:  # read-only: what is cached from a weight (conv.transformed) stays valid
+            for weight in (getattr(layer, "kernel", None), getattr(layer, "bias", None)):
+                if isinstance(weight, np.ndarray) and weight.flags.writeable:
+                    weight.setflags(write=False)
+
+    def __repr__(self):
+        return f"Model({self.name!r}, input {self.input_shape}, {len(self.layers)} layers, {self.dtype.__name__})"
+
+    @property
+    def dtype(self):
+        """The weights' dtype (np.float32 as loaded; np.float64 after astype)."""
+        for layer in self.layers:
+            if hasattr(layer, "kernel"):
+                return layer.kernel.dtype.type
+        return np.float32
+
+    @property
+    def num_classes(self):
+        return self._shapes[self.layers[-1].name][-1]
+
+    def index(self, name):
+        """Position of the layer called `name`."""
+        for i, layer in enumerate(self.layers):
+            if layer.name == name:
+                return i
+        raise KeyError(f"no layer called {name!r} in {self.name}")
+
+    def layer(self, name):
+        return self.layers[self.index(name)]
+
+    def output_shape(self, name):
+        """The output shape of a layer without the batch axis."""
+        return self._shapes[name]
+
+    def architecture(self):
+        """The model's layers and input shape as an Architecture (sharing the weights)."""
+        return Architecture(list(self.layers), self.input_shape, self.name)
+
+    def astype(self, dtype):
+        """A copy of the model with weights of another dtype (float64 for exact tests)."""
+        def cast(layer):
+            if hasattr(layer, "kernel"):
+                return dataclasses.replace(layer, kernel=layer.kernel.astype(dtype), bias=layer.bias.astype(dtype))
+            return layer
+        arch = Architecture([cast(layer) for layer in self.layers], self.input_shape, self.name)
+        return Model(arch, self.class_names, self.preprocessing)
+
+    def check_input(self, x):
+        """x as a C-contiguous array of the model's dtype (N, H, W, C), or an InputError saying what is wrong."""
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(f"input has shape {x.shape}; {self.name} expects (N, {', '.join(map(str, self.input_shape))})")
+        if x.shape[0] == 0:
+            raise InputError("input batch is empty")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise InputError(f"input has dtype {x.dtype}; expected floating point (preprocess images with fbi_ref.load_image)")
+        if not np.isfinite(x).all():
+            raise InputError("input contains NaN or inf")
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def forward(self, x):
+        """Run the network on x (N, H, W, C); returns a ForwardPass (logits, probs, outputs by layer name)."""
+        x = self.check_input(x)
+        fp = ForwardPass(x=x)
+        a = x
+        for layer in self.layers:
+            z, a, switches = layer_forward(layer, a)
+            fp.outputs[layer.name] = a
+            if switches is not None:
+                fp.switches[layer.name] = switches
+            fp.logits = z  # the last layer's pre-activation is the logits
+        fp.probs = L.softmax(fp.logits)
+        return fp
+
+    def predict(self, x):
+        """Class probabilities (N, K)."""
+        return self.forward(x).probs
+
+    def _infer_shapes(self):
+        """Each layer's output shape (without batch), checking that consecutive weights fit together."""
+        shapes, shape = {}, self.input_shape
+        for layer in self.layers:
+            shape = output_shape(layer, shape)
+            shapes[layer.name] = shape
+        return shapes
+
+
+def layer_forward(layer, a):
+    """One layer on its input a: returns (pre-activation z, output, switches or None)."""
+    if isinstance(layer, Conv2D):
+        z = conv.forward(layer, a)
+        return z, activate(z, layer.activation), None
+    if isinstance(layer, Dense):
+        z = L.dense_forward(a, layer.kernel, layer.bias)
+        return z, activate(z, layer.activation), None
+    if isinstance(layer, MaxPool2D):
+        y, switches = L.maxpool_forward(a, layer.pool_size, layer.strides, layer.padding)
+        return y, y, switches
+    if isinstance(layer, Flatten):
+        y = L.flatten_forward(a)
+        return y, y, None
+    if isinstance(layer, Activation):
+        return a, activate(a, layer.activation), None
+    if isinstance(layer, Dropout):
+        return a, a, None
+    raise UnsupportedLayerError(f"layer {layer.name!r} of type {type(layer).__name__} is not supported")
+
+
+def output_shape(layer, shape):
+    """The output shape (without batch) of `layer` on an input of `shape`; ArchitectureError if they do not fit."""
+    def expect(ok, what):
+        if not ok:
+            raise ArchitectureError(f"layer {layer.name!r}: {what}")
+    if isinstance(layer, Conv2D):
+        kh, kw, c, o = layer.kernel.shape
+        expect(len(shape) == 3, f"Conv2D needs an (H, W, C) input, got {shape}")
+        expect(c == shape[2], f"kernel {layer.kernel.shape} expects {c} input channels, the input has {shape[2]}")
+        expect(layer.bias.shape == (o,), f"bias has shape {layer.bias.shape}, expected ({o},)")
+        ho, wo = L.geometry(shape[:2], (kh, kw), layer.strides, layer.padding)[:2]
+        return (ho, wo, o)
+    if isinstance(layer, MaxPool2D):
+        expect(len(shape) == 3, f"MaxPool2D needs an (H, W, C) input, got {shape}")
+        ho, wo = L.geometry(shape[:2], layer.pool_size, layer.strides, layer.padding)[:2]
+        return (ho, wo, shape[2])
+    if isinstance(layer, Flatten):
+        return (int(np.prod(shape)),)
+    if isinstance(layer, Dense):
+        n_in, n_out = layer.kernel.shape
+        expect(len(shape) == 1, f"Dense needs a flat input, got {shape}")
+        expect(n_in == shape[0], f"kernel {layer.kernel.shape} expects {n_in} inputs, the input has {shape[0]}")
+        expect(layer.bias.shape == (n_out,), f"bias has shape {layer.bias.shape}, expected ({n_out},)")
+        return (n_out,)
+    if isinstance(layer, (Activation, Dropout)):
+        return shape
+    raise UnsupportedLayerError(f"layer {layer.name!r} of type {type(layer).__name__} is not supported")
