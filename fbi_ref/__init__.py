@@ -14,14 +14,34 @@ The package, bottom layer first (pyproject.toml's import-linter contracts enforc
     evaluation/  the benchmark; reference/ reference files; figures/ matplotlib figures
     cli/         the `fbi-ref` command line
 """
+import importlib
+
 from fbi_ref.errors import (ArchitectureError, DownloadError, FbiRefError, ImageError, InputError, ModelFileError,
                             UnsupportedLayerError)
-from fbi_ref.io.images import deprocess_caffe, load_image, load_image_rgb, preprocess_caffe
-from fbi_ref.io.zoo import load_model
-from fbi_ref.methods.explain import METHODS, Explanation, explain
-from fbi_ref.nn.memory import keep_freed_memory
-from fbi_ref.nn.model import ForwardPass, Model
 from fbi_ref.version import __version__
+
+# The public API, imported on first use (fbi_ref.explain, fbi_ref.load_model, ...): numpy, numba and h5py load
+# only when needed, so that the `fbi-ref` program can answer Ctrl-C with one line even while they load.
+_API = {
+    "load_model": "fbi_ref.io.zoo", "load_image": "fbi_ref.io.images", "load_image_rgb": "fbi_ref.io.images",
+    "preprocess_caffe": "fbi_ref.io.images", "deprocess_caffe": "fbi_ref.io.images",
+    "explain": "fbi_ref.methods.explain", "Explanation": "fbi_ref.methods.explain", "METHODS": "fbi_ref.methods.explain",
+    "Model": "fbi_ref.nn.model", "ForwardPass": "fbi_ref.nn.model", "keep_freed_memory": "fbi_ref.nn.memory",
+}
+
+
+def __getattr__(name):
+    """fbi_ref.NAME for the names of the public API, imported from their module the first time."""
+    if name not in _API:
+        raise AttributeError(f"module 'fbi_ref' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_API])
+
 
 __all__ = ["load_model", "load_image", "load_image_rgb", "explain", "Explanation", "Model", "ForwardPass",
            "METHODS", "keep_freed_memory", "preprocess_caffe", "deprocess_caffe", "FbiRefError", "ModelFileError",

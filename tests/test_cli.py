@@ -1,6 +1,6 @@
 """The fbi-ref command line: every command's output files hold what they claim; bad input gives one line, exit 2.
 
-Most runs call fbi_ref.cli.main in-process (fast, and an uncaught exception would fail the test just as a
+Most runs call fbi_ref.cli.program in-process (fast, and an uncaught exception would fail the test just as a
 traceback would); a few run the real console entry point in a subprocess.
 """
 import hashlib
@@ -111,7 +111,7 @@ def test_explain_save_npz_holds_the_raw_arrays(capsys, model_path, images, tmp_p
         assert data["x"].shape == (1, 32, 32, 3) and data["target"].tolist() == [4]
         assert data["attr/gradient"].shape == (1, 32, 32, 3) and data["heatmap/gradcam"].shape == (1, 32, 32)
         np.testing.assert_allclose(data["probs"].sum(), 1, rtol=1e-5)
-        assert json.loads(str(data["meta"]))["methods"]["gradcam"] == {"layer": None}
+        assert json.loads(str(data["meta"]))["methods"]["gradcam"] == {"layer": "block3_conv2"}  # resolved: the last conv
 
 
 def test_explain_names_outputs_apart_when_two_images_share_a_name(capsys, model_path, images, tmp_path):
@@ -167,7 +167,6 @@ def test_demo_explains_shapes_images_with_any_square_model(capsys, model_path, t
     assert png_size(out) == inches(CELL * 6, CELL * 3 + 0.6)  # input + 5 methods, 3 rows
 
 
-@pytest.mark.xfail(not SHAPES_MODEL.exists(), reason="embedded model not trained yet", strict=True)
 def test_demo_with_nothing_downloaded_uses_the_embedded_shapes_model(tmp_path):
     out = tmp_path / "demo.png"
     result = run("demo", "--out", out)
@@ -175,8 +174,9 @@ def test_demo_with_nothing_downloaded_uses_the_embedded_shapes_model(tmp_path):
     assert result.stdout.strip() == f"wrote {out}" and png_size(out) == inches(CELL * 6, CELL * 6 + 0.6)
 
 
-@pytest.mark.skipif(SHAPES_MODEL.exists(), reason="the embedded Shapes model is there")
-def test_demo_without_the_embedded_model_says_so_in_one_line(capsys, tmp_path):
+def test_demo_without_the_embedded_model_says_so_in_one_line(capsys, tmp_path, monkeypatch):
+    from fbi_ref.io import zoo
+    monkeypatch.setattr(zoo, "EMBEDDED_DIR", tmp_path / "no-weights-here")  # a checkout without weights/
     code, _, err = call(capsys, "demo", "--out", tmp_path / "demo.png")
     assert code == 2 and err.count("\n") == 1 and "'shapes' model is not in" in err
 

@@ -86,10 +86,14 @@ def test_sweep_only_prints_the_chosen_defaults(tmp_path, capsys):
     assert (tmp_path / "sweep.md").exists() and (tmp_path / "sweep.json").exists()
 
 
-def test_unknown_methods_and_models_are_refused(tmp_path, capsys):
-    assert C.run(parse(TINY + ["--methods", "fbi,nope", "--out", str(tmp_path)])) == 2
-    assert C.run(parse(TINY + ["--model", str(tmp_path / "missing.h5"), "--out", str(tmp_path)])) == 1
-    assert "nope" in capsys.readouterr().err
+def test_unknown_methods_and_models_are_refused_in_one_line(tmp_path, capsys):
+    from fbi_ref.cli import main
+    assert main(["evaluate", *TINY, "--methods", "fbi,nope", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'nope'" in err and err.count("\n") == 1
+    assert main(["evaluate", *TINY, "--model", str(tmp_path / "missing.h5"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "missing.h5: no such file" in err and err.count("\n") == 1
 
 
 @pytest.mark.slow

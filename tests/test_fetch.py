@@ -1,7 +1,13 @@
 """The weights cache and downloader, against a real HTTP server on 127.0.0.1 (no mocks)."""
+import fcntl
 import hashlib
 import os
+import pty
 import socket
+import struct
+import subprocess
+import sys
+import termios
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -114,10 +120,27 @@ def test_download_without_content_length(server, tmp_path):
     assert dest.read_bytes() == PAYLOAD
 
 
-def test_progress_bar_goes_to_stderr(server, tmp_path, capsys):
+def test_progress_bar_goes_to_stderr_only_when_it_is_a_terminal(server, tmp_path, capsys):
     download(server.url("/files/tiny.h5"), tmp_path / "tiny.h5", progress=True)
-    err = capsys.readouterr().err
-    assert "tiny.h5" in err and "100%" in err
+    assert capsys.readouterr().err == ""  # stderr is not a terminal here: no bar
+    main, secondary = pty.openpty()  # a real terminal for a child process's stderr, 120 columns wide
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    code = ("import sys; from fbi_ref.io.weights_cache import download; "
+            f"download({server.url('/files/tiny.h5')!r}, {str(tmp_path / 'b.h5')!r})")
+    child = subprocess.run([sys.executable, "-c", code], stderr=secondary, stdout=subprocess.PIPE, timeout=120,
+                           env={**os.environ, "no_proxy": "127.0.0.1"})
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the terminal is closed once everything was read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert child.returncode == 0 and b"b.h5" in shown and b"100%" in shown, shown
 
 
 def assert_download_error(url, folder, *words):

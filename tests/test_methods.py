@@ -9,7 +9,7 @@ from fbi_ref.methods.multipass import bilinear_matrix, upsample_bilinear
 from fbi_ref.errors import InputError
 from fbi_ref.methods.explain import METHODS, explain
 from fbi_ref.nn.model import Model
-from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten
 from fbi_ref.methods.traversal import Rules, walk
 
 from .strategies import randn, tiny_model

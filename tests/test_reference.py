@@ -89,7 +89,7 @@ def test_meta_is_json_with_versions_options_and_conventions(arrays, model_path):
     assert meta["fbi_ref_version"] == fbi_ref.__version__ and meta["numpy_version"] == np.__version__
     assert meta["model"]["md5"] == fbi_ref.io.weights_cache.md5sum(model_path)
     assert meta["methods"]["fbi"]["tau"] == 0.0 and meta["methods"]["fbi"]["k"] == 0.5
-    assert meta["methods"]["gradcam"] == {"layer": None}
+    assert meta["methods"]["gradcam"] == {"layer": "block3_conv2"}  # every default resolved, no null
     assert [layer["name"] for layer in meta["layers"]] == [layer.name for layer in fbi_ref.load_model(model_path).layers]
     assert {"padding", "pooling_tie_break", "flatten_order", "layout"} <= set(meta["conventions"])
     assert meta["target"] == "top1" and meta["layout"] == "NHWC"

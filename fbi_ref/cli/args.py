@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fbi_ref.errors import InputError, ModelFileError
+from fbi_ref.io.paths import output_file, shown
 from fbi_ref.methods.explain import METHODS
 
 IMPORTED = time.time()
@@ -55,6 +56,14 @@ def number(text):
     return int(value) if plain.isdigit() else value
 
 
+def int_between(low, high):
+    """An argument type: an integer from low to high."""
+    def parse(text):
+        value = positive_int(text) if low >= 1 else int(text)
+        return value if low <= value <= high else _bad(f"must be from {low} to {high}, got {value}")
+    return parse
+
+
 def positive_int(text):
     """An integer of at least 1."""
     try:
@@ -62,6 +71,12 @@ def positive_int(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     return value if value >= 1 else _bad(f"must be at least 1, got {value}")
+
+
+def positive_number(text):
+    """A finite number greater than 0."""
+    value = number(text)
+    return value if 0 < value < math.inf else _bad(f"must be a finite number greater than 0, got {text}")
 
 
 def tau_value(text):
@@ -171,7 +186,36 @@ def say(args, *lines):
     """Print unless --quiet (through tqdm, so an open progress bar is not broken)."""
     if not args.quiet:
         for line in lines:
-            tqdm.write(str(line))
+            emit(line, through_tqdm=True)
+
+
+def emit(text, through_tqdm=False):
+    """Write a line to stdout; if the reader has gone (`fbi-ref compare a b | head`), stop writing, quietly.
+
+    File names that are not valid UTF-8 are shown with \\xNN escapes instead of failing to print.
+    """
+    if _stdout_closed:
+        return
+    try:
+        (tqdm.write if through_tqdm else print)(shown(str(text)))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+
+
+_stdout_closed = False
+
+
+def silence_stdout():
+    """Send the rest of stdout to /dev/null, so that nothing (not even Python's exit) writes to a closed pipe."""
+    global _stdout_closed
+    _stdout_closed = True
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (a test's capture): nothing to do
+        pass
 
 
 def announce_compiling(args):
@@ -236,12 +280,12 @@ def image_files(paths):
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
-                raise InputError(f"{path}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise InputError(f"{shown(path)}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files += found
         elif path.exists():
             files.append(path)
         else:
-            raise InputError(f"{path}: no such file or folder")
+            raise InputError(f"{shown(path)}: no such file or folder")
     return files
 
 
@@ -251,22 +295,33 @@ def output_folder(path):
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise InputError(f"{path}: cannot be an output folder, a file is in the way") from None
+        raise InputError(f"{shown(path)}: cannot be an output folder, a file is in the way") from None
     return path
 
 
-def figure_path(path):
-    """The figure file to write, checked before any work: its suffix must name a format matplotlib writes."""
+def figure_path(path, inputs=()):
+    """The figure file to write, checked before any work: its suffix must name a format matplotlib writes, and
+    it must be neither one of the command's `inputs` nor an existing symlink, FIFO, device or folder."""
     from matplotlib.figure import Figure
     kinds = Figure().canvas.get_supported_filetypes()  # png, pdf, svg, ...
     if Path(path).suffix.lower().lstrip(".") not in kinds:
-        raise InputError(f"{path}: give the figure a file name ending in one of .{', .'.join(sorted(kinds))}")
-    return Path(path)
+        raise InputError(f"{shown(path)}: give the figure a file name ending in one of .{', .'.join(sorted(kinds))}")
+    return output_file(path, inputs)
+
+
+def model_file(name):
+    """The file a --model name or path stands for (a known name's cached file, an embedded model's), or None."""
+    from fbi_ref.io import weights_cache
+    from fbi_ref.io.zoo import embedded_models
+    if name in weights_cache.KNOWN_WEIGHTS:
+        return weights_cache.cached_weights(name)
+    embedded = embedded_models()
+    return embedded[name] if name in embedded else Path(name)
 
 
 def emit_json(record):
     """Print a record as JSON on stdout (for programs)."""
-    print(json.dumps(record, indent=2, sort_keys=True))
+    emit(json.dumps(record, indent=2, sort_keys=True))
 
 
 def file_size(path):

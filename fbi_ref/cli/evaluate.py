@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import fields
 from pathlib import Path
 
-from fbi_ref.cli.args import OneLineParser
-from fbi_ref.errors import FbiRefError
+from fbi_ref.cli.args import OneLineParser, emit, model_file
+from fbi_ref.errors import InputError
 from fbi_ref.evaluation import benchmark
 from fbi_ref.evaluation.benchmark import ROWS, Settings, benchmark_model, evaluate, settings_dict, tune_fbi_defaults
-from fbi_ref.evaluation.report import write_report, write_sweep
+from fbi_ref.evaluation.report import REPORT_FILES, SWEEP_FILES, write_report, write_sweep
+from fbi_ref.io.paths import output_file
 
 HELP = {
     "kind": "kind of the single-object test and validation images",
@@ -22,6 +22,7 @@ HELP = {
     "blur_sigma": "Gaussian sigma (px) of the 'blur' baseline", "tolerance": "pointing-game mask dilation (px)",
     "sweep_k": "FBI sweep: k values (fractions of the channels)", "sweep_tau": "FBI sweep: tau values",
     "jobs": "worker processes (the results do not depend on it)",
+    "threads": "BLAS and numba threads per task (the last digits of float32 sums depend on it)",
 }
 CHOICES = {"kind": ("single", "distractor"), "deletion_baseline": ("mean", "blur"),
            "insertion_baseline": ("blur", "mean"), "sweep_tau_mode": ("relative", "absolute")}
@@ -85,27 +86,22 @@ def run(args):
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
     unknown = [name for name in names if name not in ROWS]
     if unknown or not names:
-        print(f"fbi-ref evaluate: unknown method {unknown[0] if unknown else '(none)'!r}; choose from "
-              f"{', '.join(ROWS)}", file=sys.stderr)
-        return 2
-    try:
-        model = benchmark_model(args.model, args.model_seed)
-    except FbiRefError as e:
-        print(f"fbi-ref evaluate: {e} (train the Shapes model with `python -m fbi_ref.shapes.train`, or use "
-              f"--model random)", file=sys.stderr)
-        return 1
+        raise InputError(f"unknown method {unknown[0] if unknown else '(none)'!r}; choose from {', '.join(ROWS)}")
+    model = benchmark_model(args.model, args.model_seed)
     settings = settings_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
+    for name in SWEEP_FILES if args.sweep_only else REPORT_FILES:  # before the run, not after five minutes
+        output_file(args.out / name, [model_file(args.model)] if args.model != "random" else [])
     if args.sweep_only:
         defaults, rows = tune_fbi_defaults(model, settings)
         write_sweep(rows, defaults, settings_dict(settings), command_line(args), args.out)
-        print(json.dumps({"fbi_defaults": defaults}))
+        emit(json.dumps({"fbi_defaults": defaults}))
         return 0
     results, examples = evaluate(model, settings, names)
     results["command"] = command_line(args)
     table = write_report(results, examples, args.out)
-    print(table)
-    print(f"FBI defaults: {json.dumps(results['fbi_defaults'])}; {results['seconds']:.0f} s; written to {args.out}")
+    emit(table)
+    emit(f"FBI defaults: {json.dumps(results['fbi_defaults'])}; {results['seconds']:.0f} s; written to {args.out}")
     return 0
 
 

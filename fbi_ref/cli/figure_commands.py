@@ -8,16 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from fbi_ref.cli.args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, bar, figure_path,
-                              image_files, load_model, method_list, method_options, number_list, output_folder,
+                              image_files, int_between, load_model, method_list, method_options, model_file,
+                              number_list, output_folder,
                               positive_int, process_age, say, tau_list)
 from fbi_ref.errors import InputError
 from fbi_ref.io.arrays import write_npz
+from fbi_ref.io.paths import output_file, shown
 from fbi_ref.io.images import preprocess_caffe, preprocess_image
 from fbi_ref.methods.explain import explain
 from fbi_ref.nn.layers import softmax
 from fbi_ref.reference.build import plain, stable_json
 
 DEMO_METHODS = ("fbi", "guided_backprop", "deconvnet", "gradient", "gradcam")
+MAX_MAPS = 16  # per row of the layers figure: VGG16's walk has 23 rows
 
 
 def save_figure(args, fig, path, announce=True):
@@ -30,13 +33,18 @@ def save_figure(args, fig, path, announce=True):
     return path
 
 
+def inputs_of(args, images=()):
+    """The files a command reads (its images and its model's file), which no output may overwrite."""
+    return [p for p in [*images, model_file(args.model)] if p is not None]
+
+
 # --- demo ------------------------------------------------------------------------------------
 
 def run_demo(args):
     """Shapes images explained by the embedded model, one row per image, one column per method."""
     from fbi_ref.figures import comparison_figure  # matplotlib: imported only by the commands that draw
     from fbi_ref.shapes import CLASSES, generate
-    out = figure_path(args.out)
+    out = figure_path(args.out, inputs_of(args))
     model = load_model(args.model)
     height, width, _ = model.input_shape
     if height != width:
@@ -55,25 +63,36 @@ def run_demo(args):
 def run_explain(args):
     """One Table-1 style figure per image (and with --save-npz the arrays)."""
     files = image_files(args.images)
-    model = load_model(args.model)
     options = method_options(args, args.method)
     out = output_folder(args.out)
-    stems = set()
-    for path in bar(args, files, "explaining", "image"):
+    plan = explain_outputs(files, out, args.save_npz, inputs_of(args, files))  # checked before any work
+    model = load_model(args.model)
+    for path, png, npz in bar(args, plan, "explaining", "image"):
         x = preprocess_image(path, model.input_shape)  # (1, H, W, 3), as fbi_ref.load_image
         started = process_age()
         e = {m: explain(model, x, m, target=args.target, **options[m]) for m in args.method}
         if args.timings:
-            print(f"fbi-ref: {path.name}: explaining started {started:.2f} s after the process started and took "
-                  f"{process_age() - started:.2f} s", file=sys.stderr)
+            print(f"fbi-ref: {shown(path.name)}: explaining started {started:.2f} s after the process started and "
+                  f"took {process_age() - started:.2f} s", file=sys.stderr)
         from fbi_ref.figures import explanation_figure, prediction_text  # after explaining: matplotlib takes a while
-        stem = _unique(path.stem, stems)
-        png = save_figure(args, explanation_figure(x, e, model.class_names, name=path.name),
-                          out / f"{stem}_explain.png", announce=False)
-        written = [png] + ([_save_arrays(out / f"{stem}_explain.npz", x, e, model, path)] if args.save_npz else [])
+        written = [save_figure(args, explanation_figure(x, e, model.class_names, name=shown(path.name)), png,
+                               announce=False)]
+        if npz is not None:
+            written.append(_save_arrays(npz, x, e, model, path))
         prediction = prediction_text(next(iter(e.values())), 0, model.class_names)
         say(args, f"{path}: {prediction} -> {', '.join(map(str, written))}")
     return 0
+
+
+def explain_outputs(files, out, save_npz, inputs):
+    """[(image, figure path, .npz path or None)], every output checked against every input before any work."""
+    plan, stems = [], set()
+    for path in files:
+        stem = _unique(path.stem, stems)
+        png = output_file(out / f"{stem}_explain.png", inputs)
+        npz = output_file(out / f"{stem}_explain.npz", inputs) if save_npz else None
+        plan.append((path, png, npz))
+    return plan
 
 
 def _unique(stem, taken):
@@ -92,7 +111,7 @@ def _save_arrays(path, x, explanations, model, image):
     arrays = {"x": x, "logits": first.logits, "probs": softmax(first.logits), "target": first.target}
     arrays.update({f"attr/{m}": e.attribution for m, e in explanations.items()})
     arrays.update({f"heatmap/{m}": e.heatmap for m, e in explanations.items()})
-    meta = {"image": image.name, "model": model.name, "layout": "NHWC",
+    meta = {"image": shown(image.name), "model": model.name, "layout": "NHWC",
             "methods": {m: plain(e.options) for m, e in explanations.items()}}
     arrays["meta"] = np.array(stable_json(meta))
     return write_npz(path, arrays)
@@ -103,7 +122,7 @@ def _save_arrays(path, x, explanations, model, image):
 def run_layers(args):
     """FBI's walk as pictures: the support and strongest backward maps at every position."""
     from fbi_ref.figures import layer_gallery
-    out = figure_path(args.out)
+    out = figure_path(args.out, inputs_of(args, [args.image]))
     model = load_model(args.model)
     x = preprocess_image(args.image, model.input_shape)
     e = explain(model, x, "fbi", target=args.target, record_layers=True, **method_options(args, ["fbi"])["fbi"])
@@ -116,7 +135,7 @@ def run_layers(args):
 def run_sweep(args):
     """FBI over a grid of k and tau."""
     from fbi_ref.figures import sweep_figure
-    out = figure_path(args.out)
+    out = figure_path(args.out, inputs_of(args, [args.image]))
     model = load_model(args.model)
     x = preprocess_image(args.image, model.input_shape)
     mode = args.tau_mode or "absolute"
@@ -169,7 +188,8 @@ def register(sub, command_parser):
     add_model(p)
     add_target(p)
     add_fbi_options(p)
-    p.add_argument("--maps", type=positive_int, default=4, help="backward maps shown per layer (default 4)")
+    p.add_argument("--maps", type=int_between(1, MAX_MAPS), default=4,
+                   help=f"backward maps shown per layer, 1 to {MAX_MAPS} (default 4)")
     p.add_argument("--out", default="layers.png", help="the figure to write (default layers.png)")
     p.set_defaults(run=run_layers, option=[])
 

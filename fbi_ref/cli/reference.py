@@ -5,23 +5,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fbi_ref.cli.args import (add_fbi_options, add_options, add_target, emit_json, file_size, image_files, load_model,
-                              method_list, method_options, say)
+from fbi_ref.cli.args import (add_fbi_options, add_options, add_target, emit, emit_json, file_size, image_files, load_model,
+                              method_list, method_options, model_file, say)
 from fbi_ref.errors import InputError
-from fbi_ref.io import weights_cache
 from fbi_ref.io.arrays import load_arrays, load_npz, write_npz
 from fbi_ref.io.images import preprocess_image
-from fbi_ref.io.zoo import embedded_models
+from fbi_ref.io.paths import output_file
 from fbi_ref.methods.explain import METHODS
 from fbi_ref.reference.build import build_reference
 from fbi_ref.reference.compare import compare, format_comparison
-
-
-def model_file(name):
-    """The file a model name or path refers to (for the MD5 in meta)."""
-    if name in weights_cache.KNOWN_WEIGHTS:
-        return weights_cache.weights_path(name)
-    return embedded_models().get(name, Path(name))
 
 
 def reference_inputs(args, model):
@@ -38,11 +30,14 @@ def reference_inputs(args, model):
 
 def run_reference(args):
     """Write every intermediate of the forward pass and of each method to one .npz."""
+    sources = [args.inputs] if args.inputs else image_files(args.images)
+    inputs = [p for p in [*sources, model_file(args.model)] if p is not None]
+    output_file(args.out, inputs)  # before any work: never an input, a symlink or a special file
     model = load_model(args.model)
     x = reference_inputs(args, model)
     arrays = build_reference(model, x, args.methods, args.target, method_options(args, args.methods),
                              model_file(args.model), args.with_weights, progress=not args.quiet)
-    path = write_npz(args.out, arrays)
+    path = write_npz(args.out, arrays, inputs)
     summary = {"path": str(path), "size": path.stat().st_size, "model": model.name, "methods": list(args.methods),
                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}}
     if args.json:
@@ -60,7 +55,7 @@ def run_compare(args):
     if args.json:
         emit_json({"ref": args.ref, "other": args.other, **result.to_dict()})
     elif not args.quiet:
-        print(format_comparison(result, Path(args.ref).name, Path(args.other).name))
+        emit(format_comparison(result, Path(args.ref).name, Path(args.other).name))
     return 0 if result.passed else 1
 
 

@@ -6,15 +6,17 @@ import hashlib
 import json
 from pathlib import Path
 
-from fbi_ref.cli.args import emit_json, file_size, say
+from fbi_ref.cli.args import emit, emit_json, file_size, positive_number, say
 from fbi_ref.errors import InputError
 from fbi_ref.io import weights_cache
+from fbi_ref.io.paths import input_file, shown
 from fbi_ref.io.zoo import embedded_models
 
 
 def run_weights_fetch(args):
     """Download known weights into the cache (or keep the cached file if its MD5 matches)."""
-    path = weights_cache.fetch_weights(args.name, force=args.force, url=args.url, progress=not args.quiet)
+    path = weights_cache.fetch_weights(args.name, force=args.force, url=args.url, progress=not args.quiet,
+                                       deadline=args.deadline)
     say(args, f"{args.name}: {path} (md5 {weights_cache.known_file(args.name).md5} verified)")
     return 0
 
@@ -45,14 +47,14 @@ def run_weights_list(args):
     elif args.quiet:
         for row in rows:
             if row["cached"]:
-                print(row["name"])
+                emit(row["name"])
     else:
-        print(f"cache: {weights_cache.weights_dir()}")
-        print(f"{'name':<13} {'kind':<9} {'status':<9} {'size':>9}  {'md5':<32}  path")
+        emit(f"cache: {weights_cache.weights_dir()}")
+        emit(f"{'name':<13} {'kind':<9} {'status':<9} {'size':>9}  {'md5':<32}  path")
         for r in rows:
             size = file_size(r["path"]) if r["cached"] else "-"
             hint = "" if r["cached"] else f"   (fbi-ref weights fetch {r['name']})"
-            print(f"{r['name']:<13} {r['kind']:<9} {r['status']:<9} {size:>9}  {r['md5'] or '-':<32}  {r['path']}{hint}")
+            emit(f"{r['name']:<13} {r['kind']:<9} {r['status']:<9} {size:>9}  {r['md5'] or '-':<32}  {r['path']}{hint}")
     return 0
 
 
@@ -83,9 +85,10 @@ def verify_record(target):
         expected = ("sha256", manifest_sha256(path))
     else:
         path = Path(target)
-        if not path.is_file():
+        if not path.exists():
             known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded_models()])
-            raise InputError(f"{target}: no such file, and not a known weights name ({known})")
+            raise InputError(f"{shown(target)}: no such file, and not a known weights name ({known})")
+        path = input_file(path, "weights file")  # a FIFO or a device would be read forever
         by_file = {k.filename: k.md5 for k in weights_cache.KNOWN_WEIGHTS.values()}
         expected = ("md5", by_file.get(path.name))
     record = {"path": str(path), "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": sha256sum(path)}
@@ -102,10 +105,10 @@ def run_weights_verify(args):
     if args.json:
         emit_json(record)
     elif not args.quiet:
-        print(f"{record['path']}\n  md5    {record['md5']}\n  sha256 {record['sha256']}")
+        emit(f"{record['path']}\n  md5    {record['md5']}\n  sha256 {record['sha256']}")
         if "expected" in record:
             verdict = "OK" if ok else "MISMATCH"
-            print(f"  {verdict}: expected {record['expected_hash']} {record['expected']}")
+            emit(f"  {verdict}: expected {record['expected_hash']} {record['expected']}")
     return 0 if ok else 1
 
 
@@ -123,6 +126,8 @@ def register(sub, command_parser):
                        "is put in place.", "fbi-ref weights fetch vgg16")
     w.add_argument("name", choices=list(weights_cache.KNOWN_WEIGHTS), metavar="NAME", help=", ".join(weights_cache.KNOWN_WEIGHTS))
     w.add_argument("--url", help="download from this address instead (a mirror); the MD5 is still checked")
+    w.add_argument("--deadline", type=positive_number, default=weights_cache.DEFAULT_DEADLINE, metavar="SECONDS",
+                   help=f"give up when the download takes longer (default {weights_cache.DEFAULT_DEADLINE:g})")
     w.add_argument("--force", action="store_true", help="download even if a verified copy is cached")
     w.set_defaults(run=run_weights_fetch)
     w = command_parser(weights, "list", "cached and embedded models with sizes and hashes",

@@ -15,12 +15,12 @@ from itertools import takewhile
 import numpy as np
 
 from fbi_ref.evaluation import metrics as M
-from fbi_ref.evaluation.workers import cpu_count, cpu_time, run_tasks
+from fbi_ref.evaluation.workers import cpu_count, cpu_time, run_tasks, thread_limit
 from fbi_ref.io.zoo import PAPER_FBI_DEFAULTS, load_model
 from fbi_ref.methods.explain import METHODS, explain
 from fbi_ref.nn.architectures import random_weights
 from fbi_ref.nn.model import Model
-from fbi_ref.nn.network import Architecture, Conv2D, Dense
+from fbi_ref.nn.network import Conv2D, Dense
 from fbi_ref.shapes.dataset import CLASSES, generate
 from fbi_ref.shapes.train import preprocess_uint8, shapes_architecture
 
@@ -62,7 +62,8 @@ class Settings:
     occlusion_patch: int = 16
     occlusion_stride: int = 8
     batch_size: int = 32
-    jobs: int = min(2, cpu_count())  # worker processes; results do not depend on it
+    jobs: int = min(8, cpu_count())  # worker processes; the results do not depend on it
+    threads: int = 1                 # BLAS and numba threads per task; float32 sums (last digits) depend on it
     progress: bool = True
 
     def method_options(self, method):
@@ -219,18 +220,18 @@ def tune_fbi_defaults(model, settings=None):
     The test set is never looked at. settings: a Settings (its sweep_* and val_* fields), default Settings().
     """
     settings = settings or Settings()
-    rows = sweep(model, validation_data(model, settings), settings)
+    with thread_limit(settings.threads):
+        rows = sweep(model, validation_data(model, settings), settings)
     return choose_fbi_defaults(rows), rows
 
 
 def cascade(model, seed):
     """Yield (layer name, model) with the weighted layers re-initialised cumulatively from the top down."""
-    arch = Architecture(list(model.layers), model.input_shape, model.name)
-    fresh = random_weights(arch, seed, model.dtype).layers
+    fresh = random_weights(model.architecture(), seed, model.dtype).layers
     layers = list(model.layers)
     for i in reversed([i for i, layer in enumerate(layers) if isinstance(layer, (Conv2D, Dense))]):
         layers[i] = fresh[i]
-        yield model.layers[i].name, Model(Architecture(list(layers), model.input_shape, model.name), model.class_names)
+        yield model.layers[i].name, model.with_layers(layers)  # the model's own FBI defaults and class names
 
 
 def randomisation_row(model, method, options, x, targets, before, settings):
@@ -256,8 +257,7 @@ def randomisation(model, rows, data, maps, settings):
 
 def fbi_options(model, settings, chosen):
     """FBI's options for the test: the sweep's choice, else --fbi-* options, else the model's defaults."""
-    own = {key: value for key, value in getattr(model, "fbi_defaults", PAPER_FBI).items()
-           if key in ("k", "tau", "tau_mode")}
+    own = {key: value for key, value in model.fbi_defaults.items() if key in ("k", "tau", "tau_mode")}
     return {**PAPER_FBI, **own, **settings.fbi, **(chosen or {})}
 
 
@@ -296,6 +296,12 @@ def evaluate(model, settings=None, names=ROWS):
     validation set; results["fbi_defaults"] is that choice.
     """
     settings = settings or Settings()
+    with thread_limit(settings.threads):  # what this process computes too, so that nothing depends on --jobs
+        return _evaluate(model, settings, names)
+
+
+def _evaluate(model, settings, names):
+    """evaluate() with the thread limit in place."""
     started, cpu_started = time.time(), cpu_time()
     clock = started
     results = {"model": model.name, "settings": settings_dict(settings), "rows": list(names), "stage_seconds": {}}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fbi_ref.io.paths import output_file, replace, temporary_beside, write_text
+
 # (results key, column title) of the main table; arrows say which direction is better.
 COLUMNS = [("pointing", "pointing ↑"), ("mass", "mass acc. ↑"), ("class_sensitivity", "class sens. ↑"),
            ("pair_rho", "pair ρ ↓"), ("deletion", "deletion AUC ↓"), ("insertion", "insertion AUC ↑"),
@@ -16,6 +18,11 @@ SWEEP_COLUMNS = [("pointing", "pointing ↑"), ("mass", "mass acc. ↑"), ("clas
                  ("pair_rho", "pair ρ ↓"), ("deletion", "deletion AUC ↓"), ("insertion", "insertion AUC ↑"),
                  ("zeros", "zeros % (attr.)"), ("support_zeros", "zeros % (map)"), ("score", "score ↑")]
 PERCENT = ("zeros", "support_zeros")
+
+
+# The files a run writes into its output folder (a sweep-only run: SWEEP_FILES).
+REPORT_FILES = ("benchmark.md", "results.json", "curves.png", "randomisation.png", "examples.png", "sweep.png")
+SWEEP_FILES = ("sweep.md", "sweep.json", "sweep.png")
 
 
 def cell(key, value):
@@ -83,7 +90,7 @@ def settings_text(s, results=None):
         f"deletion / insertion on the first {s['n_curves']}, randomisation on the first {s['n_random']}",
         f"- validation set (FBI sweep only): seed {s['val_seed']}: {s['n_val']} `{s['kind']}` images, "
         f"{s['n_val_pairs']} `pair` images, deletion / insertion on the first {s['n_val_curves']}",
-        f"- explained class: the labelled object's class (ground truth), whatever the prediction",
+        "- explained class: the labelled object's class (ground truth), whatever the prediction",
         f"- pointing game tolerance: the mask dilated by a disk of radius {s['tolerance']:g} px",
         f"- deletion / insertion: {s['steps']} steps of 1/{s['steps']} of the pixels (all channels), ranked by heat "
         f"map, ties in a fixed pseudo-random order; deleted pixels become `{s['deletion_baseline']}`, insertion "
@@ -109,7 +116,7 @@ def write_json(results, path):
         if isinstance(v, np.generic):
             return v.item()
         return v
-    Path(path).write_text(json.dumps(clean(results), indent=1) + "\n")
+    write_text(path, json.dumps(clean(results), indent=1) + "\n")
 
 
 def write_report(results, examples, out):
@@ -136,7 +143,7 @@ def write_report(results, examples, out):
                      if "tuned_pearson" in c else "") + ".", ""]
     parts += ["## Randomisation cascade (Spearman of |heat map|)", "", randomisation_table(results), "",
               "## Settings", "", settings_text(results["settings"]), ""]
-    (out / "benchmark.md").write_text("\n".join(parts))
+    write_text(out / "benchmark.md", "\n".join(parts))
     write_json(results, out / "results.json")
     plot_curves(results, out / "curves.png")
     plot_randomisation(results, out / "randomisation.png")
@@ -151,9 +158,21 @@ def write_sweep(rows, defaults, settings, command, out):
     out = Path(out)
     text = ["# FBI sweep (validation set)", "", f"Command: `{command}`", "", sweep_table(rows, defaults), "",
             f"Chosen FBI defaults: `{json.dumps(defaults)}`." + edge_note(rows, defaults), "", settings_text(settings), ""]
-    (out / "sweep.md").write_text("\n".join(text))
+    write_text(out / "sweep.md", "\n".join(text))
     write_json({"fbi_defaults": defaults, "sweep": rows, "settings": settings}, out / "sweep.json")
     plot_sweep(rows, out / "sweep.png")
+
+
+def save_png(plt, fig, path):
+    """Write a figure as PNG atomically (never onto a symlink or special file) and close it."""
+    path = output_file(path)
+    tmp = temporary_beside(path, "plot")
+    try:
+        fig.savefig(tmp, dpi=100, format="png")
+        replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
 
 
 def pyplot():
@@ -186,8 +205,7 @@ def plot_curves(results, path):
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(plt, fig, path)
 
 
 def plot_randomisation(results, path):
@@ -205,8 +223,7 @@ def plot_randomisation(results, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(plt, fig, path)
 
 
 def plot_sweep(rows, path):
@@ -229,8 +246,7 @@ def plot_sweep(rows, path):
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(plt, fig, path)
 
 
 def plot_examples(examples, path):
@@ -251,5 +267,4 @@ def plot_examples(examples, path):
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(plt, fig, path)

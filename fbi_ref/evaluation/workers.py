@@ -1,9 +1,19 @@
-"""Running the benchmark's tasks on worker processes, with as many threads each as leaves the cores unshared."""
+"""Running the benchmark's tasks on worker processes, each task with the same number of threads.
+
+Float32 sums in BLAS depend on how many threads split them (two runs with 1 and 2 OpenBLAS threads differed
+in the 7th digit), so every task runs with `settings.threads` BLAS and numba threads however many workers
+there are: the results are then the same, digit for digit, for any --jobs on one machine. (Another CPU or
+BLAS build may still move the last digit.)
+
+The pool is the standard library's ProcessPoolExecutor with spawned workers; it is kept rather than a task
+scheduler such as Dask because the benchmark's tasks are few (two dozen), known up front and of similar size.
+"""
 import contextlib
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 
@@ -14,26 +24,43 @@ def cpu_count():
     return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def thread_limit(n):
+    """Within the block, BLAS and numba's parallel kernels use at most n threads in this process."""
+    import numba
+    before = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def _run_limited(fn, threads, args):
+    """fn(*args) with `threads` threads (what a worker runs)."""
+    with thread_limit(threads):
+        return fn(*args)
+
+
 def run_tasks(fn, tasks, settings, desc, costs=None):
     """[fn(*task) for task in tasks], in order; on settings.jobs spawned processes, costliest first.
 
-    settings: anything with .jobs (worker processes) and .progress (a tqdm bar or not).
-
-    Every task computes the same thing wherever it runs, so the results do not depend on the job count.
+    settings: anything with .jobs (worker processes), .threads (threads per task) and .progress (a bar or not).
+    With jobs = 1 the tasks run in this process, with the same thread limit.
     """
     order = sorted(range(len(tasks)), key=lambda i: -(costs[i] if costs else 0))  # stable: ties keep order
     results = [None] * len(tasks)
     with tqdm(total=len(tasks), desc=desc, disable=not settings.progress) as bar:
         if settings.jobs <= 1:
             for i in order:
-                results[i] = fn(*tasks[i])
+                results[i] = _run_limited(fn, settings.threads, tasks[i])
                 bar.update()
             return results
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: numba's threads do not fork
         jobs = max(1, min(settings.jobs, len(tasks)))
-        with worker_threads(max(1, cpu_count() // jobs)), \
-                ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = {pool.submit(fn, *tasks[i]): i for i in order}
+        with worker_threads(settings.threads), ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = {pool.submit(_run_limited, fn, settings.threads, tasks[i]): i for i in order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
@@ -45,14 +72,14 @@ THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREAD
 
 @contextlib.contextmanager
 def worker_threads(n):
-    """Processes spawned within the block use n threads each (numba and BLAS), so jobs x threads <= cores.
+    """Processes spawned within the block start n threads each (numba and BLAS), not one per core.
 
     Without it, every worker starts as many numba and BLAS threads as there are cores, and on 2 cores two
     workers ran the sweep 4-5x slower than one process alone.
     """
     saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    for name, value in saved.items():  # never more threads than the user asked for
-        os.environ[name] = str(min(n, int(value)) if value and value.isdigit() and int(value) > 0 else n)
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(n)
     try:
         yield
     finally:

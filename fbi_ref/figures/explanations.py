@@ -16,10 +16,13 @@ Inputs are shown as the RGB image (fbi_ref.deprocess_caffe); supports as outline
 """
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 from matplotlib.figure import Figure
 
 from fbi_ref.io.images import deprocess_caffe
+from fbi_ref.io.paths import output_file, replace, temporary_beside
 from fbi_ref.methods.explain import HEATMAP_REDUCTION, heatmap
 from fbi_ref.nn.layers import softmax
 
@@ -187,8 +190,20 @@ def plot_support(x, mask, title=None):
 
 
 def save(fig, path, dpi=DPI):
-    """Write a figure to a file (PNG by the file name's suffix); returns the path."""
-    fig.savefig(path, dpi=dpi)
+    """Write a figure to a file (PNG by the file name's suffix), atomically; returns the path.
+
+    An existing regular file is replaced; a symlink, FIFO, device or folder at `path` is refused (InputError).
+    """
+    if hasattr(path, "write"):  # a file object such as io.BytesIO: matplotlib writes PNG into it
+        fig.savefig(path, dpi=dpi, format="png")
+        return path
+    path = output_file(path)
+    tmp = temporary_beside(path, secrets.token_hex(4))
+    try:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+        replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

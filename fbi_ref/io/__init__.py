@@ -7,5 +7,6 @@
     weights_cache.py  where known weight files live, and their verified, atomic download
     images.py         image files as model input, exactly as Keras loads and preprocesses them
     imagenet.py       the 1000 ImageNet class names, as Keras numbers them
-    arrays.py         .npy/.npz files: a deterministic writer and a reader that never unpickles
+    arrays.py         .npy/.npz files: a deterministic writer and a bounded reader that never unpickles
+    paths.py          inputs must be regular files; outputs never replace an input, a symlink or a device
 """

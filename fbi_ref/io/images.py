@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from fbi_ref.errors import ImageError, InputError
+from fbi_ref.io.paths import input_file, shown
 from fbi_ref.nn.layers import CAFFE_MEAN_BGR, preprocess_forward
 
 # The filters keras.utils.load_img accepts, by the same names.
@@ -54,6 +55,7 @@ def load_image_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None,
     """
     size = _check_size(size)
     resample = _resample_filter(interpolation)
+    path = input_file(path, "image file", ImageError)  # a FIFO or /dev/zero would block or never end
     with _image_errors(path):
         with Image.open(path) as img:
             img.load()  # decode now: Pillow is lazy and would hide a truncated file
@@ -146,19 +148,19 @@ def _image_errors(path):
         try:
             yield
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise ImageError(f"{path}: too large to decode safely: {e}") from None
+            raise ImageError(f"{shown(path)}: too large to decode safely: {e}") from None
         except FileNotFoundError:
-            raise ImageError(f"{path}: no such file") from None
+            raise ImageError(f"{shown(path)}: no such file") from None
         except IsADirectoryError:
-            raise ImageError(f"{path}: is a directory, not an image file") from None
+            raise ImageError(f"{shown(path)}: is a directory, not an image file") from None
         except PermissionError:
-            raise ImageError(f"{path}: permission denied") from None
+            raise ImageError(f"{shown(path)}: permission denied") from None
         except Image.UnidentifiedImageError:
-            raise ImageError(f"{path}: not an image file Pillow can read") from None
+            raise ImageError(f"{shown(path)}: not an image file Pillow can read") from None
         # Corrupt data surfaces as OSError (e.g. 'image file is truncated') or, from some
         # decoders, as one of the others.
         except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
-            raise ImageError(f"{path}: corrupt or truncated image: {_one_line(e)}") from None
+            raise ImageError(f"{shown(path)}: corrupt or truncated image: {_one_line(e)}") from None
 
 
 def _one_line(error: Exception) -> str:

@@ -6,16 +6,24 @@ Layouts (see the README of the keras-small fixtures):
   save_weights('x.h5') and every model.save('x.h5').
 - "layers": /layers/<class-derived name>/vars/0, 1, ... from Keras 3 (and late tf-keras)
   save_weights('x.weights.h5'), also inside a .keras zip next to config.json.
+
+A file cannot make fbi_ref read anything but itself, nor allocate more than it must: external links, datasets
+stored in other files (external storage, virtual datasets) and filters HDF5 would load from plugins are
+refused before any weight is read, and every declared size is checked against the architecture and against
+MAX_MODEL_BYTES first.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
+import math
+import os
 import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import h5py
@@ -24,6 +32,7 @@ import numpy as np
 from fbi_ref.errors import ArchitectureError, FbiRefError, InputError, ModelFileError, UnsupportedLayerError
 from fbi_ref.io.infer import check_shape, infer_vgg, kernel_and_bias
 from fbi_ref.io.keras_config import architecture_from_config
+from fbi_ref.io.paths import input_file, shown
 from fbi_ref.nn.architectures import is_placeholder, vgg16, vgg19, weighted_layers
 from fbi_ref.nn.network import Architecture, Conv2D, Dense
 
@@ -34,6 +43,16 @@ _WEIGHTED_GROUPS = {"conv2d": Conv2D, "dense": Dense}
 # HDF5 keeps attributes in a 64 kB object header; Keras splits longer lists into name0, name1, ...
 _ATTRIBUTE_LIMIT = 64512
 _INPUT_LAYER = "input_1"
+
+# The most weight data a model may declare (bytes as float32): VGG19 has 574 MB.
+MAX_MODEL_BYTES = int(os.environ.get("FBI_REF_MAX_MODEL_BYTES", 2 * 2**30))
+# A .keras file's weights may be this much larger than its config's weights in float64, for HDF5's own records.
+_HDF5_OVERHEAD = 16 * 2**20
+_MAX_CONFIG_BYTES = 16 * 2**20
+_MAX_OBJECTS = 100_000
+# The filters HDF5 has built in (deflate, shuffle, fletcher32, szip, nbit, scaleoffset) and LZF, which h5py
+# brings; any other would make HDF5 search its plugin path and load a shared library.
+_BUILT_IN_FILTERS = {1, 2, 3, 4, 5, 6, 32000}
 
 
 @dataclasses.dataclass
@@ -46,7 +65,7 @@ class _Stored:
 
 def read_keras_file(path, architecture=None) -> Architecture:
     """The model in a Keras file; `architecture` is 'vgg16', 'vgg19', an Architecture, or None to infer."""
-    path = Path(path)
+    path = input_file(path, "Keras weights file", ModelFileError)
     with _naming(path):
         with open(path, "rb") as file:
             is_zip = file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
@@ -59,13 +78,15 @@ def _naming(path: Path):
     try:
         yield
     except FbiRefError as error:
-        raise type(error)(f"{path}: {error}") from error
+        raise type(error)(f"{shown(path)}: {error}") from error
     except FileNotFoundError as error:
-        raise ModelFileError(f"{path}: no such file") from error
-    # h5py reports damaged files as OSError, RuntimeError or ValueError (bad JSON and text also land here).
-    except (OSError, RuntimeError, ValueError, zipfile.BadZipFile) as error:
-        detail = " ".join(str(error).split())
-        raise ModelFileError(f"{path}: not a readable Keras HDF5 or .keras file ({detail})") from error
+        raise ModelFileError(f"{shown(path)}: no such file") from error
+    # h5py reports damaged files as OSError, RuntimeError or ValueError (bad JSON and text also land here);
+    # a config of the wrong shape (a list where a dict belongs, text where a number does) as the others.
+    except (OSError, RuntimeError, ValueError, zipfile.BadZipFile, zlib.error, TypeError, AttributeError, KeyError,
+            IndexError, RecursionError) as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ModelFileError(f"{shown(path)}: not a readable Keras HDF5 or .keras file ({detail})") from error
 
 
 def _read_keras_zip(path: Path, architecture) -> Architecture:
@@ -74,19 +95,89 @@ def _read_keras_zip(path: Path, architecture) -> Architecture:
         missing = {"config.json", "model.weights.h5"} - set(archive.namelist())
         if missing:
             raise ModelFileError(f".keras archive lacks {', '.join(sorted(missing))}")
-        config = json.loads(archive.read("config.json"))
+        config_size = archive.getinfo("config.json").file_size
+        if config_size > _MAX_CONFIG_BYTES:
+            raise ModelFileError(f"config.json declares {config_size:,} bytes, more than {_MAX_CONFIG_BYTES:,}")
+        config = _config_object(archive.read("config.json"))
+        weights = archive.getinfo("model.weights.h5")
+        limit = _weights_file_limit(_chosen(architecture, config))
+        if weights.file_size > limit:
+            raise ModelFileError(f"model.weights.h5 declares {weights.file_size:,} bytes, more than the "
+                                 f"{limit:,} its architecture can need")
         # h5py needs a seekable file; a member of a compressed zip only seeks by re-reading from the start.
+        # The copy stops at the size the archive declares (zipfile checks it), which was checked above.
         weights_path = Path(scratch) / "model.weights.h5"
-        with archive.open("model.weights.h5") as source, open(weights_path, "wb") as target:
+        with archive.open(weights) as source, open(weights_path, "wb") as target:
             shutil.copyfileobj(source, target)
         return _read_hdf5(weights_path, architecture, config)
+
+
+def _config_object(text) -> dict:
+    """A Keras model config from its JSON text: it must be a JSON object."""
+    config = json.loads(text)
+    if not isinstance(config, dict):
+        raise ModelFileError(f"the model config is a JSON {type(config).__name__}, not an object")
+    return config
+
+
+def _weights_file_limit(architecture) -> int:
+    """The largest weights file an architecture can need (its weights in float64 plus HDF5's records)."""
+    if not isinstance(architecture, Architecture):
+        return MAX_MODEL_BYTES * 2 + _HDF5_OVERHEAD
+    return _declared_bytes(architecture) * 2 + _HDF5_OVERHEAD
+
+
+def _declared_bytes(architecture: Architecture) -> int:
+    """The architecture's weights in float32 bytes; ModelFileError beyond MAX_MODEL_BYTES."""
+    total = sum(4 * (math.prod(layer.kernel.shape) + math.prod(layer.bias.shape))
+                for layer in weighted_layers(architecture))
+    if total > MAX_MODEL_BYTES:
+        raise ModelFileError(f"the architecture declares {total:,} bytes of weights, more than the "
+                             f"{MAX_MODEL_BYTES:,} allowed (FBI_REF_MAX_MODEL_BYTES)")
+    return total
+
+
+def _check_contents(h5: h5py.File) -> None:
+    """Refuse what would read outside the file (external links, external or virtual storage) or load a plugin."""
+    links = []
+
+    def visit(name, link):  # collect only: an exception raised inside h5py's visit would be mangled
+        links.append((name, link))
+        return True if len(links) > _MAX_OBJECTS else None  # anything but None stops the visit
+    h5.visititems_links(visit)
+    if len(links) > _MAX_OBJECTS:
+        raise ModelFileError(f"more than {_MAX_OBJECTS:,} objects: not a Keras weights file")
+    for name, link in links:
+        if isinstance(link, h5py.ExternalLink):
+            raise ModelFileError(f"/{name} is an external link to {link.filename}; fbi_ref reads only the file itself")
+        if not isinstance(link, (h5py.HardLink, h5py.SoftLink)):
+            raise ModelFileError(f"/{name} is a {type(link).__name__}, which fbi_ref does not follow")
+    for name, link in links:
+        target = h5.get(name) if isinstance(link, h5py.HardLink) else None
+        if isinstance(target, h5py.Dataset):
+            _check_storage(target)
+
+
+def _check_storage(dataset: h5py.Dataset) -> None:
+    """A dataset must keep its data in this file and use only built-in filters."""
+    if dataset.external:
+        raise ModelFileError(f"{dataset.name} keeps its data in another file ({dataset.external[0][0]}); "
+                             f"fbi_ref reads only the file itself")
+    if dataset.is_virtual:
+        raise ModelFileError(f"{dataset.name} is a virtual dataset (made of other files); refused")
+    plist = dataset.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in _BUILT_IN_FILTERS:
+            raise ModelFileError(f"{dataset.name} needs HDF5 filter {code}, which is not built in; refused")
 
 
 def _read_hdf5(path: Path, architecture, config: dict | None = None) -> Architecture:
     """Any HDF5 layout: pick the weights group and the architecture, then read the weights."""
     with h5py.File(path, "r") as h5:
+        _check_contents(h5)
         if "model_config" in h5.attrs:
-            config = json.loads(_text(h5.attrs["model_config"]))
+            config = _config_object(_text(h5.attrs["model_config"]))
             h5 = _subgroup(h5, "model_weights")
         if _attribute_list(h5.attrs, "layer_names") is not None:
             return _from_layer_names(h5, _chosen(architecture, config))
@@ -114,6 +205,7 @@ def _from_layer_names(group: h5py.Group, architecture) -> Architecture:
     names = _attribute_list(group.attrs, "layer_names")
     stored = [_Stored(name, name, _layer_datasets(group, name)) for name in names]
     if architecture is None:
+        _check_sizes([d for s in stored for d in s.datasets])
         return infer_vgg([(s.name, _read_all(s.datasets)) for s in stored])
     if callable(architecture):
         architecture = architecture(include_top=_has_dense(stored))
@@ -133,6 +225,7 @@ def _from_class_groups(h5: h5py.Group, architecture) -> Architecture:
     named = all(s.name for s in weighted)  # only recent Keras 3 writes @name
     if architecture is None:
         num_pools = sum(_class_key(s.key)[0] == "max_pooling2d" for s in stored)
+        _check_sizes([d for s in weighted for d in s.datasets])
         return infer_vgg([(s.name if named else None, _read_all(s.datasets)) for s in weighted], num_pools)
     if callable(architecture):
         architecture = architecture(include_top=_has_dense(weighted))
@@ -186,6 +279,7 @@ def _by_class_order(architecture: Architecture, weighted: list) -> dict:
 
 def _filled(architecture: Architecture, stored: dict) -> Architecture:
     """A copy of `architecture` whose weights are read from `stored` (layer name -> datasets)."""
+    _declared_bytes(architecture)
     wanted = weighted_layers(architecture)
     missing = [layer.name for layer in wanted if not stored.get(layer.name)]
     if missing:
@@ -211,6 +305,18 @@ def _loaded(layer, datasets: tuple):
 def _has_dense(stored: list) -> bool:
     """True if some layer has a 2-D (dense) kernel, i.e. the file includes the classifier top."""
     return any(s.datasets and len(s.datasets[0].shape) == 2 for s in stored)
+
+
+def _check_sizes(datasets) -> None:
+    """Before reading weights with no architecture to check them against: sane ranks, total at most MAX_MODEL_BYTES."""
+    total = 0
+    for dataset in datasets:
+        if dataset.ndim not in (1, 2, 4):
+            raise ModelFileError(f"weight {dataset.name} has shape {dataset.shape}: not a kernel or a bias")
+        total += 4 * math.prod(dataset.shape)
+    if total > MAX_MODEL_BYTES:
+        raise ModelFileError(f"the weights declare {total:,} bytes, more than the {MAX_MODEL_BYTES:,} allowed "
+                             f"(FBI_REF_MAX_MODEL_BYTES)")
 
 
 def _read_all(datasets: tuple) -> tuple:

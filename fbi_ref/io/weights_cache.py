@@ -8,10 +8,13 @@ file system): an interrupted or corrupt download never sits where a finished one
 """
 from __future__ import annotations
 
+import fcntl
+import glob
 import hashlib
 import http.client
 import os
 import secrets
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -20,8 +23,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fbi_ref.errors import DownloadError, InputError, ModelFileError
+from fbi_ref.io.paths import output_file, replace, temporary_beside
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: few system calls, little memory
+# A whole download must finish within this many seconds (VGG16's 528 MB need 9 minutes at 1 MB/s), as well as
+# bring something within `timeout` on every read: a server that trickles a byte every few seconds is stopped too.
+DEFAULT_DEADLINE = 3600.0
 DEFAULT_HOME = "~/.cache/fbi_ref"
 KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications"
 
@@ -117,7 +124,7 @@ def missing_weights_message(name: str) -> str:
 
 
 def fetch_weights(name: str, force: bool = False, url: str | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, deadline: float = DEFAULT_DEADLINE) -> Path:
     """Make sure the known weights `name` are in the cache, downloading them if needed.
 
     A cached file whose MD5 matches is used as is (no network access) unless force=True.
@@ -130,7 +137,7 @@ def fetch_weights(name: str, force: bool = False, url: str | None = None,
     dest = weights_file(name)
     if not force and verify(dest, known.md5):
         return dest
-    return download(url or known.url, dest, md5=known.md5, progress=progress)
+    return download(url or known.url, dest, md5=known.md5, progress=progress, deadline=deadline)
 
 
 def md5sum(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
@@ -150,21 +157,22 @@ def verify(path: str | os.PathLike, md5: str) -> bool:
 # --- downloading ----------------------------------------------------------------------------
 
 def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,
-             timeout: float = 30) -> Path:
+             timeout: float = 30, deadline: float = DEFAULT_DEADLINE) -> Path:
     """Download `url` to `dest` atomically, checking its size and (optionally) its MD5.
 
-    Streams in chunks into a hidden temporary file in dest's folder (created if needed),
-    with a tqdm progress bar on stderr unless progress=False. The file is checked against
-    the Content-Length header and `md5`, and only then renamed onto dest, replacing any
-    older file there. On any failure the temporary file is removed and dest is untouched.
-    `timeout` (seconds) bounds the connection and each read. Raises DownloadError with a
-    one-line message: cannot connect, HTTP error status, connection dropped mid-file,
-    checksum mismatch, or a folder that cannot be written.
+    Streams into a hidden temporary file in dest's folder (created if needed), with a tqdm progress bar on
+    stderr when progress=True and stderr is a terminal. The file is checked against the Content-Length
+    header and `md5`, and only then renamed onto dest, replacing an older regular file there (a symlink or
+    a special file at dest is refused). On any failure, Ctrl-C included, the temporary file is removed and
+    dest is untouched; the temporary files of downloads that were killed (SIGKILL) are removed by the next
+    download into the same folder. `timeout` (seconds) bounds the connection and each read, `deadline` the
+    whole download. Raises DownloadError with a one-line message: cannot connect, HTTP error status,
+    connection dropped or stalled mid-file, too slow, checksum mismatch, or a folder that cannot be written.
     """
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+    dest = output_file(dest)
+    tmp = temporary_beside(dest, secrets.token_hex(4))
     try:
-        actual_md5 = _download_to(url, tmp, timeout, progress, label=dest.name)
+        actual_md5 = _download_to(url, tmp, timeout, time.monotonic() + deadline, progress, label=dest.name)
         if md5 is not None and actual_md5 != md5.lower():
             raise DownloadError(
                 f"checksum mismatch for {url}: expected md5 {md5.lower()}, got {actual_md5}")
@@ -175,19 +183,39 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress
     return dest
 
 
-def _download_to(url: str, tmp: Path, timeout: float, progress: bool, label: str) -> str:
-    """Stream `url` into the new file `tmp`; return the content's MD5."""
+def remove_stale_parts(dest: Path) -> list[Path]:
+    """Remove the temporary files of earlier downloads to `dest` that nobody is writing any more.
+
+    A download holds an exclusive lock on its temporary file while it writes; a process that was killed
+    holds nothing, so a temporary file that can be locked is stale. Returns the files removed.
+    """
+    removed = []
+    for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        try:
+            with open(part, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer is alive
+                part.unlink()
+                removed.append(part)
+        except OSError:
+            continue
+    return removed
+
+
+def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress: bool, label: str) -> str:
+    """Stream `url` into the new file `tmp` (locked while it is written); return the content's MD5."""
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(tmp.parent / label)
         # 'xb' never reuses an existing file, and unlike mkstemp (0600) it lets the umask decide.
-        with open(tmp, "xb") as out, _open_url(url, timeout) as response:
-            return _stream(response, out, url, progress, label)
+        with open(tmp, "xb") as out:
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with _open_url(url, timeout) as response:
+                return _stream(response, out, url, deadline, progress, label)
     except OSError as e:  # network errors are DownloadError already: these are local disk ones
-        raise DownloadError(f"cannot write {tmp}: {e.strerror or e}") from None
+        raise DownloadError(f"cannot write {tmp.parent / label}: {e.strerror or e}") from None
 
 
 def _open_url(url: str, timeout: float):
-    """urlopen, with each way of failing turned into a one-line DownloadError."""
     try:
         return urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -201,18 +229,21 @@ def _open_url(url: str, timeout: float):
         raise DownloadError(f"cannot download {url!r}: {e}") from None
 
 
-def _stream(response, out, url: str, progress: bool, label: str) -> str:
-    """Copy the response body to `out` chunk by chunk; return its MD5."""
+def _stream(response, out, url: str, deadline: float, progress: bool, label: str) -> str:
     expected = _content_length(response)  # None when the server does not say
     digest = hashlib.md5(usedforsecurity=False)
     received = 0
+    # disable=None: tqdm draws only when stderr is a terminal
     with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
-              disable=not progress) as bar:
+              disable=None if progress else True) as bar:
         while chunk := _read_chunk(response, url, received, expected):
             out.write(chunk)
             digest.update(chunk)
             received += len(chunk)
             bar.update(len(chunk))
+            if time.monotonic() > deadline:
+                raise DownloadError(f"download of {url} too slow: {received} of {expected or '?'} bytes when "
+                                    f"its deadline passed")
     # http.client returns b'' rather than raising when the connection closes early.
     if expected is not None and received != expected:
         raise DownloadError(f"download of {url} stopped after {received} of {expected} bytes")
@@ -220,17 +251,16 @@ def _stream(response, out, url: str, progress: bool, label: str) -> str:
 
 
 def _read_chunk(response, url: str, received: int, expected: int | None) -> bytes:
-    """The next chunk of the body (b'' at the end), or DownloadError if the connection fails."""
+    """What the connection has now, up to CHUNK_SIZE bytes (read1: one receive, so every byte is counted)."""
     try:
-        return response.read(CHUNK_SIZE)
+        return response.read1(CHUNK_SIZE)
     except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
         total = "?" if expected is None else expected
-        raise DownloadError(f"connection to {url} dropped after {received} of {total} bytes:"
+        raise DownloadError(f"connection to {url} dropped or stalled after {received} of {total} bytes:"
                             f" {e or type(e).__name__}") from None
 
 
 def _content_length(response) -> int | None:
-    """The Content-Length header as an int, or None when absent or malformed."""
     value = response.headers.get("Content-Length")
     try:
         return int(value) if value is not None else None
@@ -239,8 +269,7 @@ def _content_length(response) -> int | None:
 
 
 def _replace(tmp: Path, dest: Path) -> None:
-    """Rename the finished download onto dest in one step."""
     try:
-        os.replace(tmp, dest)
+        replace(tmp, dest)
     except OSError as e:
         raise DownloadError(f"cannot write {dest}: {e.strerror or e}") from None

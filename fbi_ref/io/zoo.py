@@ -5,10 +5,11 @@ import json
 import os
 from pathlib import Path
 
-from fbi_ref.errors import ModelFileError
+from fbi_ref.errors import InputError, ModelFileError
 from fbi_ref.io import weights_cache
 from fbi_ref.io.imagenet import CLASSES
 from fbi_ref.io.keras_files import read_keras_file
+from fbi_ref.io.paths import shown
 from fbi_ref.nn.model import Model
 
 # The folder of weights that ship with the project (the embedded, trained Shapes model).
@@ -38,36 +39,38 @@ def load_model(path_or_name, architecture=None) -> Model:
     Raises ModelFileError (missing or unreadable file), ArchitectureError (weights that do not fit),
     UnsupportedLayerError (a layer type fbi_ref does not implement).
     """
-    name = str(path_or_name)
+    if not isinstance(path_or_name, (str, os.PathLike)):
+        raise InputError(f"a model is a name or a path, not {type(path_or_name).__name__}")
+    name = os.fspath(path_or_name)
+    if not name.strip():
+        raise ModelFileError("the model name or path is empty")
     if name in weights_cache.KNOWN_WEIGHTS:
         base = name.replace("_notop", "")
-        model = _model(read_keras_file(weights_cache.weights_path(name), architecture or base), base)
-        model.class_names = [label for _, label in CLASSES] if model.num_classes == 1000 else None
-        return model
+        arch = read_keras_file(weights_cache.weights_path(name), architecture or base)
+        classes = [label for _, label in CLASSES] if _num_classes(arch) == 1000 else None
+        return Model(arch, classes, fbi_defaults=FBI_DEFAULTS[base])
     embedded = embedded_models()
     if name in embedded:
         return _embedded(name, embedded[name])
     path = Path(os.path.expanduser(name))
     if not path.exists():
         known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded])
-        raise ModelFileError(f"{name}: no such file, and not a known model name ({known})")
+        raise ModelFileError(f"{shown(name)}: no such file, and not a known model name ({known})")
     if path.is_dir():
-        raise ModelFileError(f"{name} is a folder, not a Keras weights file")
-    return _model(read_keras_file(path, architecture), None)
+        raise ModelFileError(f"{shown(name)} is a folder, not a Keras weights file")
+    return Model(read_keras_file(path, architecture), fbi_defaults=PAPER_FBI_DEFAULTS)
 
 
-def _model(arch, defaults_key):
-    """A Model with the FBI defaults that belong to it."""
-    model = Model(arch)
-    model.fbi_defaults = dict(FBI_DEFAULTS.get(defaults_key, PAPER_FBI_DEFAULTS))
-    return model
+def _num_classes(arch):
+    """The number of outputs of an architecture's last weighted layer (0 without a classifier)."""
+    weighted = [layer for layer in arch.layers if hasattr(layer, "kernel")]
+    return weighted[-1].kernel.shape[-1] if weighted and weighted[-1].kernel.ndim == 2 else 0
 
 
 def _embedded(name, path):
     """An embedded model with its class names and FBI defaults from its manifest."""
     manifest = json.loads(path.with_suffix(".json").read_text())
-    model = _model(read_keras_file(path, manifest.get("architecture")), None)
-    model.name = name
-    model.class_names = manifest.get("class_names")
-    model.fbi_defaults = {**PAPER_FBI_DEFAULTS, **manifest.get("fbi_defaults", {})}
-    return model
+    arch = read_keras_file(path, manifest.get("architecture"))
+    arch.name = name
+    return Model(arch, manifest.get("class_names"),
+                 fbi_defaults={**PAPER_FBI_DEFAULTS, **manifest.get("fbi_defaults", {})})

@@ -5,5 +5,6 @@
     tables.py      gradient, DeconvNet, guided backprop and LRP as tables of rules
     fbi.py         FBI as a table of rules, for every option the paper leaves open
     multipass.py   Grad-CAM, integrated gradients, SmoothGrad, occlusion: more than one walk or forward pass
+    options.py     each option's type and range, checked before any work
     explain.py     explain(model, x, method): the public entry point, and the Explanation it returns
 """

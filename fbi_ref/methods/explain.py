@@ -7,6 +7,7 @@ import numpy as np
 
 from fbi_ref.errors import InputError
 from fbi_ref.methods import multipass
+from fbi_ref.methods import options as check
 from fbi_ref.methods import rules as R
 from fbi_ref.methods.tables import GUIDED_BACKPROP, backprop_method
 from fbi_ref.methods.traversal import walk
@@ -57,14 +58,16 @@ def target_indices(model, target, n):
     """Targets (n,) int64 from an int, a class name, or a sequence of those; None for None/'top1' (the prediction)."""
     if target is None or (isinstance(target, str) and target == "top1"):
         return None
-    items = [target] * n if isinstance(target, (str, int, np.integer)) else list(target)
+    if isinstance(target, (str, int, np.integer)):
+        items = [target] * n
+    else:
+        try:
+            items = list(target)
+        except TypeError:
+            raise InputError(f"target must be None, 'top1', a class index or name, or one per image; got {target!r}") from None
     if len(items) != n:
         raise InputError(f"got {len(items)} targets for a batch of {n} images")
-    out = np.array([_class_index(model, t) for t in items], dtype=np.int64)
-    k = model.num_classes
-    if ((out < 0) | (out >= k)).any():
-        raise InputError(f"target {out[(out < 0) | (out >= k)][0]} is out of range: {model.name} has {k} classes")
-    return out
+    return np.array([_class_index(model, t) for t in items], dtype=np.int64)
 
 
 def resolve_target(model, target, probs):
@@ -74,8 +77,10 @@ def resolve_target(model, target, probs):
 
 
 def _class_index(model, t):
-    """A target given as an index or a class name."""
-    if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+    """A target given as an index (checked against the model's classes) or a class name."""
+    if isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)):
+        if not 0 <= t < model.num_classes:
+            raise InputError(f"target {t} is out of range: {model.name} has {model.num_classes} classes")
         return int(t)
     if isinstance(t, str) and model.class_names is not None and t in model.class_names:
         return list(model.class_names).index(t)
@@ -113,24 +118,33 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     else:
         if record_layers:
             raise InputError(f"record_layers is only available for {', '.join(BACKPROP_METHODS)}")
-        used = other_method_options(method, options)
+        used = other_method_options(model, method, options)
     fp = model.forward(x)
     tgt = fp.probs.argmax(axis=1) if fixed is None else fixed
     backward = support = None
-    if method in BACKPROP_METHODS:
-        result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers, release=True)
-        attr, backward, support = result.signal, result.backward, result.support
-        if method == "gradient_x_input":
-            attr = attr * fp.x
-    else:
-        attr = _other_method(model, fp, tgt, method, used, progress)
+    # Products that overflow (FBI's g * a on extreme inputs) are harmless where only their sign or size
+    # against tau counts; what matters is checked below: the attribution must be finite.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if method in BACKPROP_METHODS:
+            result = walk(model, fp, start(fp.logits, fp.probs, tgt), rules, record=record_layers, release=True)
+            attr, backward, support = result.signal, result.backward, result.support
+            if method == "gradient_x_input":
+                attr = attr * fp.x
+        else:
+            attr = _other_method(model, fp, tgt, method, used, progress)
+    if not np.isfinite(attr).all():
+        raise InputError(f"{method} overflowed {attr.dtype.name} on this input (values up to "
+                         f"{float(np.abs(fp.x).max()):.3g}); {model.name} expects preprocessed images")
     probability = fp.probs[np.arange(len(tgt)), tgt]
     return Explanation(method, attr, heatmap(attr, HEATMAP_REDUCTION[method]), tgt, probability, fp.logits,
                        used, backward, support)
 
 
-def other_method_options(method, options):
-    """The options of a method that is not a single traversal, defaults filled in; InputError on unknown ones."""
+def other_method_options(model, method, options):
+    """The options of a method that is not a single traversal, checked, every default filled in (no None left).
+
+    InputError on an unknown option or a value of the wrong type or range.
+    """
     defaults = {
         "gradcam": {"layer": None},
         "guided_gradcam": {"layer": None},
@@ -141,7 +155,25 @@ def other_method_options(method, options):
     unknown = set(options) - set(defaults)
     if unknown:
         raise InputError(f"method {method!r} takes no option {sorted(unknown)[0]!r} (its options: {', '.join(defaults)})")
-    return {**defaults, **options}
+    o = {**defaults, **options}
+    name = f"{method}.{{}}".format
+    if method in ("gradcam", "guided_gradcam"):
+        o["layer"] = check.spatial_layer(name("layer"), o["layer"], model) or multipass.last_conv_name(model)
+    elif method == "integrated_gradients":
+        multipass.baseline_image(model, np.zeros((1, *model.input_shape), model.dtype), o["baseline"])
+        o["steps"], o["batch_size"] = check.count(name("steps"), o["steps"]), check.count(name("batch_size"), o["batch_size"])
+    elif method == "smoothgrad":
+        check.choose(name("base"), o["base"], multipass.SMOOTHGRAD_BASES)
+        o["samples"], o["batch_size"] = check.count(name("samples"), o["samples"]), check.count(name("batch_size"), o["batch_size"])
+        o["noise"] = check.number(name("noise"), o["noise"], minimum=0.0)
+        o["seed"] = check.count(name("seed"), o["seed"], minimum=0, maximum=2**63 - 1)
+    elif method == "occlusion":
+        h, w = model.input_shape[:2]
+        patch = max(1, h // 8) if o["patch"] is None else check.count(name("patch"), o["patch"], maximum=min(h, w))
+        o["patch"], o["stride"] = patch, max(1, patch // 2) if o["stride"] is None else check.count(name("stride"), o["stride"])
+        o["fill"] = check.number(name("fill"), o["fill"])
+        o["batch_size"] = check.count(name("batch_size"), o["batch_size"])
+    return o
 
 
 def _other_method(model, fp, tgt, method, o, progress):

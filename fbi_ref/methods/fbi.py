@@ -3,10 +3,8 @@
 Every point where the paper can be read two ways is an option; docs/methods.md quotes the sentence of the
 paper each one comes from.
 """
-import numpy as np
-
-from fbi_ref.errors import InputError
 from fbi_ref.methods import rules as R
+from fbi_ref.methods.options import choose, flag, number
 from fbi_ref.methods.traversal import Rules
 
 STARTS = {"maxmin": R.start_maxmin, "onehot": R.start_onehot, "logits": R.start_logits}
@@ -28,15 +26,14 @@ DEFAULTS = {
 
 def rules(k, tau, tau_mode, start, dense_bias, conv_bias, unpool, topk_score, topk_layers, mask_image):
     """FBI's start signal and rules for the given options (see docs/methods.md for where each comes from)."""
-    relative = R.choose("tau_mode", tau_mode, {"absolute": False, "relative": True})
-    every = R.choose("topk_layers", topk_layers, {"top": False, "all": True})
-    if not isinstance(tau, (int, float, np.integer, np.floating)) or np.isnan(tau):
-        raise InputError(f"tau must be a number (-inf for no threshold), got {tau!r}")
+    relative = choose("tau_mode", tau_mode, {"absolute": False, "relative": True})
+    every = choose("topk_layers", topk_layers, {"top": False, "all": True})
+    tau = number("tau", tau, finite=False)  # -inf: no threshold
     R.count_of(k, 1)  # validates k early, before any work
     table = Rules(relu=R.relu_deconvnet,
                   linear=R.linear_fbi(dense_bias, conv_bias),
-                  pool=R.choose("unpool", unpool, R.POOL_RULES),
-                  mask=R.fbi_mask(float(tau), relative, bool(mask_image)),
+                  pool=choose("unpool", unpool, R.POOL_RULES),
+                  mask=R.fbi_mask(tau, relative, flag("mask_image", mask_image)),
                   topk=R.fbi_topk(k, topk_score),
                   topk_every_conv=every)
-    return R.choose("start", start, STARTS), table
+    return choose("start", start, STARTS), table

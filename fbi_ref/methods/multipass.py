@@ -60,11 +60,16 @@ def baseline_image(model, x, baseline):
         if baseline == "black":
             return np.broadcast_to(L.preprocess_forward(np.zeros((1, 1, 1, 3), x.dtype)), x.shape).copy()
         raise InputError(f"baseline must be 'zeros', 'black' or an array; got {baseline!r}")
-    b = np.asarray(baseline, dtype=x.dtype)
     try:
-        return np.broadcast_to(b, x.shape).copy()
-    except ValueError:
-        raise InputError(f"baseline of shape {b.shape} does not broadcast to the input {x.shape}") from None
+        with np.errstate(over="ignore"):  # a value beyond the dtype becomes inf, refused below
+            b = np.asarray(baseline, dtype=x.dtype)
+        b = np.broadcast_to(b, x.shape).copy()
+    except (ValueError, TypeError):
+        raise InputError(f"baseline must be 'zeros', 'black' or an array that broadcasts to the input {x.shape}; "
+                         f"got {baseline!r:.60}") from None
+    if not np.isfinite(b).all():
+        raise InputError("baseline contains NaN or inf")
+    return b
 
 
 def integrated_gradients(model, x, target, baseline="zeros", steps=64, batch_size=32, progress=False):
@@ -81,9 +86,12 @@ def integrated_gradients(model, x, target, baseline="zeros", steps=64, batch_siz
     return (x - base) * total / steps
 
 
+SMOOTHGRAD_BASES = {"gradient": GRADIENT, "guided_backprop": GUIDED_BACKPROP}
+
+
 def smoothgrad(model, x, target, base="gradient", samples=50, noise=0.15, seed=0, batch_size=16, progress=False):
     """The mean of the base method's attribution over noisy copies x + N(0, (noise * (max x - min x))^2)."""
-    rules = {"gradient": GRADIENT, "guided_backprop": GUIDED_BACKPROP}.get(base)
+    rules = SMOOTHGRAD_BASES.get(base)
     if rules is None:
         raise InputError(f"smoothgrad base must be 'gradient' or 'guided_backprop', got {base!r}")
     total = np.zeros_like(x)  # (N, H, W, C)

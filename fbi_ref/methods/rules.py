@@ -12,13 +12,6 @@ from fbi_ref.nn import layers as L
 from fbi_ref.nn.network import Conv2D
 
 
-def choose(name, value, table):
-    """table[value], or an InputError listing the choices."""
-    if value not in table:
-        raise InputError(f"{name} must be one of {', '.join(map(repr, table))}; got {value!r}")
-    return table[value]
-
-
 # ---------------------------------------------------------------- start signals at the logits (N, K)
 
 
@@ -178,14 +171,16 @@ POOL_RULES = {"switch": pool_switch, "replicate": pool_replicate, "min-replicate
 # ---------------------------------------------------------------- FBI's masks
 
 def fbi_mask(tau=10.0, relative=False, mask_image=True):
-    """Keep the entries whose product with the forward activation exceeds tau (or tau * the per-image max)."""
+    """Keep the entries whose product with the forward activation exceeds tau, or (relative) tau times the
+    image's largest positive product, max(0, max g*a); tau = -inf keeps everything, +inf nothing."""
     def rule(g, a, at_image):
         if at_image and not mask_image:
             return g, None
         product = g * a
         threshold = tau
-        if relative:
-            threshold = tau * product.reshape(len(product), -1).max(axis=1).reshape(-1, *[1] * (g.ndim - 1))
+        if relative and np.isfinite(tau):  # an infinite tau stays what it is: never inf * 0 = NaN
+            largest = np.maximum(product.reshape(len(product), -1).max(axis=1), 0)  # (N,)
+            threshold = tau * largest.reshape(-1, *[1] * (g.ndim - 1))
         kept = product > threshold
         if product.dtype == g.dtype:  # product is ours and no longer needed: reuse its memory
             return np.multiply(g, kept, out=product), kept

@@ -7,6 +7,7 @@ import numpy as np
 from fbi_ref.errors import InputError
 from fbi_ref.methods import fbi as FBI
 from fbi_ref.methods import rules as R
+from fbi_ref.methods.options import choose, number
 from fbi_ref.methods.traversal import Rules
 from fbi_ref.nn import layers as L
 
@@ -40,19 +41,20 @@ def backprop_method(model, method, options):
 
     if method in ("gradient", "gradient_x_input"):
         o = take(output="logit")
-        return R.choose("output", o["output"], GRADIENT_STARTS), GRADIENT, o
+        return choose("output", o["output"], GRADIENT_STARTS), GRADIENT, o
     if method == "deconvnet":
         return R.start_onehot, DECONVNET, take()
     if method == "guided_backprop":
         return R.start_onehot, GUIDED_BACKPROP, take()
     if method == "lrp_epsilon":
         o = take(epsilon=1e-6)
+        o["epsilon"] = number("lrp_epsilon.epsilon", o["epsilon"], strictly_positive=True)
         return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_epsilon(o["epsilon"]),
                                         pool=R.pool_switch), o
     if method == "lrp_zplus":
         return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_zplus(*lrp_zplus_bounds(model)),
                                         pool=R.pool_switch), take()
     if method == "fbi":
-        o = take(**{**FBI.DEFAULTS, **getattr(model, "fbi_defaults", {})})
+        o = take(**{**FBI.DEFAULTS, **model.fbi_defaults})
         return (*FBI.rules(**o), o)
     raise KeyError(method)

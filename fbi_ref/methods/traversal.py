@@ -9,7 +9,11 @@ that position's shape. Layer by layer, from the top:
     pool rule (max-pool)     g w.r.t. the pooled output       -> w.r.t. the pool's input
     flatten / dropout        reshape / identity
     mask rule (optional)     at the input of every conv and dense layer (FBI's forward-backward mask)
-    top-k rule (optional)    at the output of the top conv layer (or of every conv layer)
+    top-k rule (optional)    at the activated output of the top conv layer (or of every conv layer)
+
+A conv layer's *activated output* is its output after its ReLU, wherever the file put the ReLU: the conv's
+own output for Conv2D(activation='relu'), the output of the Activation('relu') layer right after it for
+Conv2D + Activation('relu'). So a model and its unfused twin give the same walk, option for option.
 
 The walk starts at the logits, i.e. the pre-activation of the last layer, so the final softmax is skipped.
 """
@@ -32,7 +36,8 @@ class Rules:
         at_image is True for the first layer, whose input is the image.
     pool(g, layer, a_in, switches) -> g: through a max-pool, given its input and switches.
     mask(g, a, is_image) -> (g, support): at the input of every conv/dense layer (None: no mask).
-    topk(g, a) -> (g, support): at the output of the top conv layer, or every conv layer (None: no top-k).
+    topk(g, a) -> (g, support): at the activated output of the top conv layer, or of every conv layer
+        (None: no top-k); a is that output.
     """
     relu: Callable
     linear: Callable
@@ -66,8 +71,7 @@ def walk(model, fp, start, rules: Rules, record=False, stop_at="input", release=
     each layer's output is dropped from fp once the walk is past it (less memory; fp is used up).
     """
     top = top_layer_index(model)
-    conv_names = [layer.name for layer in model.layers if isinstance(layer, Conv2D)]
-    topk_at = set(conv_names if rules.topk_every_conv else conv_names[-1:]) if rules.topk else set()
+    topk_at = set(topk_positions(model, rules.topk_every_conv)) if rules.topk else set()
     backward, support = ({}, {}) if record else (None, None)
     g = start  # (N, K): w.r.t. the logits, the top layer's pre-activation
     if record:
@@ -93,6 +97,21 @@ def walk(model, fp, start, rules: Rules, record=False, stop_at="input", release=
     if stop_at != "input":
         raise KeyError(f"no layer called {stop_at!r} below the logits of {model.name}")
     return Walk(g, backward, support)
+
+
+def activated_output(model, i):
+    """The position of conv layer i's output after its ReLU: its own, or that of an Activation('relu') after it."""
+    layer = model.layers[i]
+    after = model.layers[i + 1] if i + 1 < len(model.layers) else None
+    if layer.activation == "linear" and isinstance(after, Activation) and after.activation == "relu":
+        return after.name
+    return layer.name
+
+
+def topk_positions(model, every_conv):
+    """Where FBI's top-k applies: the activated output of the top conv layer, or of every conv layer."""
+    positions = [activated_output(model, i) for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
+    return positions if every_conv else positions[-1:]
 
 
 def _record(backward, support, name, g, kept):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +12,11 @@ from fbi_ref.errors import ArchitectureError, InputError, UnsupportedLayerError
 from fbi_ref.nn import conv
 from fbi_ref.nn import layers as L
 from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+
+
+# The most memory one image's activations may take (bytes; VGG16 at 224 x 224 takes 61 MB in float32): a file
+# that declares a 100,000 x 100,000 input is refused when the model is built, not when the memory runs out.
+MAX_ACTIVATION_BYTES = int(os.environ.get("FBI_REF_MAX_ACTIVATION_BYTES", 2 * 2**30))
 
 
 def activate(z, activation):
@@ -49,18 +56,30 @@ class Model:
     Build one with `fbi_ref.load_model(path_or_name)`. `forward(x)` runs it on a batch x of shape
     (N, H, W, C) (already preprocessed, see `fbi_ref.load_image`) and returns a `ForwardPass` with the
     logits, the probabilities and every layer's output by Keras layer name.
+
+    Besides its layers a model carries what belongs to it: class_names, preprocessing, and fbi_defaults
+    (FBI's options for this model, e.g. {"k": 0.1, "tau": 0.05, "tau_mode": "relative"}; the paper's values
+    where empty). Every model derived from it (`astype`, `with_layers`) keeps them.
     """
 
-    def __init__(self, arch: Architecture, class_names=None, preprocessing="caffe"):
+    def __init__(self, arch: Architecture, class_names=None, preprocessing="caffe", fbi_defaults=None):
         self.layers = list(arch.layers)
+        if any(s is None for s in arch.input_shape):
+            raise ArchitectureError(f"{arch.name}: the input size {tuple(arch.input_shape)} is not fixed; "
+                                    f"give the architecture an input shape")
         self.input_shape = tuple(int(s) for s in arch.input_shape)  # (H, W, C)
         self.name = arch.name
         self.class_names = class_names
         self.preprocessing = preprocessing
+        self.fbi_defaults = dict(fbi_defaults or {})
         self._shapes = self._infer_shapes()
-        for layer in self.layers:  # read-only: what is cached from a weight (conv.transformed) stays valid
+        for layer in self.layers:
             for weight in (getattr(layer, "kernel", None), getattr(layer, "bias", None)):
-                if isinstance(weight, np.ndarray) and weight.flags.writeable:
+                if not isinstance(weight, np.ndarray):
+                    continue
+                if not np.isfinite(weight).all():
+                    raise ArchitectureError(f"layer {layer.name!r}: its weights hold NaN or infinite values")
+                if weight.flags.writeable:  # read-only: what is cached from a weight (conv.transformed) stays valid
                     weight.setflags(write=False)
 
     def __repr__(self):
@@ -96,14 +115,19 @@ class Model:
         """The model's layers and input shape as an Architecture (sharing the weights)."""
         return Architecture(list(self.layers), self.input_shape, self.name)
 
+    def with_layers(self, layers):
+        """A model with other layers (e.g. other weights) and everything else of this one: name, class names,
+        preprocessing, FBI defaults."""
+        arch = Architecture(list(layers), self.input_shape, self.name)
+        return Model(arch, self.class_names, self.preprocessing, self.fbi_defaults)
+
     def astype(self, dtype):
-        """A copy of the model with weights of another dtype (float64 for exact tests)."""
+        """A copy of the model with weights of another dtype (float64 for exact tests), defaults and all."""
         def cast(layer):
             if hasattr(layer, "kernel"):
                 return dataclasses.replace(layer, kernel=layer.kernel.astype(dtype), bias=layer.bias.astype(dtype))
             return layer
-        arch = Architecture([cast(layer) for layer in self.layers], self.input_shape, self.name)
-        return Model(arch, self.class_names, self.preprocessing)
+        return self.with_layers([cast(layer) for layer in self.layers])
 
     def check_input(self, x):
         """x as a C-contiguous array of the model's dtype (N, H, W, C), or an InputError saying what is wrong."""
@@ -115,22 +139,29 @@ class Model:
             raise InputError("input batch is empty")
         if not np.issubdtype(x.dtype, np.floating):
             raise InputError(f"input has dtype {x.dtype}; expected floating point (preprocess images with fbi_ref.load_image)")
+        with np.errstate(over="ignore"):  # values beyond the model's dtype become inf, refused below
+            x = np.ascontiguousarray(x, dtype=self.dtype)
         if not np.isfinite(x).all():
-            raise InputError("input contains NaN or inf")
-        return np.ascontiguousarray(x, dtype=self.dtype)
+            raise InputError(f"input contains NaN or inf (or values beyond {np.dtype(self.dtype).name})")
+        return x
 
     def forward(self, x):
         """Run the network on x (N, H, W, C); returns a ForwardPass (logits, probs, outputs by layer name)."""
         x = self.check_input(x)
         fp = ForwardPass(x=x)
         a = x
-        for layer in self.layers:
-            z, a, switches = layer_forward(layer, a)
-            fp.outputs[layer.name] = a
-            if switches is not None:
-                fp.switches[layer.name] = switches
-            fp.logits = z  # the last layer's pre-activation is the logits
-        fp.probs = L.softmax(fp.logits)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not as a warning
+            for layer in self.layers:
+                z, a, switches = layer_forward(layer, a)
+                fp.outputs[layer.name] = a
+                if switches is not None:
+                    fp.switches[layer.name] = switches
+                fp.logits = z  # the last layer's pre-activation is the logits
+            if not np.isfinite(fp.logits).all():
+                biggest = float(np.abs(x).max())
+                raise InputError(f"the forward pass overflowed {np.dtype(self.dtype).name} (input values up to "
+                                 f"{biggest:.3g}; {self.name} expects preprocessed images, see fbi_ref.load_image)")
+            fp.probs = L.softmax(fp.logits)
         return fp
 
     def predict(self, x):
@@ -140,9 +171,14 @@ class Model:
     def _infer_shapes(self):
         """Each layer's output shape (without batch), checking that consecutive weights fit together."""
         shapes, shape = {}, self.input_shape
+        total = math.prod(shape)
         for layer in self.layers:
             shape = output_shape(layer, shape)
             shapes[layer.name] = shape
+            total += math.prod(shape)
+        if total * 8 > MAX_ACTIVATION_BYTES:  # float64, the widest dtype a model is cast to
+            raise ArchitectureError(f"{self.name}: one image's activations would take {total * 8:,} bytes, more than "
+                                    f"the {MAX_ACTIVATION_BYTES:,} allowed (FBI_REF_MAX_ACTIVATION_BYTES)")
         return shapes
 
 

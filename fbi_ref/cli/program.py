@@ -18,8 +18,9 @@ import argparse
 import sys
 
 from fbi_ref.cli import evaluate, figure_commands, reference, weights
-from fbi_ref.cli.args import OneLineParser, UsageError, announce_compiling, command_parser
+from fbi_ref.cli.args import OneLineParser, UsageError, announce_compiling, command_parser, silence_stdout
 from fbi_ref.errors import FbiRefError
+from fbi_ref.io.paths import shown
 from fbi_ref.nn.memory import keep_freed_memory
 from fbi_ref.version import __version__
 
@@ -45,22 +46,24 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run the command line; returns the exit code (0 ok, 1 a check failed, 2 bad arguments or files)."""
+    """Run the command line; returns the exit code (0 ok, 1 a check failed, 2 bad arguments or files, 130 Ctrl-C)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    prefix = f"{PROG}: error:"
     try:
-        args = parse(argv)
-    except UsageError as e:
-        return fail(str(e))
-    except SystemExit as e:  # --help and --version exit 0 from inside argparse
-        return e.code if isinstance(e.code, int) else 0
-    prefix = " ".join([PROG, args.command, *filter(None, [getattr(args, "action", None)])]) + ": error:"
-    announce_compiling(args)  # says so if this command is the one that compiles the numba kernels
-    try:
+        try:
+            args = parse(argv)
+        except SystemExit as e:  # --help and --version exit 0 from inside argparse
+            return e.code if isinstance(e.code, int) else 0
+        prefix = " ".join([PROG, args.command, *filter(None, [getattr(args, "action", None)])]) + ": error:"
+        announce_compiling(args)  # says so if this command is the one that compiles the numba kernels
         return int(args.run(args) or 0)
     except UsageError as e:
         return fail(str(e))
     except FbiRefError as e:
         return fail(f"{prefix} {one_line(e)}")
+    except BrokenPipeError:  # a reader such as `head` closed stdout: not an error of ours, and nothing to say
+        silence_stdout()
+        return 141  # what a shell reports for a program ended by SIGPIPE
     except OSError as e:
         return fail(f"{prefix} {os_error_text(e)}")
     except KeyboardInterrupt:
@@ -89,7 +92,7 @@ def attach_negative_values(argv):
 
 def fail(message, code=2):
     """Print one line on stderr and return the exit code."""
-    print(message, file=sys.stderr)
+    print(shown(message), file=sys.stderr)
     return code
 
 
@@ -102,7 +105,7 @@ def one_line(error):
 def os_error_text(e):
     """'PATH: reason' for an OSError such as a folder that cannot be written."""
     reason = e.strerror or one_line(e)
-    return f"{e.filename}: {reason}" if e.filename else reason
+    return f"{shown(e.filename)}: {reason}" if e.filename else reason
 
 
 def console_main():

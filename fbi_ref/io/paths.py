@@ -1,0 +1,101 @@
+"""Paths a command reads and writes: inputs must be regular files, outputs never replace what they should not.
+
+Every file fbi_ref writes goes through `output_file` first: an output that exists must be a regular file
+(a symlink, a FIFO, a device or a folder is refused, never replaced), and no output may be one of the
+command's inputs (an image, a model, an array file), which it would overwrite before or after reading it.
+`replace` then renames the finished temporary file onto it, so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from fbi_ref.errors import InputError
+
+_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+
+
+def shown(path) -> str:
+    """A path as text that can always be printed and drawn (undecodable bytes of a file name as \\xNN)."""
+    text = os.fspath(path)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def kind_of(mode: int) -> str:
+    """'regular file', 'symbolic link', 'FIFO', ... for an lstat mode."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "regular file" if stat.S_ISREG(mode) else "special file"
+
+
+def input_file(path, what: str = "file", error=InputError) -> Path:
+    """`path` as a Path, if it names an existing regular file (symlinks to one are fine); `error` otherwise.
+
+    A FIFO or a device (/dev/zero) would be read forever or block; a folder is not a file.
+    """
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"the {what} must be given as a path (str or os.PathLike), not {type(path).__name__}")
+    if not os.fspath(path):
+        raise error(f"the {what} path is empty")
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{shown(path)}: no such file") from None
+    except OSError as e:
+        raise error(f"{shown(path)}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{shown(path)}: is a {kind_of(mode)}, not a {what}")
+    return path
+
+
+def output_file(path, inputs=()) -> Path:
+    """`path` as a Path, checked before anything is written: InputError if it exists and is not a regular file,
+    or if it is one of `inputs` (paths the command reads)."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as e:
+        raise InputError(f"{shown(path)}: {e.strerror or e}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise InputError(f"{shown(path)}: exists and is a {kind_of(mode)}; refusing to replace it with an output file")
+    for source in inputs:
+        if same_file(path, source):
+            raise InputError(f"{shown(path)}: is also an input of this command; refusing to overwrite it")
+    return path
+
+
+def same_file(a, b) -> bool:
+    """True when two paths name the same file (or would: the same absolute path, resolved)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def temporary_beside(path: Path, tag: str) -> Path:
+    """A hidden temporary file name next to `path` (same folder, so the final rename is atomic)."""
+    return path.with_name(f".{path.name}.{tag}.part")
+
+
+def replace(tmp: Path, path: Path) -> None:
+    """Rename the finished `tmp` onto `path`, checking once more that `path` is not something else meanwhile."""
+    output_file(path)
+    os.replace(tmp, path)
+
+
+def write_text(path, text: str, inputs=()) -> Path:
+    """Write a text file atomically (temporary file, then rename), checked as `output_file` checks."""
+    path = output_file(path, inputs)
+    tmp = temporary_beside(path, os.urandom(4).hex())
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
