@@ -550,3 +550,194 @@ def test_infinite_tau_gives_no_warnings(small, capsys, image, tmp_path):
         code, _, err = cli(capsys, "explain", image, "--model", small, "--method", "fbi", "--tau", "inf",
                            "--tau-mode", "relative", "--out", tmp_path)
     assert code == 0 and err == ""
+
+
+# --- found by a hostile review ------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit", [
+    set_kernel_size(0),
+    lambda c: {**c, "config": {**c["config"], "layers": [
+        {**c["config"]["layers"][0]}, {**c["config"]["layers"][1], "config": {**c["config"]["layers"][1]["config"], "strides": [0, 0]}},
+        *c["config"]["layers"][2:]]}},
+    lambda c: {**c, "config": {**c["config"], "layers": [
+        {**c["config"]["layers"][0], "config": {**c["config"]["layers"][0]["config"], "batch_shape": [None, float("inf"), float("inf"), 3]}},
+        *c["config"]["layers"][1:]]}},
+], ids=["kernel 0", "strides 0", "infinite input"])
+def test_config_sizes_must_be_positive_integers(keras_fixtures, tmp_path, edit):
+    with pytest.raises(ModelFileError, match="positive integer"):
+        fbi_ref.load_model(config_model(tmp_path, keras_fixtures, edit))
+
+
+@pytest.mark.parametrize("layer, shape", [("block1_conv1", (3, 3, 3, 0)), ("predictions", (64, 0))])
+def test_weights_with_a_zero_sized_axis_are_refused(small, tmp_path, layer, shape):
+    def zero(h5, folder):
+        group = h5[layer]
+        for name in list(group):
+            del group[name]
+        group.create_dataset(f"{layer}_W_1:0", shape=shape, dtype="f4")
+        group.create_dataset(f"{layer}_b_1:0", shape=shape[-1:], dtype="f4")
+    with pytest.raises(FbiRefError):
+        read_keras_file(copy_with(small, tmp_path, zero), architecture=None)
+    with pytest.raises(FbiRefError):
+        fbi_ref.load_model(copy_with(small, tmp_path, zero, "again.h5"))
+
+
+def zip_member(path, flag_bits=0, method=None, data=b"\\x93NUMPY garbage"):
+    """An .npz whose only member has the given general-purpose flag bits or compression method."""
+    with zipfile.ZipFile(path, "w") as z:
+        info = zipfile.ZipInfo("a.npy")
+        z.writestr(info, data)
+    raw = bytearray(path.read_bytes())
+    for header in (b"PK\\x03\\x04", b"PK\\x01\\x02"):  # local header and central directory entry
+        at = raw.find(header)
+        flags_at = at + (6 if header == b"PK\\x03\\x04" else 8)
+        raw[flags_at] |= flag_bits
+        if method is not None:
+            raw[flags_at + 2] = method
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["encrypted", "method 99", "lzma garbage"])
+def test_npz_members_zipfile_cannot_open_are_one_line(tmp_path, capsys, kind):
+    path = tmp_path / "odd.npz"
+    if kind == "encrypted":
+        zip_member(path, flag_bits=0x1)
+    elif kind == "method 99":
+        zip_member(path, method=99)
+    else:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as z:
+            z.writestr("a.npy", b"\\x93NUMPY" + bytes(200))
+        raw = bytearray(path.read_bytes())
+        start = raw.find(b"a.npy") + 5 + 4
+        raw[start:start + 20] = bytes(range(20))
+        path.write_bytes(bytes(raw))
+    with pytest.raises(InputError):
+        load_arrays(path)
+    assert_one_line_exit_2(capsys, "compare", path, path)
+
+
+def test_compare_on_structured_arrays_says_they_differ(tmp_path, capsys):
+    write_npz(tmp_path / "a.npz", {"v": np.zeros(3)})
+    write_npz(tmp_path / "b.npz", {"v": np.zeros(3, dtype=[("a", "<f8")])})
+    code, out, err = cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "b.npz")
+    assert code == 1 and err == "" and "FAIL" in out
+
+
+def test_a_reference_with_infinities_never_passes(tmp_path, capsys):
+    write_npz(tmp_path / "a.npz", {"v": np.array([1.0, np.inf])})
+    write_npz(tmp_path / "b.npz", {"v": np.array([1.0, 2.0])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, out, err = cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "b.npz")
+    assert code == 1 and err == ""
+
+
+def test_a_symlink_loop_is_one_line(small, tmp_path, capsys, image):
+    (tmp_path / "l1").symlink_to(tmp_path / "l2")
+    (tmp_path / "l2").symlink_to(tmp_path / "l1")
+    assert_one_line_exit_2(capsys, "layers", tmp_path / "l1", "--model", small, "--out", tmp_path / "o.png")
+    assert_one_line_exit_2(capsys, "demo", "--model", tmp_path / "l1", "--out", tmp_path / "o.png")
+    assert_one_line_exit_2(capsys, "reference", "--model", small, "--inputs", tmp_path / "l1", "--out", tmp_path / "r.npz")
+
+
+EVALUATE = ["--model", "random", "--n-test", "6", "--n-pairs", "3", "--n-curves", "2", "--n-random", "1",
+            "--n-val", "6", "--n-val-pairs", "3", "--n-val-curves", "2", "--steps", "4", "--sweep-k", "1",
+            "--sweep-tau", "0", "--jobs", "1"]
+
+
+@pytest.mark.parametrize("bad", [["--steps", "0"], ["--n-pairs", "0"], ["--n-random", "0"], ["--batch-size", "0"],
+                                 ["--blur-sigma", "nan"], ["--tolerance", "nan"], ["--tolerance", "-5"],
+                                 ["--sweep-k", ""], ["--model-seed", "-1"], ["--steps", "1000000000"],
+                                 ["--jobs", "0"], ["--threads", "-4"], ["--smoothgrad-samples", "-1"],
+                                 ["--n-curves", "100"]], ids=lambda b: " ".join(b))
+def test_every_evaluate_setting_is_range_checked(capsys, tmp_path, bad):
+    assert_one_line_exit_2(capsys, "evaluate", *EVALUATE, *bad, "--out", tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("args", [["demo", "--n", "100000000"],
+                                  ["explain", "{img}", "--method", "integrated_gradients", "--option",
+                                   "integrated_gradients.steps=1000000000000"],
+                                  ["explain", "{img}", "--method", "smoothgrad", "--option", "smoothgrad.samples=1e12"],
+                                  ["explain", "{img}", "--method", "occlusion", "--option", "occlusion.batch_size=100000"]])
+def test_counts_that_would_exhaust_memory_are_refused(small, image, tmp_path, capsys, args):
+    args = [a.format(img=image) for a in args]
+    assert_one_line_exit_2(capsys, *args, "--model", small, "--out", tmp_path / "o.png" if args[0] == "demo" else tmp_path)
+
+
+def test_more_api_misuse_raises_typed_one_line_errors(image):
+    model = tiny_model(0)
+    with pytest.raises(ModelFileError):
+        fbi_ref.load_model("a" * 300)
+    with pytest.raises(InputError):
+        explain(None, randn(0, 1, 9, 9, 3))
+    with pytest.raises(InputError):
+        fbi_ref.load_image(image, None)
+    with pytest.raises(InputError) as error:
+        explain(model, randn(0, 1, 9, 9, 3), "integrated_gradients", baseline=np.zeros((2, 2)))
+    assert "\n" not in str(error.value)
+
+
+def test_a_planted_symlink_under_a_temporary_name_is_never_written_through(tmp_path, monkeypatch):
+    from fbi_ref.evaluation import report
+    from fbi_ref.io import paths
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    planted = tmp_path / ".curves.png.planted.part"
+    planted.symlink_to(victim)
+    monkeypatch.setattr(paths, "temporary_beside", lambda path, tag: planted)  # as if an attacker guessed it
+    plt = report.pyplot()
+    with pytest.raises(InputError):
+        report.save_png(plt, plt.figure(), tmp_path / "curves.png")
+    with pytest.raises(InputError):
+        paths.write_text(tmp_path / "notes.md", "hello")
+    with pytest.raises(InputError):
+        write_npz(tmp_path / "r.npz", {"a": np.zeros(2)})
+    assert victim.read_text() == "keep me" and planted.is_symlink()  # not written through, not removed
+    assert not (tmp_path / "curves.png").exists() and not (tmp_path / "r.npz").exists()
+
+
+def test_a_model_given_with_a_tilde_is_an_input_too(small, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(small, tmp_path / "m.png")
+    assert_one_line_exit_2(capsys, "demo", "--model", "~/m.png", "--out", tmp_path / "m.png", says="is also an input")
+    assert (tmp_path / "m.png").read_bytes() == small.read_bytes()
+
+
+def test_a_failed_explain_leaves_no_output_folder(small, tmp_path, capsys, image):
+    assert_one_line_exit_2(capsys, "explain", image, "--model", tmp_path / "missing.h5", "--out", tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+class SlowHeaders(BaseHTTPRequestHandler):
+    """Sends the status line, then one header line a second, for ever."""
+
+    def do_GET(self):
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\\r\\n")
+            for i in range(1000):
+                self.wfile.write(f"X-Slow-{i}: yes\\r\\n".encode())
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        """Quiet."""
+
+
+def test_the_deadline_holds_while_the_headers_trickle_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowHeaders)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(DownloadError, match="too slow"):
+            weights_cache.download(f"http://127.0.0.1:{server.server_port}/x", tmp_path / "w.h5", progress=False,
+                                   timeout=5, deadline=1.5)
+        assert time.perf_counter() - started < 4
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -79,6 +79,18 @@ def positive_number(text):
     return value if 0 < value < math.inf else _bad(f"must be a finite number greater than 0, got {text}")
 
 
+def tolerance_value(text):
+    """'1e-4' -> ('', 1e-4); 'attr/=1e-3' -> ('attr/', 1e-3): a tolerance for every key, or for a key prefix."""
+    prefix, sep, value = text.rpartition("=")
+    try:
+        number_ = float(value)
+    except ValueError:
+        _bad(f"expected [PREFIX=]NUMBER, got {text!r}")
+    if not (number_ >= 0 and math.isfinite(number_)):
+        _bad(f"a tolerance must be a finite number >= 0, got {value}")
+    return prefix, number_
+
+
 def tau_value(text):
     """A threshold: a number, or 'none' for no threshold (-inf; `--tau -inf` would look like an option)."""
     return -math.inf if text.strip().lower() == "none" else number(text)
@@ -289,9 +301,13 @@ def image_files(paths):
     return files
 
 
-def output_folder(path):
-    """The output folder, created if needed."""
+def output_folder(path, create=True):
+    """The output folder, created if needed (with create=False only checked: nothing in the way)."""
     path = Path(path)
+    if not create:
+        if path.exists() and not path.is_dir() or any(p.exists() and not p.is_dir() for p in path.parents):
+            raise InputError(f"{shown(path)}: cannot be an output folder, a file is in the way")
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -316,7 +332,7 @@ def model_file(name):
     if name in weights_cache.KNOWN_WEIGHTS:
         return weights_cache.cached_weights(name)
     embedded = embedded_models()
-    return embedded[name] if name in embedded else Path(name)
+    return embedded[name] if name in embedded else Path(os.path.expanduser(name))  # as load_model reads it
 
 
 def emit_json(record):

@@ -47,7 +47,8 @@ def configure_parser(parser):
     parser.add_argument("--fbi-k", type=float, help="FBI's k without a sweep")
     parser.add_argument("--fbi-tau", type=float, help="FBI's tau without a sweep")
     parser.add_argument("--fbi-tau-mode", choices=("absolute", "relative"), help="FBI's tau_mode without a sweep")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", "-q", "--quiet", action="store_true",
+                        help="no progress bars (they appear only on a terminal anyway)")
     for f in fields(Settings):
         if f.name in ("fbi", "sweep", "progress"):
             continue

@@ -10,7 +10,7 @@ import numpy as np
 from fbi_ref.cli.args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, bar, figure_path,
                               image_files, int_between, load_model, method_list, method_options, model_file,
                               number_list, output_folder,
-                              positive_int, process_age, say, tau_list)
+                              process_age, say, tau_list)
 from fbi_ref.errors import InputError
 from fbi_ref.io.arrays import write_npz
 from fbi_ref.io.paths import output_file, shown
@@ -64,7 +64,7 @@ def run_explain(args):
     """One Table-1 style figure per image (and with --save-npz the arrays)."""
     files = image_files(args.images)
     options = method_options(args, args.method)
-    out = output_folder(args.out)
+    out = output_folder(args.out, create=False)  # created with the first figure, not by a run that fails
     plan = explain_outputs(files, out, args.save_npz, inputs_of(args, files))  # checked before any work
     model = load_model(args.model)
     for path, png, npz in bar(args, plan, "explaining", "image"):
@@ -159,7 +159,7 @@ def register(sub, command_parser):
                        "fbi-ref demo --out demo.png")
     p.add_argument("--out", default="demo.png", help="the figure to write (default demo.png)")
     add_model(p, default="shapes")
-    p.add_argument("--n", type=positive_int, default=6, help="how many images (default 6: one of each class)")
+    p.add_argument("--n", type=int_between(1, 64), default=6, help="how many images, 1 to 64 (default 6: one of each class)")
     p.add_argument("--seed", type=int, default=0, help="the Shapes seed (default 0)")
     p.set_defaults(run=run_demo)
 

@@ -1,19 +1,21 @@
 """`fbi-ref reference` and `fbi-ref compare`: reference files for checking another implementation."""
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from fbi_ref.cli.args import (add_fbi_options, add_options, add_target, emit, emit_json, file_size, image_files, load_model,
-                              method_list, method_options, model_file, say)
+                              method_list, method_options, model_file, say, tolerance_value)
 from fbi_ref.errors import InputError
-from fbi_ref.io.arrays import load_arrays, load_npz, write_npz
+from fbi_ref.io.arrays import load_arrays, open_npz, write_npz
 from fbi_ref.io.images import preprocess_image
 from fbi_ref.io.paths import output_file
 from fbi_ref.methods.explain import METHODS
 from fbi_ref.reference.build import build_reference
-from fbi_ref.reference.compare import compare, format_comparison
+from fbi_ref.reference.compare import DEFAULT_TOLERANCE, compare, format_comparison
 
 
 def reference_inputs(args, model):
@@ -40,18 +42,31 @@ def run_reference(args):
     path = write_npz(args.out, arrays, inputs)
     summary = {"path": str(path), "size": path.stat().st_size, "model": model.name, "methods": list(args.methods),
                "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}}
+    meta = json.loads(str(arrays["meta"]))
+    summary["warnings"], summary["near_ties"] = meta["warnings"], meta["near_ties"]
+    for warning in meta["warnings"]:  # on stderr, so that --json stays machine-readable
+        if not args.quiet:
+            print(f"fbi-ref reference: warning: {warning}: a port is barely checked there (see meta.warnings)",
+                  file=sys.stderr)
     if args.json:
         emit_json(summary)
     else:
+        ties = {name: v["near"] for name, v in meta["near_ties"].items() if v["near"]}
         say(args, f"wrote {path}: {len(arrays)} arrays ({file_size(path)}), x {tuple(x.shape)}, "
-                  f"{len(args.methods)} methods ({', '.join(args.methods)})")
+                  f"{len(args.methods)} method{'s' if len(args.methods) > 1 else ''} ({', '.join(args.methods)})"
+                  + (f"; near-tie max-pool windows (compare replays them): "
+                     f"{', '.join(f'{k} {v}' for k, v in ties.items())}" if ties else ""))
     return 0
 
 
 def run_compare(args):
-    """Compare the arrays two reference files share; exit 1 when any differs."""
-    ref, other = load_npz(args.ref), load_npz(args.other)
-    result = compare(ref, other, args.rtol, args.atol, args.layout)
+    """Compare another implementation's file with a reference; exit 1 when anything differs."""
+    model = load_model(args.model) if args.model else None
+    with open_npz(args.ref) as ref, open_npz(args.other) as other:  # arrays are read one at a time
+        given = dict(args.tol)
+        tolerances = given[""] if list(given) == [""] else given  # a bare --tol replaces every default
+        result = compare(ref, other, tolerances or None, args.layout, args.require, args.ignore, model,
+                         replay=not args.no_replay)
     if args.json:
         emit_json({"ref": args.ref, "other": args.other, **result.to_dict()})
     elif not args.quiet:
@@ -80,16 +95,28 @@ def register(sub, command_parser):
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.set_defaults(run=run_reference)
 
-    p = command_parser(sub, "compare", "compare two reference files; name the first array that differs",
-                       "For every array both files hold: the largest absolute and relative errors and pass/fail "
-                       "(|other - ref| <= atol + rtol |ref| everywhere), and the first failing key in REF's order "
-                       "(the forward pass layer by layer, then FBI's walk from the top). Exit 1 on any failure.",
-                       "fbi-ref compare ref.npz mine.npz --layout nchw --rtol 1e-4")
+    p = command_parser(sub, "compare", "check another implementation's arrays against a reference file",
+                       "For every array both files hold: the error max|OTHER - REF| / max|REF| against a tolerance "
+                       f"(default {DEFAULT_TOLERANCE:g}; integers and booleans must be equal), where the worst element "
+                       "is, and the first failing key in REF's order (the forward pass layer by layer, then each "
+                       "method's walk from the top). Max-pool winners, FBI masks and top-k choices that OTHER takes "
+                       "differently where REF is within rounding of a tie are replayed, not failed "
+                       "(docs/reference-format.md). A key REF does not have fails. Exit 1 on any failure.",
+                       "fbi-ref compare ref.npz mine.npz --tol attr/=1e-3")
     p.add_argument("ref", metavar="REF.npz")
     p.add_argument("other", metavar="OTHER.npz")
-    p.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
-    p.add_argument("--atol", type=float, default=1e-6, help="absolute tolerance (default 1e-6)")
-    p.add_argument("--layout", choices=("nhwc", "nchw"), default="nhwc",
-                   help="nchw: transpose OTHER's 4-D arrays from NCHW first")
+    p.add_argument("--tol", type=tolerance_value, action="append", default=[], metavar="[PREFIX=]VALUE",
+                   help=f"tolerance of max|OTHER - REF| / max|REF| (default {DEFAULT_TOLERANCE:g}, lrp_epsilon's keys "
+                        "1e-3): VALUE alone for every key, PREFIX=VALUE for the keys starting with PREFIX (the "
+                        "longest wins); repeatable")
+    p.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto",
+                   help="OTHER's layout for 4-D arrays (default auto: from the shapes, else the values)")
+    p.add_argument("--require", action="append", default=[], metavar="PREFIX",
+                   help="keys under PREFIX must be in OTHER (e.g. act/, attr/); repeatable")
+    p.add_argument("--ignore", action="append", default=[], metavar="PREFIX",
+                   help="keys under PREFIX may be in OTHER without being in REF; repeatable")
+    p.add_argument("--model", metavar="NAME|PATH", help="REF's model, to replay near ties (default: REF's own "
+                   "weights, or the model REF names)")
+    p.add_argument("--no-replay", action="store_true", help="compare as stored: take no near-tie decision from OTHER")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=run_compare)

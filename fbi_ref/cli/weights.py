@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -32,7 +31,7 @@ def weights_table():
         rows.append(row)
     for name, path in embedded_models().items():
         expected = manifest_sha256(path)
-        sha = sha256sum(path)
+        sha = weights_cache.sha256sum(path)
         rows.append({"name": name, "kind": "embedded", "path": str(path), "cached": True,
                      "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": sha, "expected_sha256": expected,
                      "status": "ok" if expected in (None, sha) else "MISMATCH"})
@@ -67,14 +66,6 @@ def manifest_sha256(path):
         raise InputError(f"{manifest}: not a valid manifest ({e})") from None
 
 
-def sha256sum(path):
-    """The SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(weights_cache.CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def verify_record(target):
     """Hash a known name's cached file, an embedded model, or any file; compare with the expected hash if any."""
@@ -91,7 +82,7 @@ def verify_record(target):
         path = input_file(path, "weights file")  # a FIFO or a device would be read forever
         by_file = {k.filename: k.md5 for k in weights_cache.KNOWN_WEIGHTS.values()}
         expected = ("md5", by_file.get(path.name))
-    record = {"path": str(path), "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": sha256sum(path)}
+    record = {"path": str(path), "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": weights_cache.sha256sum(path)}
     kind, value = expected
     if value:
         record.update(expected_hash=kind, expected=value, ok=record[kind] == value.lower())

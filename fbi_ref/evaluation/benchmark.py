@@ -14,7 +14,9 @@ from itertools import takewhile
 
 import numpy as np
 
+from fbi_ref.errors import InputError
 from fbi_ref.evaluation import metrics as M
+from fbi_ref.methods import options as check
 from fbi_ref.evaluation.workers import cpu_count, cpu_time, run_tasks, thread_limit
 from fbi_ref.io.zoo import PAPER_FBI_DEFAULTS, load_model
 from fbi_ref.methods.explain import METHODS, explain
@@ -65,6 +67,32 @@ class Settings:
     jobs: int = min(8, cpu_count())  # worker processes; the results do not depend on it
     threads: int = 1                 # BLAS and numba threads per task; float32 sums (last digits) depend on it
     progress: bool = True
+
+    def __post_init__(self):
+        """Every setting in its range (InputError naming it otherwise), so that a run never fails half-way."""
+        counts = {"n_test": (1, 100_000), "n_pairs": (1, 100_000), "n_curves": (1, 100_000), "n_random": (1, 10_000),
+                  "n_val": (1, 100_000), "n_val_pairs": (1, 100_000), "n_val_curves": (1, 100_000),
+                  "steps": (1, 1000), "ig_steps": (1, 10_000), "smoothgrad_samples": (1, 10_000),
+                  "occlusion_patch": (1, 4096), "occlusion_stride": (1, 4096), "batch_size": (1, 1024),
+                  "jobs": (1, 256), "threads": (1, 256), "test_seed": (0, 2**63 - 1), "val_seed": (0, 2**63 - 1),
+                  "random_seed": (0, 2**63 - 1)}
+        for name, (low, high) in counts.items():
+            check.count(name.replace("_", "-"), getattr(self, name), low, high)
+        for name in ("blur_sigma", "tolerance"):
+            check.number(name.replace("_", "-"), getattr(self, name), minimum=0.0)
+        for name in ("sweep_k", "sweep_tau"):
+            values = getattr(self, name)
+            if self.sweep and (not values or not all(isinstance(v, (int, float)) for v in values)):
+                raise InputError(f"{name.replace('_', '-')} must list at least one number, got {values!r}")
+        check.choose("kind", self.kind, {"single": 0, "distractor": 0})
+        check.choose("deletion-baseline", self.deletion_baseline, {"mean": 0, "blur": 0})
+        check.choose("insertion-baseline", self.insertion_baseline, {"mean": 0, "blur": 0})
+        check.choose("sweep-tau-mode", self.sweep_tau_mode, {"relative": 0, "absolute": 0})
+        if self.n_curves > self.n_test or self.n_random > self.n_test:
+            raise InputError(f"n-curves ({self.n_curves}) and n-random ({self.n_random}) must not exceed "
+                             f"n-test ({self.n_test})")
+        if self.n_val_curves > self.n_val:
+            raise InputError(f"n-val-curves ({self.n_val_curves}) must not exceed n-val ({self.n_val})")
 
     def method_options(self, method):
         """The options of the costly methods at the benchmark's settings (others: their defaults)."""
@@ -354,6 +382,7 @@ def benchmark_model(name, seed=0):
     """The model to benchmark: 'random' (Shapes architecture, random weights), 'shapes' or a Keras file."""
     if name != "random":
         return load_model(name)
+    check.count("model-seed", seed, 0, 2**63 - 1)
     model = Model(random_weights(shapes_architecture(len(CLASSES)), seed))
     model.name, model.class_names = f"shapes_random_seed{seed}", list(CLASSES)
     return model

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fbi_ref.io.paths import output_file, replace, temporary_beside, write_text
+from fbi_ref.io.paths import write_atomically, write_text
 
 # (results key, column title) of the main table; arrows say which direction is better.
 COLUMNS = [("pointing", "pointing ↑"), ("mass", "mass acc. ↑"), ("class_sensitivity", "class sens. ↑"),
@@ -165,13 +165,9 @@ def write_sweep(rows, defaults, settings, command, out):
 
 def save_png(plt, fig, path):
     """Write a figure as PNG atomically (never onto a symlink or special file) and close it."""
-    path = output_file(path)
-    tmp = temporary_beside(path, "plot")
     try:
-        fig.savefig(tmp, dpi=100, format="png")
-        replace(tmp, path)
+        write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"))
     finally:
-        tmp.unlink(missing_ok=True)
         plt.close(fig)
 
 

@@ -51,7 +51,7 @@ def run_tasks(fn, tasks, settings, desc, costs=None):
     """
     order = sorted(range(len(tasks)), key=lambda i: -(costs[i] if costs else 0))  # stable: ties keep order
     results = [None] * len(tasks)
-    with tqdm(total=len(tasks), desc=desc, disable=not settings.progress) as bar:
+    with tqdm(total=len(tasks), desc=desc, disable=None if settings.progress else True) as bar:  # None: terminal only
         if settings.jobs <= 1:
             for i in order:
                 results[i] = _run_limited(fn, settings.threads, tasks[i])

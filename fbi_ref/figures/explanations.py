@@ -16,13 +16,13 @@ Inputs are shown as the RGB image (fbi_ref.deprocess_caffe); supports as outline
 """
 from __future__ import annotations
 
-import secrets
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from fbi_ref.io.images import deprocess_caffe
-from fbi_ref.io.paths import output_file, replace, temporary_beside
+from fbi_ref.io.paths import write_atomically
 from fbi_ref.methods.explain import HEATMAP_REDUCTION, heatmap
 from fbi_ref.nn.layers import softmax
 
@@ -197,14 +197,8 @@ def save(fig, path, dpi=DPI):
     if hasattr(path, "write"):  # a file object such as io.BytesIO: matplotlib writes PNG into it
         fig.savefig(path, dpi=dpi, format="png")
         return path
-    path = output_file(path)
-    tmp = temporary_beside(path, secrets.token_hex(4))
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
-        replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    kind = Path(path).suffix.lstrip(".").lower() or "png"
+    return write_atomically(path, lambda f: fig.savefig(f, dpi=dpi, format=kind))
 
 
 # --- the comparison figure -------------------------------------------------------------------

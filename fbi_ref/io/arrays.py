@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
+import lzma
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from fbi_ref.errors import InputError
-from fbi_ref.io.paths import input_file, output_file, replace, shown, temporary_beside
+from fbi_ref.io.paths import input_file, shown, write_atomically
 
 # A fixed timestamp for every zip entry (the earliest a zip file can hold): np.savez stamps the current
 # time, which would make two runs differ in their bytes though not in their arrays.
@@ -44,22 +44,15 @@ def write_npz(path, arrays, inputs=()):
     write leaves nothing behind; `path` must not exist as anything but a regular file, nor be one of
     `inputs`. Errors name `path`, never the temporary file.
     """
-    path = output_file(path, inputs)
-    tmp = temporary_beside(path, secrets.token_hex(4))
-    try:
-        with zipfile.ZipFile(tmp, "x", compression=zipfile.ZIP_DEFLATED) as archive:
+    def write(file):
+        with zipfile.ZipFile(file, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for key, value in arrays.items():
                 info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 with archive.open(info, "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
-        replace(tmp, path)
-    except OSError as e:
-        raise InputError(f"{shown(path)}: cannot write: {e.strerror or e}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, write, inputs)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -123,7 +116,8 @@ class NpzFile(Mapping):
         try:
             with self._zip.open(info) as f:
                 return _read_npy(f, info.file_size, f"{self.name}: member {info.filename!r}")
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, RuntimeError, NotImplementedError) as e:
+            # a damaged stream (zlib, lzma), an encrypted member (RuntimeError), an unknown compression
             raise InputError(f"{self.name}: member {info.filename!r} is corrupt ({_first_line(e)})") from None
 
     def __iter__(self):

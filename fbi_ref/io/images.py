@@ -110,6 +110,8 @@ def load_image(path: str | os.PathLike, model, interpolation: str = "nearest") -
     Keras's load_img), then caffe-preprocessed (RGB -> BGR, ImageNet mean subtracted).
     Raises ImageError for a bad file.
     """
+    if not hasattr(model, "input_shape"):
+        raise InputError(f"model must be an fbi_ref.Model (see fbi_ref.load_model), not {type(model).__name__}")
     return preprocess_image(path, model.input_shape, interpolation)
 
 

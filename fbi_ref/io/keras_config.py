@@ -49,8 +49,10 @@ def _input_shape(layer_configs: list, config: dict) -> tuple:
 
 def _image_shape(batch_shape: list) -> tuple:
     """(H, W, C) from a Keras batch shape [batch, H, W, C]."""
-    if len(batch_shape) != 4:
+    if not isinstance(batch_shape, (list, tuple)) or len(batch_shape) != 4:
         raise UnsupportedLayerError(f"input shape {batch_shape} is not a batch of images (N, H, W, C)")
+    if not all(v is None or _positive_int(v) for v in batch_shape[1:]) or batch_shape[3] is None:
+        raise ModelFileError(f"input shape {batch_shape}: sizes must be positive integers (or null for H, W)")
     return tuple(batch_shape[1:])
 
 
@@ -69,11 +71,12 @@ def _conv(name: str, options: dict, shape: tuple):
     """A Conv2D spec; only the plain channels_last, undilated, ungrouped kind is supported."""
     _require_image(name, "Conv2D", shape)
     _require_channels_last(name, options)
-    _require(name, _pair(options.get("dilation_rate", 1)) == (1, 1), "dilation_rate != 1")
+    _require(name, _pair(options.get("dilation_rate", 1), name, "dilation_rate") == (1, 1), "dilation_rate != 1")
     _require(name, options.get("groups", 1) == 1, "groups != 1")
     _require(name, options.get("use_bias", True), "use_bias=False")
-    kernel_size, filters = _pair(_option(name, options, "kernel_size")), _option(name, options, "filters")
-    strides, padding = _pair(options.get("strides", 1)), _padding(name, options)
+    kernel_size = _pair(_option(name, options, "kernel_size"), name, "kernel_size")
+    filters = _count(name, options, "filters")
+    strides, padding = _pair(options.get("strides", 1), name, "strides"), _padding(name, options)
     kernel, bias = placeholder(kernel_size + (shape[2], filters)), placeholder((filters,))
     out_shape = _spatial(name, shape, kernel_size, strides, padding) + (filters,)
     return Conv2D(name, kernel, bias, strides, padding, _activation(name, options)), out_shape
@@ -83,8 +86,8 @@ def _pool(name: str, options: dict, shape: tuple):
     """A MaxPool2D spec; strides default to the pool size as in Keras."""
     _require_image(name, "MaxPooling2D", shape)
     _require_channels_last(name, options)
-    pool_size = _pair(options.get("pool_size", 2))
-    strides = _pair(options.get("strides") or pool_size)
+    pool_size = _pair(options.get("pool_size", 2), name, "pool_size")
+    strides = _pair(options.get("strides") or pool_size, name, "strides")
     padding = _padding(name, options)
     out_shape = _spatial(name, shape, pool_size, strides, padding) + (shape[2],)
     return MaxPool2D(name, pool_size, strides, padding), out_shape
@@ -105,7 +108,7 @@ def _dense(name: str, options: dict, shape: tuple):
     _require(name, options.get("use_bias", True), "use_bias=False")
     if shape[0] is None:
         raise ArchitectureError(f"layer {name}: input size unknown (the model input has no fixed size)")
-    units = _option(name, options, "units")
+    units = _count(name, options, "units")
     layer = Dense(name, placeholder((shape[0], units)), placeholder((units,)), _activation(name, options))
     return layer, (units,)
 
@@ -127,9 +130,25 @@ _BUILDERS = {
 }
 
 
-def _pair(value) -> tuple:
-    """(a, b) from a Keras size given as [a, b] or as one int for both axes."""
-    return (value, value) if isinstance(value, int) else tuple(value)
+def _pair(value, name="?", key="size") -> tuple:
+    """(a, b) from a Keras size given as [a, b] or as one int for both axes; both positive integers."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if len(pair) != 2 or not all(_positive_int(v) for v in pair):
+        raise ModelFileError(f"layer {name}: {key} must be a positive integer or a pair of them, got {value!r}")
+    return pair
+
+
+def _positive_int(value) -> bool:
+    """True for an int >= 1 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _count(name, options, key) -> int:
+    """A setting that must be a positive integer (filters, units)."""
+    value = _option(name, options, key)
+    if not _positive_int(value):
+        raise ModelFileError(f"layer {name}: {key} must be a positive integer, got {value!r}")
+    return value
 
 
 def _option(name: str, options: dict, key: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import lzma
 import math
 import os
 import re
@@ -83,8 +84,8 @@ def _naming(path: Path):
         raise ModelFileError(f"{shown(path)}: no such file") from error
     # h5py reports damaged files as OSError, RuntimeError or ValueError (bad JSON and text also land here);
     # a config of the wrong shape (a list where a dict belongs, text where a number does) as the others.
-    except (OSError, RuntimeError, ValueError, zipfile.BadZipFile, zlib.error, TypeError, AttributeError, KeyError,
-            IndexError, RecursionError) as error:
+    except (OSError, RuntimeError, ValueError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError,
+            TypeError, AttributeError, KeyError, IndexError, RecursionError, ZeroDivisionError, OverflowError) as error:
         detail = " ".join(str(error).split()) or type(error).__name__
         raise ModelFileError(f"{shown(path)}: not a readable Keras HDF5 or .keras file ({detail})") from error
 
@@ -311,7 +312,7 @@ def _check_sizes(datasets) -> None:
     """Before reading weights with no architecture to check them against: sane ranks, total at most MAX_MODEL_BYTES."""
     total = 0
     for dataset in datasets:
-        if dataset.ndim not in (1, 2, 4):
+        if dataset.ndim not in (1, 2, 4) or 0 in dataset.shape:
             raise ModelFileError(f"weight {dataset.name} has shape {dataset.shape}: not a kernel or a bias")
         total += 4 * math.prod(dataset.shape)
     if total > MAX_MODEL_BYTES:

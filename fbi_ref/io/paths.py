@@ -75,11 +75,15 @@ def same_file(a, b) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
-        return Path(a).resolve() == Path(b).resolve()
+        try:
+            return Path(a).resolve() == Path(b).resolve()
+        except (OSError, RuntimeError):  # a symlink loop: it names no file, so not this one
+            return False
 
 
 def temporary_beside(path: Path, tag: str) -> Path:
-    """A hidden temporary file name next to `path` (same folder, so the final rename is atomic)."""
+    """A hidden temporary file name next to `path` (same folder, so the final rename is atomic); open it with
+    mode 'x', which never follows a symlink planted under that name."""
     return path.with_name(f".{path.name}.{tag}.part")
 
 
@@ -89,13 +93,27 @@ def replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_text(path, text: str, inputs=()) -> Path:
-    """Write a text file atomically (temporary file, then rename), checked as `output_file` checks."""
+def write_atomically(path, write, inputs=()) -> Path:
+    """Write a file by write(binary file object) into a new hidden temporary file beside it, then rename it into
+    place: checked first as `output_file` checks; never through a symlink planted under the temporary name
+    (mode 'x'); on any failure nothing is left behind and the error names `path`."""
     path = output_file(path, inputs)
     tmp = temporary_beside(path, os.urandom(4).hex())
     try:
-        tmp.write_text(text, encoding="utf-8")
+        f = open(tmp, "xb")
+    except OSError as e:
+        raise InputError(f"{shown(path)}: cannot write: {e.strerror or e}") from None
+    try:
+        with f:
+            write(f)
         replace(tmp, path)
+    except OSError as e:
+        raise InputError(f"{shown(path)}: cannot write: {e.strerror or e}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # ours: gone after the rename, or removed after a failure
     return path
+
+
+def write_text(path, text: str, inputs=()) -> Path:
+    """Write a text file atomically (see write_atomically)."""
+    return write_atomically(path, lambda f: f.write(text.encode("utf-8")), inputs)

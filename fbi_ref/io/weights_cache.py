@@ -14,6 +14,8 @@ import hashlib
 import http.client
 import os
 import secrets
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -142,7 +144,16 @@ def fetch_weights(name: str, force: bool = False, url: str | None = None,
 
 def md5sum(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
     """The MD5 of a file as 32 lowercase hex digits, read in chunks (weights are ~500 MB)."""
-    digest = hashlib.md5(usedforsecurity=False)  # a checksum, not security: allowed under FIPS
+    return _file_digest(path, hashlib.md5(usedforsecurity=False), chunk_size)  # a checksum: allowed under FIPS
+
+
+def sha256sum(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
+    """The SHA-256 of a file as 64 lowercase hex digits, read in chunks."""
+    return _file_digest(path, hashlib.sha256(), chunk_size)
+
+
+def _file_digest(path, digest, chunk_size):
+    """Feed a file to a hashlib digest in chunks; its hex digest."""
     with open(path, "rb") as f:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
@@ -207,54 +218,123 @@ def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_parts(tmp.parent / label)
         # 'xb' never reuses an existing file, and unlike mkstemp (0600) it lets the umask decide.
-        with open(tmp, "xb") as out:
+        with open(tmp, "xb") as out, Watchdog(deadline) as watchdog:
             fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            with _open_url(url, timeout) as response:
-                return _stream(response, out, url, deadline, progress, label)
+            with _open_url(url, timeout, watchdog) as response:
+                return _stream(response, out, url, deadline, progress, label, watchdog)
     except OSError as e:  # network errors are DownloadError already: these are local disk ones
         raise DownloadError(f"cannot write {tmp.parent / label}: {e.strerror or e}") from None
 
 
-def _open_url(url: str, timeout: float):
+class Watchdog:
+    """Shuts the download's connections down when its deadline passes, wherever it waits: for the headers of a
+    server that sends a line a second, or inside a read (each read alone is bounded by the stall timeout)."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.expired, self.sockets = deadline, False, []
+        self.timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        self.timer.daemon = True
+
+    def __enter__(self):
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.timer.cancel()
+
+    def watch(self, sock):
+        """Shut this socket down at the deadline."""
+        self.sockets.append(sock)
+        if self.expired:
+            self._expire()
+
+    def _expire(self):
+        self.expired = True
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def opener(self):
+        """A urllib opener whose HTTP and HTTPS connections this watchdog watches."""
+        watchdog = self
+
+        class Watched(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                watchdog.watch(self.sock)
+
+        class WatchedTLS(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                watchdog.watch(self.sock)
+
+        class Plain(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Watched, req)
+
+        class Secure(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(WatchedTLS, req, context=self._context)
+        return urllib.request.build_opener(Plain, Secure)
+
+
+def _too_slow(url: str, received: int, expected) -> DownloadError:
+    """The error of a download whose deadline passed."""
+    return DownloadError(f"download of {url} too slow: {received} of {expected or '?'} bytes when its deadline passed")
+
+
+def _open_url(url: str, timeout: float, watchdog: Watchdog):
     try:
-        return urllib.request.urlopen(url, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        e.close()
-        raise DownloadError(f"cannot download {url}: HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        raise DownloadError(f"cannot connect to {url}: {e.reason}") from None
-    except (OSError, http.client.HTTPException) as e:  # timeouts, resets, garbled replies
-        raise DownloadError(f"cannot download {url}: {e or type(e).__name__}") from None
-    except ValueError as e:  # not a URL urllib understands
-        raise DownloadError(f"cannot download {url!r}: {e}") from None
+        return watchdog.opener().open(url, timeout=timeout)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        if watchdog.expired:
+            raise _too_slow(url, 0, None) from None
+        raise _open_error(url, error) from None
 
 
-def _stream(response, out, url: str, deadline: float, progress: bool, label: str) -> str:
+def _open_error(url, error) -> DownloadError:
+    """The one-line DownloadError for a failure to open `url`."""
+    if isinstance(error, urllib.error.HTTPError):
+        error.close()
+        return DownloadError(f"cannot download {url}: HTTP {error.code} {error.reason}")
+    if isinstance(error, urllib.error.URLError):
+        return DownloadError(f"cannot connect to {url}: {error.reason}")
+    if isinstance(error, ValueError):  # not a URL urllib understands
+        return DownloadError(f"cannot download {url!r}: {error}")
+    return DownloadError(f"cannot download {url}: {error or type(error).__name__}")  # timeouts, resets, garbage
+
+
+def _stream(response, out, url: str, deadline: float, progress: bool, label: str, watchdog: Watchdog) -> str:
     expected = _content_length(response)  # None when the server does not say
     digest = hashlib.md5(usedforsecurity=False)
     received = 0
     # disable=None: tqdm draws only when stderr is a terminal
     with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
               disable=None if progress else True) as bar:
-        while chunk := _read_chunk(response, url, received, expected):
+        while chunk := _read_chunk(response, url, received, expected, watchdog):
             out.write(chunk)
             digest.update(chunk)
             received += len(chunk)
             bar.update(len(chunk))
             if time.monotonic() > deadline:
-                raise DownloadError(f"download of {url} too slow: {received} of {expected or '?'} bytes when "
-                                    f"its deadline passed")
+                raise _too_slow(url, received, expected)
+    if watchdog.expired:  # the watchdog shut the connection: a short read, not an end of file
+        raise _too_slow(url, received, expected)
     # http.client returns b'' rather than raising when the connection closes early.
     if expected is not None and received != expected:
         raise DownloadError(f"download of {url} stopped after {received} of {expected} bytes")
     return digest.hexdigest()
 
 
-def _read_chunk(response, url: str, received: int, expected: int | None) -> bytes:
+def _read_chunk(response, url: str, received: int, expected: int | None, watchdog: Watchdog) -> bytes:
     """What the connection has now, up to CHUNK_SIZE bytes (read1: one receive, so every byte is counted)."""
     try:
         return response.read1(CHUNK_SIZE)
     except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
+        if watchdog.expired:
+            raise _too_slow(url, received, expected) from None
         total = "?" if expected is None else expected
         raise DownloadError(f"connection to {url} dropped or stalled after {received} of {total} bytes:"
                             f" {e or type(e).__name__}") from None

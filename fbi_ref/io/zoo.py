@@ -53,7 +53,11 @@ def load_model(path_or_name, architecture=None) -> Model:
     if name in embedded:
         return _embedded(name, embedded[name])
     path = Path(os.path.expanduser(name))
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long for the file system, ...
+        raise ModelFileError(f"{shown(name)}: {e.strerror or e}") from None
+    if not exists:
         known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded])
         raise ModelFileError(f"{shown(name)}: no such file, and not a known model name ({known})")
     if path.is_dir():

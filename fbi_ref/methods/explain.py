@@ -11,6 +11,7 @@ from fbi_ref.methods import options as check
 from fbi_ref.methods import rules as R
 from fbi_ref.methods.tables import GUIDED_BACKPROP, backprop_method
 from fbi_ref.methods.traversal import walk
+from fbi_ref.nn.model import Model
 
 BACKPROP_METHODS = ("fbi", "gradient", "gradient_x_input", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus")
 OTHER_METHODS = ("gradcam", "guided_gradcam", "integrated_gradients", "smoothgrad", "occlusion")
@@ -23,6 +24,14 @@ HEATMAP_REDUCTION = {
     "gradient_x_input": "sum", "integrated_gradients": "sum", "lrp_epsilon": "sum", "lrp_zplus": "sum",
     "gradcam": "mean", "occlusion": "mean",
 }
+
+
+# Upper bounds of the multi-pass methods' counts: more walks than MAX_PASSES per image would run for days on
+# VGG16; a batch may take at most MAX_BATCH_BYTES of activations (a batch of 32 VGG16 images at 224 x 224 takes
+# 2 GB) and hold at most MAX_BATCH images.
+MAX_PASSES = 10_000
+MAX_BATCH = 1024
+MAX_BATCH_BYTES = 8 * 2**30
 
 
 def heatmap(attribution, reduction):
@@ -108,6 +117,8 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     -------
     Explanation
     """
+    if not isinstance(model, Model):
+        raise InputError(f"model must be an fbi_ref.Model (see fbi_ref.load_model), not {type(model).__name__}")
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     # bad targets and options fail here, before any work
@@ -157,14 +168,17 @@ def other_method_options(model, method, options):
         raise InputError(f"method {method!r} takes no option {sorted(unknown)[0]!r} (its options: {', '.join(defaults)})")
     o = {**defaults, **options}
     name = f"{method}.{{}}".format
+    largest_batch = min(MAX_BATCH, max(1, MAX_BATCH_BYTES // model.activation_bytes))
     if method in ("gradcam", "guided_gradcam"):
         o["layer"] = check.spatial_layer(name("layer"), o["layer"], model) or multipass.last_conv_name(model)
     elif method == "integrated_gradients":
         multipass.baseline_image(model, np.zeros((1, *model.input_shape), model.dtype), o["baseline"])
-        o["steps"], o["batch_size"] = check.count(name("steps"), o["steps"]), check.count(name("batch_size"), o["batch_size"])
+        o["steps"] = check.count(name("steps"), o["steps"], maximum=MAX_PASSES)
+        o["batch_size"] = check.count(name("batch_size"), o["batch_size"], maximum=largest_batch)
     elif method == "smoothgrad":
         check.choose(name("base"), o["base"], multipass.SMOOTHGRAD_BASES)
-        o["samples"], o["batch_size"] = check.count(name("samples"), o["samples"]), check.count(name("batch_size"), o["batch_size"])
+        o["samples"] = check.count(name("samples"), o["samples"], maximum=MAX_PASSES)
+        o["batch_size"] = check.count(name("batch_size"), o["batch_size"], maximum=largest_batch)
         o["noise"] = check.number(name("noise"), o["noise"], minimum=0.0)
         o["seed"] = check.count(name("seed"), o["seed"], minimum=0, maximum=2**63 - 1)
     elif method == "occlusion":
@@ -172,7 +186,7 @@ def other_method_options(model, method, options):
         patch = max(1, h // 8) if o["patch"] is None else check.count(name("patch"), o["patch"], maximum=min(h, w))
         o["patch"], o["stride"] = patch, max(1, patch // 2) if o["stride"] is None else check.count(name("stride"), o["stride"])
         o["fill"] = check.number(name("fill"), o["fill"])
-        o["batch_size"] = check.count(name("batch_size"), o["batch_size"])
+        o["batch_size"] = check.count(name("batch_size"), o["batch_size"], maximum=largest_batch)
     return o
 
 

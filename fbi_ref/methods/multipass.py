@@ -1,5 +1,7 @@
 """The methods that are more than one walk: Grad-CAM (a walk to a conv layer), integrated gradients and
 SmoothGrad (many walks), occlusion (many forward passes)."""
+import dataclasses
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -44,12 +46,21 @@ def upsample_bilinear(maps, size):
 
 def gradcam(model, fp, target, layer=None):
     """Grad-CAM maps (N, H, W): ReLU(sum_k alpha_k A_k), alpha_k the spatial mean of d logit_c / d A_k, upsampled."""
+    return gradcam_parts(model, fp, target, layer)[2]
+
+
+def gradcam_parts(model, fp, target, layer=None, switches=None):
+    """Grad-CAM step by step: (weights alpha (N, K), map at the layer (N, h, w), map upsampled (N, H, W)).
+
+    switches: max-pool switches to route the gradient with instead of fp's own (fbi_ref.reference.replay).
+    """
     name = layer or last_conv_name(model)
     start = R.start_onehot(fp.logits, fp.probs, target)
-    g = walk(model, fp, start, GRADIENT, stop_at=name).signal  # (N, h, w, K)
+    routed = fp if switches is None else dataclasses.replace(fp, switches=switches)
+    g = walk(model, routed, start, GRADIENT, stop_at=name).signal  # (N, h, w, K)
     alpha = g.mean(axis=(1, 2))  # (N, K)
     cam = np.maximum((fp.outputs[name] * alpha[:, None, None, :]).sum(axis=-1), 0)  # (N, h, w)
-    return upsample_bilinear(cam, model.input_shape[:2])
+    return alpha, cam, upsample_bilinear(cam, model.input_shape[:2])
 
 
 def baseline_image(model, x, baseline):
@@ -65,8 +76,9 @@ def baseline_image(model, x, baseline):
             b = np.asarray(baseline, dtype=x.dtype)
         b = np.broadcast_to(b, x.shape).copy()
     except (ValueError, TypeError):
+        given = f"an array of shape {np.shape(baseline)}" if hasattr(baseline, "shape") else repr(baseline)[:60]
         raise InputError(f"baseline must be 'zeros', 'black' or an array that broadcasts to the input {x.shape}; "
-                         f"got {baseline!r:.60}") from None
+                         f"got {' '.join(given.split())}") from None
     if not np.isfinite(b).all():
         raise InputError("baseline contains NaN or inf")
     return b
@@ -77,13 +89,18 @@ def integrated_gradients(model, x, target, baseline="zeros", steps=64, batch_siz
     if not (isinstance(steps, (int, np.integer)) and steps >= 1):
         raise InputError(f"steps must be a positive integer, got {steps!r}")
     base = baseline_image(model, x, baseline)
-    alphas = ((np.arange(steps) + 0.5) / steps).astype(x.dtype)  # (steps,)
+    alphas = ig_alphas(steps, x.dtype)  # (steps,)
     total = np.zeros_like(x)  # (N, H, W, C)
     chunks = [(n, alphas[i:i + batch_size]) for n in range(len(x)) for i in range(0, steps, batch_size)]
     for n, a in tqdm(chunks, desc="integrated gradients", disable=not progress, leave=False):
         path = base[n] + a[:, None, None, None] * (x[n] - base[n])  # (B, H, W, C)
         total[n] += target_gradient(model, path, np.full(len(a), target[n])).sum(axis=0)
     return (x - base) * total / steps
+
+
+def ig_alphas(steps, dtype):
+    """The midpoint rule's alpha_i = (i + 1/2) / steps, i = 0 .. steps - 1, in the input's dtype."""
+    return ((np.arange(steps) + 0.5) / steps).astype(dtype)
 
 
 SMOOTHGRAD_BASES = {"gradient": GRADIENT, "guided_backprop": GUIDED_BACKPROP}
@@ -96,13 +113,22 @@ def smoothgrad(model, x, target, base="gradient", samples=50, noise=0.15, seed=0
         raise InputError(f"smoothgrad base must be 'gradient' or 'guided_backprop', got {base!r}")
     total = np.zeros_like(x)  # (N, H, W, C)
     for n in tqdm(range(len(x)), desc="smoothgrad", disable=not progress, leave=False):
-        rng = np.random.default_rng(seed)  # per image, so an image's result does not depend on its batch
-        sigma = noise * (x[n].max() - x[n].min())
+        eps = smoothgrad_noise(x[n], samples, noise, seed)  # (samples, H, W, C)
         for i in range(0, samples, batch_size):
-            m = min(batch_size, samples - i)
-            noisy = x[n] + rng.normal(0, sigma, size=(m, *x.shape[1:])).astype(x.dtype)  # (m, H, W, C)
-            total[n] += target_gradient(model, noisy, np.full(m, target[n]), rules).sum(axis=0)
+            noisy = x[n] + eps[i:i + batch_size]  # (m, H, W, C)
+            total[n] += target_gradient(model, noisy, np.full(len(noisy), target[n]), rules).sum(axis=0)
     return total / samples
+
+
+def smoothgrad_noise(image, samples=50, noise=0.15, seed=0):
+    """The noise SmoothGrad adds to one image (H, W, C): (samples, H, W, C) in the image's dtype.
+
+    np.random.default_rng(seed).normal(0, sigma, size=(samples, H, W, C)) in float64, then cast, with
+    sigma = noise * (max - min of the image): every image of a batch gets the same standard normal draws,
+    scaled by its own sigma, so an image's result does not depend on its batch.
+    """
+    sigma = noise * (float(image.max()) - float(image.min()))
+    return np.random.default_rng(seed).normal(0, sigma, size=(samples, *image.shape)).astype(image.dtype)
 
 
 def occlusion(model, x, target, patch=None, stride=None, fill=0.0, batch_size=32, progress=False):

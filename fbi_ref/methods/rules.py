@@ -177,15 +177,24 @@ def fbi_mask(tau=10.0, relative=False, mask_image=True):
         if at_image and not mask_image:
             return g, None
         product = g * a
-        threshold = tau
-        if relative and np.isfinite(tau):  # an infinite tau stays what it is: never inf * 0 = NaN
-            largest = np.maximum(product.reshape(len(product), -1).max(axis=1), 0)  # (N,)
-            threshold = tau * largest.reshape(-1, *[1] * (g.ndim - 1))
-        kept = product > threshold
+        kept = product > mask_threshold(product, tau, relative)
         if product.dtype == g.dtype:  # product is ours and no longer needed: reuse its memory
             return np.multiply(g, kept, out=product), kept
         return g * kept, kept
     return rule
+
+
+def mask_threshold(product, tau, relative):
+    """FBI's threshold for the products g * a (N, ...): tau, or tau * max(0, the image's largest product)."""
+    if not relative or not np.isfinite(tau):  # an infinite tau stays what it is: never inf * 0 = NaN
+        return tau
+    largest = np.maximum(product.reshape(len(product), -1).max(axis=1), 0)  # (N,)
+    return tau * largest.reshape(-1, *[1] * (product.ndim - 1))
+
+
+def topk_scores(g, a, score):
+    """Each feature map's total score (N, C): of the backward signal, the forward activation, or their product."""
+    return {"backward": g, "forward": a, "product": g * a}[score].sum(axis=(1, 2))
 
 
 def count_of(k, channels):
@@ -208,7 +217,7 @@ def fbi_topk(k=0.5, score="backward"):
 
     def rule(g, a):
         n, c = g.shape[0], g.shape[-1]
-        per_map = {"backward": g, "forward": a, "product": g * a}[score].sum(axis=(1, 2))  # (N, C)
+        per_map = topk_scores(g, a, score)  # (N, C)
         best = np.argsort(-per_map, axis=1, kind="stable")[:, :count_of(k, c)]  # (N, count)
         keep = np.zeros((n, c), dtype=bool)  # (N, C)
         np.put_along_axis(keep, best, True, axis=1)

@@ -63,13 +63,18 @@ def top_layer_index(model):
     return last
 
 
-def walk(model, fp, start, rules: Rules, record=False, stop_at="input", release=False):
+def walk(model, fp, start, rules: Rules, record=False, stop_at="input", release=False, forced=None, observe=None):
     """Carry the start signal (N, K) at the logits down to `stop_at` (a layer name or "input").
 
     fp is the model's ForwardPass of the same batch. With record=True, returns every position's signal
     (after the masks applied there) and every mask's binary support, keyed by position. With release=True,
     each layer's output is dropped from fp once the walk is past it (less memory; fp is used up).
+
+    For checking another implementation (fbi_ref.reference.replay): `forced` {position: bool array} imposes
+    a support instead of the one the mask or top-k rule would choose there, and observe(position, kind, g, a)
+    is called before each such decision (kind 'mask' or 'topk', g the signal it applies to, a the activation).
     """
+    forced = forced or {}
     top = top_layer_index(model)
     topk_at = set(topk_positions(model, rules.topk_every_conv)) if rules.topk else set()
     backward, support = ({}, {}) if record else (None, None)
@@ -84,11 +89,11 @@ def walk(model, fp, start, rules: Rules, record=False, stop_at="input", release=
         a_in = fp.x if i == 0 else fp.outputs[model.layers[i - 1].name]
         below = "input" if i == 0 else model.layers[i - 1].name
         if layer.name in topk_at:
-            g, kept = rules.topk(g, a_out)
+            g, kept = _decide(rules.topk, (g, a_out), layer.name, "topk", forced, observe)
             _record(backward, support, layer.name, g, kept)
         g = _through_layer(layer, g, a_in, a_out, fp, rules, is_top=(i == top), at_image=(i == 0))
         if rules.mask is not None and isinstance(layer, (Conv2D, Dense)):
-            g, kept = rules.mask(g, a_in, i == 0)
+            g, kept = _decide(rules.mask, (g, a_in, i == 0), below, "mask", forced, observe)
             _record(None, support, below, g, kept)
         _record(backward, None, below, g, None)
         if release:
@@ -112,6 +117,17 @@ def topk_positions(model, every_conv):
     """Where FBI's top-k applies: the activated output of the top conv layer, or of every conv layer."""
     positions = [activated_output(model, i) for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
     return positions if every_conv else positions[-1:]
+
+
+def _decide(rule, args, position, kind, forced, observe):
+    """A mask or top-k decision: (signal, support) from the rule, or the support imposed by `forced`."""
+    if observe is not None:
+        observe(position, kind, args[0], args[1])
+    g, kept = rule(*args)
+    if position in forced and kept is not None:  # (no mask at the image: nothing to impose)
+        kept = forced[position]
+        g = args[0] * kept
+    return g, kept
 
 
 def _record(backward, support, name, g, kept):

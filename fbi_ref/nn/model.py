@@ -64,9 +64,9 @@ class Model:
 
     def __init__(self, arch: Architecture, class_names=None, preprocessing="caffe", fbi_defaults=None):
         self.layers = list(arch.layers)
-        if any(s is None for s in arch.input_shape):
-            raise ArchitectureError(f"{arch.name}: the input size {tuple(arch.input_shape)} is not fixed; "
-                                    f"give the architecture an input shape")
+        if any(s is None for s in arch.input_shape) or not all(int(s) >= 1 for s in arch.input_shape):
+            raise ArchitectureError(f"{arch.name}: the input size {tuple(arch.input_shape)} is not a fixed, "
+                                    f"positive size; give the architecture an input shape")
         self.input_shape = tuple(int(s) for s in arch.input_shape)  # (H, W, C)
         self.name = arch.name
         self.class_names = class_names
@@ -92,6 +92,11 @@ class Model:
             if hasattr(layer, "kernel"):
                 return layer.kernel.dtype.type
         return np.float32
+
+    @property
+    def activation_bytes(self):
+        """The bytes one image's forward pass keeps (its input and every layer's output, in the model's dtype)."""
+        return self.activation_count * np.dtype(self.dtype).itemsize
 
     @property
     def num_classes(self):
@@ -179,6 +184,7 @@ class Model:
         if total * 8 > MAX_ACTIVATION_BYTES:  # float64, the widest dtype a model is cast to
             raise ArchitectureError(f"{self.name}: one image's activations would take {total * 8:,} bytes, more than "
                                     f"the {MAX_ACTIVATION_BYTES:,} allowed (FBI_REF_MAX_ACTIVATION_BYTES)")
+        self.activation_count = total  # per image: the input and every layer's output
         return shapes
 
 
@@ -208,6 +214,9 @@ def output_shape(layer, shape):
     def expect(ok, what):
         if not ok:
             raise ArchitectureError(f"layer {layer.name!r}: {what}")
+    kernel = getattr(layer, "kernel", None)
+    if kernel is not None:
+        expect(kernel.size > 0, f"kernel of shape {kernel.shape} has no weights")
     if isinstance(layer, Conv2D):
         kh, kw, c, o = layer.kernel.shape
         expect(len(shape) == 3, f"Conv2D needs an (H, W, C) input, got {shape}")

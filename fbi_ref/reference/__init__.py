@@ -4,6 +4,8 @@ May import methods, io and nn; only the command line imports it.
 
     build.py     build_reference: every intermediate of the forward pass and of each method, in order
     compare.py   compare: array by array, and the first key where two files diverge
+    replay.py    near ties: the decisions another implementation may take otherwise, replayed, not failed
+    model.py     the reference's model rebuilt from the file (for the replay)
 
     from fbi_ref import reference
     reference.write_npz("ref.npz", reference.build_reference(model, x, methods=("fbi",)))

@@ -9,6 +9,7 @@ comparison is where a re-implementation starts to differ. docs/reference-format.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -16,13 +17,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fbi_ref.errors import InputError
-from fbi_ref.io.weights_cache import md5sum
+from fbi_ref.io.weights_cache import md5sum, sha256sum
+from fbi_ref.methods import multipass
 from fbi_ref.methods.explain import METHODS, explain, resolve_target
 from fbi_ref.nn.network import Conv2D, Dense
 from fbi_ref.version import __version__
 
 FORMAT = "fbi_ref reference"
-FORMAT_VERSION = 1
+# 1: x, w/, act/, logits, probs, target, fbi/, attr/, meta. 2 adds switch/<pool>, the walks of the other
+# single-walk methods (<method>/backward/<position>), gradcam/weights and gradcam/map, smoothgrad/noise, and
+# meta's near_ties, warnings, weights_digest; every version-1 key keeps its name and meaning.
+FORMAT_VERSION = 2
+WALKED = ("gradient", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus", "fbi")  # walks stored
+NEAR_TIE = 1e-4  # a max-pool window is a near tie when its two largest values differ by at most this x max|input|
 
 # What a re-implementation must match; the same rules as the docstring of fbi_ref/nn/layers.py.
 CONVENTIONS = {
@@ -34,8 +41,15 @@ CONVENTIONS = {
                "max((out - 1) * stride + k - size, 0), the smaller half before (top/left)",
     "pooling_tie_break": "max-pool switches go to the first maximum in row-major window order; "
                          "'same' padding cells never win",
+    "switches": "switch/<pool>: int64, per output cell the flat index ih * W + iw of its winner in the pool's "
+                "input plane (the same number in NHWC and NCHW)",
     "flatten_order": "(H, W, C): Keras's order, not PyTorch's (C, H, W)",
     "logits": "the pre-activation of the last layer; act/<last layer> is its softmax",
+    "walks": "<method>/backward/<position>: the backward signal at a layer's output (or 'input'), after the "
+             "rules of the layers above and the masks applied there; <method>/backward/<last layer> is the "
+             "start signal w.r.t. the logits",
+    "smoothgrad_noise": "smoothgrad/noise[n] = np.random.default_rng(seed).normal(0, sigma_n, size=(samples, H, W, C)) "
+                        "in float64, cast to float32; sigma_n = noise * (max x[n] - min x[n])",
     "attribution": "w.r.t. the preprocessed input x (BGR channels), same shape as x",
 }
 
@@ -48,30 +62,36 @@ def build_reference(model, x, methods=METHODS, target=None, options=None, model_
 
     model: an fbi_ref.Model; x: (N, H, W, C) preprocessed inputs; methods: names from METHODS;
     target: as for explain (None or 'top1', an index, a class name, one per image); options:
-    {method: {option: value}}; model_file: the weights file, whose MD5 goes into meta;
+    {method: {option: value}}; model_file: the weights file, whose hashes go into meta;
     with_weights: also store every kernel and bias (w/<layer>/kernel, w/<layer>/bias).
-    The keys are ordered as the computation goes (see the module docstring).
+    The keys are ordered as the computation goes (see the module docstring): a method's walk from the top
+    down, then its attribution.
     """
     methods, options = _checked(methods, options or {})
     fp = model.forward(x)
     arrays = {"x": fp.x}
     if with_weights:
         arrays.update(_weights(model))
-    arrays.update({f"act/{layer.name}": fp.outputs[layer.name] for layer in model.layers})
+    for layer in model.layers:
+        arrays[f"act/{layer.name}"] = fp.outputs[layer.name]
+        if layer.name in fp.switches:
+            arrays[f"switch/{layer.name}"] = fp.switches[layer.name]
     target_rule = "top1" if target is None else plain(target)
     target = resolve_target(model, target, fp.probs)
     arrays.update({"logits": fp.logits, "probs": fp.probs, "target": target})
-    used, attributions, walk = {}, {}, {}
+    used, walks = {}, {}
     for method in tqdm(methods, desc="methods", disable=None if progress else True):  # None: only on a terminal
-        e = explain(model, fp.x, method, target=list(target), record_layers=(method == "fbi"),
+        e = explain(model, fp.x, method, target=list(target), record_layers=method in WALKED,
                     **options.get(method, {}))
-        attributions[f"attr/{method}"] = e.attribution
         used[method] = e.options
-        if method == "fbi":
-            walk = _fbi_walk(e)
-    arrays.update(walk)
-    arrays.update(attributions)
-    arrays["meta"] = np.array(meta_json(model, used, list(walk), model_file, target_rule))
+        if method in WALKED:
+            walks[method] = walk_arrays(method, e)
+            arrays.update(walks[method])
+        arrays.update(method_extras(model, fp, target, method, e.options))
+        arrays[f"attr/{method}"] = e.attribution
+    meta = {"near_ties": near_ties(model, fp), "warnings": empty_arrays(arrays, methods),
+            "walks": {method: list(keys) for method, keys in walks.items()}}
+    arrays["meta"] = np.array(meta_json(model, used, list(walks.get("fbi", ())), model_file, target_rule, meta))
     return arrays
 
 
@@ -99,30 +119,99 @@ def _weights(model):
     return out
 
 
-def _fbi_walk(e):
-    """FBI's recorded walk from the top down: at each position its support (where a mask applies), then its signal."""
+def walk_arrays(method, e):
+    """A method's recorded walk from the top down: at each position its support (FBI's masks), then its signal."""
     out = {}
     for position, signal in e.backward.items():  # recorded top-down
-        if position in e.support:
-            out[f"fbi/support/{position}"] = e.support[position]
-        out[f"fbi/backward/{position}"] = signal
+        if e.support and position in e.support:
+            out[f"{method}/support/{position}"] = e.support[position]
+        out[f"{method}/backward/{position}"] = signal
     return out
 
 
-def meta_json(model, options_used, walk_keys=(), model_file=None, target_rule="top1"):
+def method_extras(model, fp, target, method, options):
+    """What a method computes on the way to its attribution that a port can be checked against."""
+    if method == "gradcam":
+        weights, cam, _ = multipass.gradcam_parts(model, fp, target, options["layer"])
+        return {"gradcam/weights": weights, "gradcam/map": cam}
+    if method == "smoothgrad":
+        noise = [multipass.smoothgrad_noise(image, options["samples"], options["noise"], options["seed"])
+                 for image in fp.x]
+        return {"smoothgrad/noise": np.stack(noise)}  # (N, samples, H, W, C)
+    return {}
+
+
+def near_ties(model, fp, relative=NEAR_TIE):
+    """Per max-pool layer, its windows whose two largest values differ by at most relative * max|input|:
+    where another implementation's rounding may pick another winner (fbi_ref.reference.replay accepts it)."""
+    out = {}
+    for i, layer in enumerate(model.layers):
+        if layer.name in fp.switches and i > 0:
+            gap, top = window_gaps(fp.outputs[model.layers[i - 1].name], layer)
+            scale = float(np.abs(fp.outputs[model.layers[i - 1].name]).max()) or 1.0
+            out[layer.name] = {"near": int(((gap <= relative * scale) & (top > 0)).sum()),
+                               "exact": int(((gap == 0) & (top > 0)).sum()), "windows": int(gap.size)}
+    return out
+
+
+def window_gaps(a, layer):
+    """For each max-pool window of a (N, H, W, C): (largest - second largest, largest), both (N, Ho, Wo, C)."""
+    from fbi_ref.nn.layers import geometry
+    ho, wo, pt, pl = geometry(a.shape[1:3], layer.pool_size, layer.strides, layer.padding)
+    ph, pw = layer.pool_size
+    padded = np.pad(a, ((0, 0), (pt, ph), (pl, pw), (0, 0)), constant_values=-np.inf)  # (N, Hp, Wp, C)
+    cells = [padded[:, ki:ki + (ho - 1) * layer.strides[0] + 1:layer.strides[0],
+                    kj:kj + (wo - 1) * layer.strides[1] + 1:layer.strides[1]]
+             for ki in range(ph) for kj in range(pw)]
+    values = np.sort(np.stack(cells, axis=-1), axis=-1)  # (N, Ho, Wo, C, ph*pw)
+    second = values[..., -2] if values.shape[-1] > 1 else np.full(values.shape[:-1], -np.inf)
+    with np.errstate(invalid="ignore"):
+        return values[..., -1] - second, values[..., -1]
+
+
+def empty_arrays(arrays, methods):
+    """Warnings for attributions and walk positions that are all zero: a check of them checks nothing."""
+    out = []
+    for method in methods:
+        if not np.any(arrays[f"attr/{method}"]):
+            out.append(f"attr/{method} is all zero")
+        walk = [k for k in arrays if k.startswith(f"{method}/backward/")]
+        empty = [k for k in walk if not np.any(arrays[k])]
+        if empty and f"attr/{method}" not in [w.split(" ")[0] for w in out]:
+            out.append(f"{method}'s walk is all zero from {empty[0].split('/')[-1]} down ({len(empty)} of "
+                       f"{len(walk)} positions)")
+        elif empty:
+            out[-1] += f" (its walk from {empty[0].split('/')[-1]} down)"
+    return out
+
+
+def weights_digest(model):
+    """SHA-256 of every kernel and bias as float32 little-endian bytes, in layer order: the weights themselves,
+    whatever file format holds them."""
+    digest = hashlib.sha256()
+    for layer in model.layers:
+        if isinstance(layer, (Conv2D, Dense)):
+            for array in (layer.kernel, layer.bias):
+                digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+    return digest.hexdigest()
+
+
+def meta_json(model, options_used, walk_keys=(), model_file=None, target_rule="top1", extra=None):
     """The meta record as a stable JSON string: versions, model, options per method, conventions."""
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "fbi_ref_version": __version__, "numpy_version": np.__version__,
         "model": {"name": model.name, "input_shape": list(model.input_shape), "num_classes": model.num_classes,
                   "class_names": model.class_names and list(model.class_names),
-                  "file": model_file and Path(model_file).name, "md5": model_file and _md5(model_file)},
+                  "file": model_file and Path(model_file).name, "md5": model_file and md5sum(model_file),
+                  "sha256": model_file and sha256sum(model_file), "weights_digest": weights_digest(model)},
         "layers": [describe_layer(layer) for layer in model.layers],
         "dtype": np.dtype(model.dtype).name, "layout": "NHWC",
         "methods": {method: plain(opts) for method, opts in options_used.items()},
         "target": target_rule,
         "fbi_walk": list(walk_keys),
         "conventions": CONVENTIONS,
+        **(extra or {}),
     }
     return stable_json(meta)
 
@@ -164,8 +253,3 @@ def plain(value):
     if isinstance(value, float) and not np.isfinite(value):
         return str(value)  # 'inf', '-inf', 'nan': JSON has no such numbers
     return value
-
-
-def _md5(path):
-    """The MD5 of the model file (so a re-implementer can check they loaded the same weights)."""
-    return md5sum(path)

@@ -1,49 +1,81 @@
-"""Comparing two reference files key by key, and naming the first key where they diverge.
+"""Comparing another implementation's arrays with a reference file, and naming the first key that differs.
 
-    result = compare(load_npz("ref.npz"), load_npz("mine.npz"), rtol=1e-5, atol=1e-6, layout="nhwc")
-    print(format_comparison(result))                   # a table and a one-line verdict
-    result.passed, result.first_divergence             # e.g. False, 'act/fc1'
+    result = compare(load_npz("ref.npz"), load_npz("mine.npz"))           # layout detected, defaults below
+    print(format_comparison(result))                                      # a table and a one-line verdict
+    result.passed, result.first_divergence                                # e.g. False, 'act/fc1'
+
+The measure. A float array passes when max|other - ref| / max|ref| <= its tolerance: the error relative to the
+array's own magnitude, so that an attribution of size 1e-3 and an activation of size 100 are held to the same
+standard and entries that happen to be near zero do not dominate. The default tolerance, DEFAULT_TOLERANCE
+= 1e-4, holds a correct float32 port (its errors are ~1e-6 of the scale) and a float64 one (which differs by
+the reference's own float32 rounding) while failing every planted bug of the test suite by orders of
+magnitude; `tolerances` overrides it per key prefix ({"attr/": 1e-3}). Integer and boolean arrays (target,
+switches, supports) must be equal, apart from near-tie decisions accepted by the replay (replay.py).
+
+Keys. A key of `other` that the reference lacks fails (a misspelt key would otherwise check nothing), with
+the nearest reference key suggested, unless it is under an `ignore` prefix; a reference key that `other`
+lacks is listed, and fails only under a `require` prefix.
 """
 from __future__ import annotations
 
+import difflib
+import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from fbi_ref.errors import InputError
 
+DEFAULT_TOLERANCE = 1e-4
+# LRP-epsilon divides each relevance by its unit's pre-activation (plus epsilon = 1e-6): where that is near 0 a
+# correct port's rounding is amplified (measured: 7.6e-5 of the scale on the Shapes reference of the validation
+# tests, against at most 9.3e-6 for every other method), so its keys get ten times the default.
+DEFAULT_TOLERANCES = {"": DEFAULT_TOLERANCE, "lrp_epsilon/": 1e-3, "attr/lrp_epsilon": 1e-3}
+# Keys another implementation may add that the reference does not store (too large): its max-pool winners on
+# every input of the two methods that run many; compare replays them (replay.py).
+DECISIONS = ("integrated_gradients/switch/", "smoothgrad/switch/")
+
 
 @dataclass
 class KeyComparison:
-    """One array compared: passed when every element has |other - ref| <= atol + rtol * |ref|.
+    """One array compared.
 
-    max_rel is the largest |other - ref| / |ref| over the elements where ref is not zero.
+    measure: 'scaled' (max|other - ref| / max|ref|, `error`) or 'exact' (`error` = the share of elements that
+    differ); tolerance: the bound `error` had to meet; worst: where the largest error is (image, position,
+    channel or unit, as text); failing_per_image: {image: elements beyond the tolerance}; accepted: near-tie
+    decisions taken from the other implementation; note: why it failed, and what the replay took.
     """
     key: str
     ref_shape: tuple
     other_shape: tuple
-    max_abs: float = 0.0
-    max_rel: float = 0.0
-    n_bad: int = 0
+    measure: str = "scaled"
+    error: float = 0.0
+    tolerance: float = 0.0
     passed: bool = True
+    worst: str = ""
+    failing_per_image: dict = field(default_factory=dict)
+    accepted: int = 0
     note: str = ""
 
 
 @dataclass
 class Comparison:
-    """The comparison of two reference files: one row per shared key, in the reference's order."""
+    """The comparison of two reference files: a row per compared key, in the reference's order."""
     rows: list
     only_in_ref: list
     only_in_other: list
-    rtol: float
-    atol: float
     layout: str = "nhwc"
+    layout_note: str = ""
+    tolerances: dict = field(default_factory=dict)
     first_divergence: str | None = None
     failed: list = field(default_factory=list)
+    near_ties: dict = field(default_factory=dict)
+    replay_note: str = ""
 
     @property
     def passed(self):
-        """True when at least one array was compared and all of them agree."""
+        """True when at least one array was compared and none failed."""
         return bool(self.rows) and not self.failed
 
     def to_dict(self):
@@ -51,51 +83,228 @@ class Comparison:
         out = asdict(self)
         out["passed"] = self.passed
         out["rows"] = [{**row, "ref_shape": list(row["ref_shape"]), "other_shape": list(row["other_shape"]),
-                        "max_abs": _json_float(row["max_abs"]), "max_rel": _json_float(row["max_rel"])}
+                        "error": _json_float(row["error"]), "failing_per_image": {str(k): v for k, v in
+                                                                                  row["failing_per_image"].items()}}
                        for row in out["rows"]]
         return out
 
 
-def compare(ref, other, rtol=1e-5, atol=1e-6, layout="nhwc"):
-    """Compare every array two reference files share ({key: array} each, as load_npz returns).
+def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), model=None, replay=True):
+    """Compare another implementation's arrays with a reference ({key: array} each, as load_npz returns).
 
-    layout='nchw' transposes other's 4-D arrays from (N, C, H, W) to (N, H, W, C) first. The 'meta'
-    record is not compared. first_divergence is the first failing key in ref's order, which is the order
-    of the computation: the forward pass layer by layer, then FBI's walk from the top down.
+    tolerances: a float (every float array) or {key prefix: float} added to DEFAULT_TOLERANCES (the longest
+    matching prefix wins; "" is the default). layout: 'nhwc', 'nchw' (other's 4-D and 5-D arrays
+    are transposed to the reference's NHWC first) or 'auto' (decided from the shapes, else from the data).
+    require / ignore: key prefixes that must be in other / that other may add. model: the reference's model,
+    to replay near ties (None: built from the reference's weights if it holds them, else no replay).
     """
-    if layout not in ("nhwc", "nchw"):
-        raise InputError(f"layout must be 'nhwc' or 'nchw', got {layout!r}")
-    if layout == "nchw":
-        other = {k: v.transpose(0, 2, 3, 1) if v.ndim == 4 else v for k, v in other.items()}
-    shared = [k for k in ref if k in other and k != "meta"]
-    rows = [compare_arrays(k, ref[k], other[k], rtol, atol) for k in shared]
+    tol = _tolerances(tolerances)
+    ref_keys = [k for k in ref if k != "meta"]
+    other_keys = [k for k in other if k != "meta"]
+    layout, layout_note = _layout(ref, other, layout)
+    shared = [k for k in ref_keys if k in other]
+    aligned = Aligned(other, layout)
+    expected, note = {}, ""
+    near = {}
+    if replay and "meta" in ref and "x" in ref and "target" in ref:
+        expected, near, note = _replayed(ref, aligned, model, tol)
+    rows = []
+    for key in shared:
+        reference = expected["arrays"][key] if expected and key in expected["arrays"] else np.asarray(ref[key])
+        row = compare_arrays(key, reference, aligned[key], _tolerance(tol, key), np.asarray(other[key]).shape)
+        if expected:
+            _note_replay(row, key, expected)
+        rows.append(row)
+    unknown = [k for k in other_keys if k not in ref and not any(k.startswith(p) for p in (*ignore, *DECISIONS))]
+    for key in unknown:
+        close = difflib.get_close_matches(key, ref_keys, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        rows.append(KeyComparison(key, (), tuple(np.asarray(other[key]).shape), "-", passed=False,
+                                  note=f"not a key of the reference{hint}"))
+    missing = [k for k in ref_keys if k not in other]
+    for prefix in require:
+        absent = [k for k in missing if k.startswith(prefix)]
+        if absent or not any(k.startswith(prefix) for k in shared):
+            rows.append(KeyComparison(f"{prefix}*", (), (), "-", passed=False,
+                                      note=f"required, missing: {_summary(absent) or 'no key at all'}"))
     failed = [row.key for row in rows if not row.passed]
-    return Comparison(rows, [k for k in ref if k not in other], [k for k in other if k not in ref],
-                      rtol, atol, layout, failed[0] if failed else None, failed)
+    return Comparison(rows, missing, [k for k in other_keys if k not in ref], layout, layout_note, tol,
+                      failed[0] if failed else None, failed, near, note)
 
 
-def compare_arrays(key, ref, other, rtol, atol):
-    """Compare one array pair elementwise (as float64); shapes must match exactly."""
-    row = KeyComparison(key, tuple(ref.shape), tuple(other.shape))
+def _tolerances(tolerances):
+    """{prefix: tolerance} with the default under '': DEFAULT_TOLERANCES, updated by a dict, replaced by a number."""
+    if tolerances is None:
+        return dict(DEFAULT_TOLERANCES)
+    if isinstance(tolerances, (int, float)):
+        return {"": float(tolerances)}
+    out = {**DEFAULT_TOLERANCES, **{str(k): float(v) for k, v in dict(tolerances).items()}}
+    bad = [k for k, v in out.items() if not (v >= 0 and np.isfinite(v))]
+    if bad:
+        raise InputError(f"tolerance for {bad[0]!r} must be a finite number >= 0, got {out[bad[0]]}")
+    return out
+
+
+def _tolerance(tol, key):
+    """The tolerance of the longest prefix of `key` in tol."""
+    return tol[max((p for p in tol if key.startswith(p)), key=len)]
+
+
+def _layout(ref, other, layout):
+    """('nhwc' | 'nchw', how it was decided)."""
+    if layout in ("nhwc", "nchw"):
+        return layout, "given"
+    if layout != "auto":
+        raise InputError(f"layout must be 'auto', 'nhwc' or 'nchw', got {layout!r}")
+    candidates = [k for k in ref if k in other and k != "meta" and np.ndim(ref[k]) == 4 == np.ndim(other[k])]
+    for key in candidates:
+        r, o = np.shape(ref[key]), np.shape(other[key])
+        as_nhwc, as_nchw = o == r, _transposed_shape(o) == r
+        if as_nhwc != as_nchw:
+            return ("nhwc" if as_nhwc else "nchw"), f"from the shape of {key}"
+    for key in candidates:  # every shape fits both ways (C = H = W): decide by which reading agrees better
+        a, b = np.asarray(ref[key], np.float64), np.asarray(other[key], np.float64)
+        if a.shape == b.shape and np.any(a):
+            direct, transposed = np.abs(b - a).max(), np.abs(_to_nhwc(b, "nchw") - a).max()
+            if direct != transposed:
+                return ("nhwc" if direct < transposed else "nchw"), f"from the values of {key} (its shape fits both)"
+    return "nhwc", "no 4-D array to tell"
+
+
+class Aligned(Mapping):
+    """Another file's arrays read one at a time (when asked for) and put in the reference's layout."""
+
+    def __init__(self, arrays, layout):
+        self.arrays, self.layout = arrays, layout
+
+    def __getitem__(self, key):
+        return _to_nhwc(np.asarray(self.arrays[key]), self.layout)
+
+    def __iter__(self):
+        return iter(self.arrays)
+
+    def __len__(self):
+        return len(self.arrays)
+
+
+def _transposed_shape(shape):
+    """The NHWC shape of an NCHW shape."""
+    return (shape[0], shape[2], shape[3], shape[1])
+
+
+def _to_nhwc(a, layout):
+    """An array of other in the reference's layout: 4-D (N, C, H, W) and 5-D (N, S, C, H, W) transposed."""
+    if layout == "nchw" and a.ndim == 4:
+        return a.transpose(0, 2, 3, 1)
+    if layout == "nchw" and a.ndim == 5:
+        return a.transpose(0, 1, 3, 4, 2)
+    return a
+
+
+def _replayed(ref, aligned, model, tol):
+    """The arrays to compare against after replaying the near-tie decisions of other: ({'arrays', 'accepted',
+    'refused', 'exempt'}, near ties in the reference, a note)."""
+    from fbi_ref.reference.replay import replay
+    from fbi_ref.reference.model import reference_model
+    meta = json.loads(str(ref["meta"]))
+    near = meta.get("near_ties", {})
+    if model is None:
+        model, why = reference_model(ref)
+        if model is None:
+            return {}, near, f"near ties not replayed: {why}"
+    result = replay(model, ref, aligned, DEFAULT_TOLERANCE if tol.get("") is None else tol[""])
+    return ({"arrays": result.expected, "accepted": result.accepted, "refused": result.refused,
+             "hints": result.hints}, near, "")
+
+
+def _note_replay(row, key, expected):
+    """Mark a row with what the replay accepted, refused or exempted for it."""
+    if key in expected["accepted"]:
+        row.accepted = expected["accepted"][key]
+        row.note = (row.note + "; " if row.note else "") + f"{row.accepted} near-tie decisions taken from the other"
+    if key in expected["refused"]:
+        row.passed = False
+        row.note = (row.note + "; " if row.note else "") + expected["refused"][key]
+    refused = [why for decision, why in expected["refused"].items() if decision.startswith(f"{key[5:]}/switch/")]
+    if refused:  # winners of its inputs that no near tie explains
+        row.passed = False
+        row.note = (row.note + "; " if row.note else "") + f"{key[5:]}/switch: {refused[0]}"
+    if not row.passed and key in expected["hints"]:
+        row.note = (row.note + "; " if row.note else "") + expected["hints"][key]
+    for kind, words in (("switch", "near-tie max-pool winners"), ("gate", "ReLU gates near 0")):
+        count = expected["accepted"].get(f"{key[5:]}/{kind}")
+        if count:
+            row.accepted += count
+            row.note = (row.note + "; " if row.note else "") + f"{count} {words} of its inputs taken from the other"
+
+
+def compare_arrays(key, ref, other, tolerance, other_shape=None):
+    """Compare one array pair: 'scaled' for floats, 'exact' for integers, booleans and text."""
+    row = KeyComparison(key, tuple(ref.shape), tuple(other_shape if other_shape is not None else other.shape),
+                        tolerance=tolerance)
     if ref.shape != other.shape:
         hint = "; other looks NCHW: try --layout nchw" if _looks_nchw(ref, other) else ""
-        row.passed, row.note = False, f"shape {ref.shape} vs {other.shape}{hint}"
+        row.passed, row.measure, row.note = False, "-", f"shape {ref.shape} vs {other.shape}{hint}"
         return row
     if not (_numeric(ref) and _numeric(other)):
-        row.passed = bool(np.array_equal(ref, other))
-        row.note = "compared as text" + ("" if row.passed else ": differs")
+        try:
+            row.measure, row.passed = "exact", bool(np.array_equal(ref, other))
+        except (TypeError, ValueError):  # structured against plain, ...: not the same thing
+            row.measure, row.passed = "exact", False
+        row.note = "" if row.passed else f"differs ({ref.dtype} vs {other.dtype})"
         return row
+    if ref.dtype.kind in "biu" and other.dtype.kind in "biu":
+        return _exact(row, ref, other)
     a, b = ref.astype(np.float64), other.astype(np.float64)
-    diff = np.abs(b - a)
-    bad = ~(diff <= atol + rtol * np.abs(a))  # written this way so that NaN counts as bad
-    nonzero = a != 0
-    row.max_abs = float(diff.max()) if diff.size else 0.0
-    row.max_rel = float((diff[nonzero] / np.abs(a[nonzero])).max()) if nonzero.any() else 0.0
-    row.n_bad = int(bad.sum())
-    row.passed = row.n_bad == 0
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, which fails below
+        diff = np.abs(b - a)
+    finite = np.isfinite(diff)
+    scale = float(np.abs(a).max()) if a.size else 0.0
+    scale = scale if scale > 0 else 1.0
+    row.error = float(diff.max() / scale) if a.size and finite.all() else (float("inf") if a.size else 0.0)
+    row.passed = row.error <= tolerance
     if not row.passed:
-        row.note = f"{row.n_bad} of {diff.size} elements out of tolerance"
+        bad = ~(diff <= tolerance * scale)  # NaN counts as bad
+        row.failing_per_image = _per_image(bad)
+        worst = np.unravel_index(int(np.argmax(np.where(finite, diff, np.inf))), diff.shape)
+        row.worst = locate(worst, ref.shape)
+        row.note = f"{int(bad.sum())} of {bad.size} elements beyond {tolerance:g} x max|ref|"
     return row
+
+
+def _exact(row, ref, other):
+    """Integer and boolean arrays: every element equal."""
+    row.measure = "exact"
+    bad = ref != other
+    row.error = float(bad.mean()) if bad.size else 0.0
+    row.passed = not bad.any()
+    if not row.passed:
+        row.failing_per_image = _per_image(bad)
+        row.worst = locate(np.unravel_index(int(np.argmax(bad)), bad.shape), ref.shape)
+        row.note = f"{int(bad.sum())} of {bad.size} elements differ"
+    return row
+
+
+def _per_image(bad):
+    """{image: how many elements are bad} for the images with any (the first axis is the image)."""
+    if bad.ndim == 0:
+        return {0: int(bad)}
+    counts = bad.reshape(len(bad), -1).sum(axis=1)
+    return {int(i): int(c) for i, c in enumerate(counts) if c}
+
+
+def locate(index, shape):
+    """An element's place in words: 'image 2, (13, 40), channel 5' (NHWC), 'image 2, unit 17' (N, F)."""
+    index = tuple(int(i) for i in index)
+    if len(shape) == 4:
+        return f"image {index[0]}, (row {index[1]}, col {index[2]}), channel {index[3]}"
+    if len(shape) == 5:
+        return f"image {index[0]}, sample {index[1]}, (row {index[2]}, col {index[3]}), channel {index[4]}"
+    if len(shape) == 2:
+        return f"image {index[0]}, unit {index[1]}"
+    if len(shape) == 1:
+        return f"image {index[0]}"
+    return f"index {index}"
 
 
 def _numeric(a):
@@ -105,7 +314,7 @@ def _numeric(a):
 
 def _looks_nchw(ref, other):
     """True when other is a 4-D array whose NCHW -> NHWC transpose has ref's shape."""
-    return other.ndim == 4 and ref.ndim == 4 and other.transpose(0, 2, 3, 1).shape == ref.shape
+    return other.ndim == 4 and ref.ndim == 4 and _transposed_shape(other.shape) == ref.shape
 
 
 def _json_float(value):
@@ -113,37 +322,62 @@ def _json_float(value):
     return value if np.isfinite(value) else str(value)
 
 
-def format_comparison(result, ref_name="REF", other_name="OTHER"):
-    """A comparison as a human-readable table with a one-line verdict at the end."""
-    width = max([len(row.key) for row in result.rows] + [3])
-    lines = [f"{'key':<{width}}  {'shape':<18} {'max abs':>10} {'max rel':>10}  status"]
-    for row in result.rows:
-        status = "ok" if row.passed else f"FAIL  {row.note}"
-        same = row.ref_shape == row.other_shape
-        errors = f"{row.max_abs:>10.3g} {row.max_rel:>10.3g}" if same else f"{'-':>10} {'-':>10}"
-        lines.append(f"{row.key:<{width}}  {str(row.ref_shape):<18} {errors}  {status}")
-    for name, keys in ((ref_name, result.only_in_ref), (other_name, result.only_in_other)):
-        if keys:
-            lines.append(f"only in {name} ({len(keys)}): {summarise_keys(keys)}")
-    lines.append(verdict(result))
-    return "\n".join(lines)
-
-
-def summarise_keys(keys, most=3):
+def _summary(keys, most=3):
     """Keys for a summary line, a group with more than `most` keys under one prefix as 'w/... (18)'."""
     groups = {}
     for key in keys:
         groups.setdefault(key.split("/")[0] + "/..." if "/" in key else key, []).append(key)
-    parts = [(", ".join(group) if len(group) <= most else f"{prefix} ({len(group)})") for prefix, group in groups.items()]
-    return ", ".join(parts)
+    return ", ".join(", ".join(group) if len(group) <= most else f"{prefix} ({len(group)})"
+                     for prefix, group in groups.items())
+
+
+summarise_keys = _summary
+
+
+def format_comparison(result, ref_name="REF", other_name="OTHER"):
+    """A comparison as a table, then the keys in one file only, then a one-line verdict."""
+    width = max([len(row.key) for row in result.rows] + [3])
+    lines = [f"layout: {result.layout} ({result.layout_note}); measure: max|{other_name} - {ref_name}| / "
+             f"max|{ref_name}| for floats, equality for integers and booleans",
+             f"{'key':<{width}}  {'shape':<18} {'measure':<7} {'error':>9} {'tol':>7}  status"]
+    for row in result.rows:
+        shape = str(row.ref_shape) if row.ref_shape else str(row.other_shape)
+        error = f"{row.error:>9.2g}" if row.measure in ("scaled", "exact") else f"{'-':>9}"
+        tol = f"{row.tolerance:>7.0e}" if row.measure == "scaled" else f"{'-':>7}"
+        status = "ok" if row.passed else "FAIL"
+        detail = "; ".join(filter(None, [row.note, f"worst at {row.worst}" if row.worst else "",
+                                         _images(row.failing_per_image)]))
+        lines.append(f"{row.key:<{width}}  {shape:<18} {row.measure:<7} {error} {tol}  {status}"
+                     + (f"  {detail}" if detail else ""))
+    for name, keys in ((ref_name, result.only_in_ref), (other_name, result.only_in_other)):
+        if keys:
+            lines.append(f"only in {name} ({len(keys)}): {_summary(keys)}")
+    if result.replay_note:
+        lines.append(result.replay_note)
+    lines.append(verdict(result))
+    return "\n".join(lines)
+
+
+def _images(counts, most=4):
+    """'failing per image: 0: 12, 3: 400' (the first few)."""
+    if not counts:
+        return ""
+    items = list(counts.items())
+    text = ", ".join(f"{i}: {c}" for i, c in items[:most]) + (", ..." if len(items) > most else "")
+    return f"failing per image {{{text}}}"
 
 
 def verdict(result):
     """The one-line summary of a comparison."""
-    tol = f"rtol {result.rtol:g}, atol {result.atol:g}"
+    accepted = sum(row.accepted for row in result.rows)
+    ties = f"; {accepted} near-tie decisions taken from the other file" if accepted else ""
+    tol = ", ".join(f"{p or 'default'} {v:g}" for p, v in result.tolerances.items()) if result.tolerances \
+        else "default"
     if not result.rows:
-        return f"FAILED: the two files share no arrays ({tol})"
+        return f"FAILED: the two files share no arrays (tolerance {tol})"
     if result.passed:
-        return f"PASSED: all {len(result.rows)} shared arrays agree ({tol})"
-    return (f"FAILED: {len(result.failed)} of {len(result.rows)} shared arrays differ ({tol}); "
-            f"first divergence: {result.first_divergence}")
+        return f"PASSED: all {len(result.rows)} shared arrays agree (tolerance {tol}{ties})"
+    first = next(row for row in result.rows if row.key == result.first_divergence)
+    where = f" at {first.worst}" if first.worst else ""
+    return (f"FAILED: {len(result.failed)} of {len(result.rows)} arrays differ (tolerance {tol}{ties}); "
+            f"first divergence: {result.first_divergence}{where}")

@@ -1,0 +1,73 @@
+"""The model a reference file was made with, rebuilt from the file itself (its layers and w/... weights), or
+found by name, for replaying near ties (replay.py). The weights' digest in meta must match."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from fbi_ref.errors import FbiRefError
+from fbi_ref.nn.model import Model
+from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from fbi_ref.reference.build import weights_digest
+
+
+def reference_model(ref, model=None):
+    """(the reference's model, '') or (None, why not): from `model` if given, the file's weights, or by name."""
+    meta = json.loads(str(ref["meta"]))
+    digest = meta.get("model", {}).get("weights_digest")
+    candidates = []
+    if model is not None:
+        candidates.append(("the model given", lambda: model))
+    if any(k.startswith("w/") for k in ref):
+        candidates.append(("the file's weights", lambda: from_file(ref, meta)))
+    name = meta.get("model", {}).get("name")
+    if name:
+        candidates.append((f"model {name!r}", lambda: _by_name(name)))
+    for what, build in candidates:
+        try:
+            found = build()
+        except (FbiRefError, KeyError, ValueError) as error:
+            reason = f"{what}: {error}"
+            continue
+        if digest is None or weights_digest(found) == digest:
+            return found, ""
+        reason = f"{what} has other weights than the reference (weights_digest differs)"
+    if not candidates:
+        return None, "the reference holds no weights (write it with --with-weights) and names no model"
+    return None, reason
+
+
+def _by_name(name):
+    """A model by name (embedded or cached official weights), as fbi_ref.load_model finds it."""
+    from fbi_ref.io.zoo import load_model
+    return load_model(name)
+
+
+def from_file(ref, meta):
+    """A Model from meta['layers'] and the w/<layer>/kernel, w/<layer>/bias arrays of a reference file."""
+    layers = []
+    for spec in meta["layers"]:
+        kind, name = spec["type"], spec["name"]
+        if kind == "Conv2D":
+            layers.append(Conv2D(name, _weight(ref, name, "kernel"), _weight(ref, name, "bias"),
+                                 tuple(spec["strides"]), spec["padding"], spec["activation"]))
+        elif kind == "Dense":
+            layers.append(Dense(name, _weight(ref, name, "kernel"), _weight(ref, name, "bias"), spec["activation"]))
+        elif kind == "MaxPool2D":
+            layers.append(MaxPool2D(name, tuple(spec["pool_size"]), tuple(spec["strides"]), spec["padding"]))
+        elif kind == "Flatten":
+            layers.append(Flatten(name))
+        elif kind == "Activation":
+            layers.append(Activation(name, spec["activation"]))
+        elif kind == "Dropout":
+            layers.append(Dropout(name))
+        else:
+            raise ValueError(f"layer type {kind}")
+    arch = Architecture(layers, tuple(meta["model"]["input_shape"]), meta["model"]["name"])
+    return Model(arch, meta["model"].get("class_names")).astype(np.dtype(meta.get("dtype", "float32")))
+
+
+def _weight(ref, name, which):
+    """One stored weight as a float32 array."""
+    return np.asarray(ref[f"w/{name}/{which}"], dtype=np.float32)

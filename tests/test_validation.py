@@ -1,0 +1,162 @@
+"""The validation workflow end to end: an independent PyTorch port (tests/torch_port.py) must pass `fbi-ref
+compare` by default, in float32 and float64, on references of the embedded Shapes model and of the Keras-written
+fixture model; and each bug planted in it must fail at the first array where it goes wrong.
+
+Skipped without torch; `.ci/run` installs torch==2.13.0, so CI runs them.
+"""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fbi_ref.cli import main
+from fbi_ref.io.arrays import load_npz, write_npz
+from fbi_ref.reference import compare, format_comparison
+from fbi_ref.shapes import generate
+
+torch = pytest.importorskip("torch")
+from . import torch_port  # noqa: E402  (needs torch)
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+FAST = ["--option", "integrated_gradients.steps=16", "--option", "smoothgrad.samples=8"]
+
+
+@pytest.fixture(scope="module")
+def shapes_images(tmp_path_factory):
+    """Six distractor and two pair images of the Shapes data set as PNG files, and their RGB arrays."""
+    folder = tmp_path_factory.mktemp("images")
+    single, pairs = generate(6, seed=123, kind="distractor"), generate(2, seed=5, kind="pair")
+    rgb = np.concatenate([single.images, pairs.images])
+    paths = []
+    for i, image in enumerate(rgb):
+        paths.append(folder / f"img{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    return paths, rgb
+
+
+def reference(tmp_path_factory, name, *args):
+    """A reference file written by the command line, loaded."""
+    path = tmp_path_factory.mktemp("ref") / f"{name}.npz"
+    assert main(["reference", *map(str, args), "--with-weights", "--out", str(path), "-q"]) == 0
+    return load_npz(path)
+
+
+@pytest.fixture(scope="module")
+def shapes_ref(tmp_path_factory, shapes_images):
+    return reference(tmp_path_factory, "shapes", "--model", "shapes", "--images", *shapes_images[0], *FAST)
+
+
+@pytest.fixture(scope="module")
+def shapes_tau0_ref(tmp_path_factory, shapes_images):
+    """FBI with tau = 0 (absolute): products equal to tau exist, so '>' and '>=' differ."""
+    return reference(tmp_path_factory, "tau0", "--model", "shapes", "--images", *shapes_images[0], "--methods", "fbi",
+                     "--tau", "0", "--tau-mode", "absolute")
+
+
+@pytest.fixture(scope="module")
+def keras_ref(tmp_path_factory, keras_fixtures):
+    x = tmp_path_factory.mktemp("x") / "x.npy"
+    np.save(x, np.load(keras_fixtures / "small_vgg_forward_reference.npz")["x"])
+    return reference(tmp_path_factory, "keras", "--model", keras_fixtures / "small_vgg_k3.keras", "--inputs", x, *FAST)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("which", ["shapes", "keras"])
+def test_a_correct_port_passes_by_default(shapes_ref, keras_ref, which, dtype):
+    ref = shapes_ref if which == "shapes" else keras_ref
+    result = compare(ref, torch_port.run(ref, dtype))  # no tolerance given: the defaults
+    assert result.passed, format_comparison(result)
+    assert result.layout == "nchw" and len(result.rows) > 100
+
+
+def test_the_shapes_reference_has_near_ties_that_the_replay_takes_from_the_port(shapes_ref):
+    meta = json.loads(str(shapes_ref["meta"]))
+    assert meta["near_ties"]["block1_pool"]["near"] > 0  # the reason the replay exists
+    result = compare(shapes_ref, torch_port.run(shapes_ref, torch.float32, methods=("gradient",)))
+    assert result.passed and sum(row.accepted for row in result.rows) > 0
+    without = compare(shapes_ref, torch_port.run(shapes_ref, torch.float32, methods=("gradient",)), replay=False)
+    assert not without.passed and without.first_divergence.startswith(("switch/", "gradient/"))
+
+
+# bug -> (methods the port runs, the reference, the key where compare must first see it: the position of the
+# computation where the bug acts, or the first position after it when the bug acts inside a layer's rule)
+PLANTED = {
+    "flipped_kernels": (("gradient",), "shapes", "act/block1_conv1"),
+    "swapped_kernel_axes": (("gradient",), "shapes", "act/block1_conv1"),
+    "flatten_chw": (("gradient",), "keras", "act/flatten"),
+    "no_bgr": (("gradient",), "shapes", "x"),
+    "guided_with_deconvnet_rule": (("guided_backprop",), "shapes", "guided_backprop/backward/fc1"),
+    "softmax_target": (("gradient",), "shapes", "gradient/backward/predictions"),
+    "last_max_on_ties": (("deconvnet",), "shapes", "switch/block1_pool"),
+    "gradcam_align_corners": (("gradcam",), "shapes", "attr/gradcam"),
+    "gradcam_nearest": (("gradcam",), "shapes", "attr/gradcam"),
+    "ig_left_riemann": (("integrated_gradients",), "shapes", "attr/integrated_gradients"),
+    "fbi_bias_ignored": (("fbi",), "shapes", "fbi/support/fc2"),
+    "fbi_no_min": (("fbi",), "shapes", "fbi/support/block5_conv3"),
+    "fbi_topk_forward_score": (("fbi",), "shapes", "fbi/support/block5_conv3"),
+    "fbi_mask_ge": (("fbi",), "tau0", "fbi/support/fc2"),
+    "fbi_no_image_mask": (("fbi",), "shapes", "fbi/backward/input"),
+}
+
+
+def test_every_bug_of_the_port_is_planted_here():
+    assert set(PLANTED) == set(torch_port.BUGS)
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+def test_a_planted_bug_fails_at_the_first_array_where_it_goes_wrong(shapes_ref, shapes_tau0_ref, keras_ref,
+                                                                     shapes_images, bug):
+    methods, which, first = PLANTED[bug]
+    ref = {"shapes": shapes_ref, "tau0": shapes_tau0_ref, "keras": keras_ref}[which]
+    rgb = shapes_images[1] if bug == "no_bgr" else None  # this port preprocesses the images itself
+    result = compare(ref, torch_port.run(ref, torch.float32, (bug,), rgb=rgb, methods=methods))
+    assert not result.passed, f"{bug} was not caught:\n{format_comparison(result)}"
+    assert result.first_divergence == first, f"{bug}: first divergence {result.first_divergence}, expected {first}"
+    clean = compare(ref, torch_port.run(ref, torch.float32, (), rgb=shapes_images[1] if rgb is not None else None,
+                                        methods=methods))
+    assert clean.passed, format_comparison(clean)  # the same port without the bug: the control
+
+
+def test_a_port_file_written_by_the_script_compares_through_the_command_line(shapes_ref, tmp_path, capsys):
+    ref = tmp_path / "ref.npz"
+    write_npz(ref, shapes_ref)
+    torch_port.main([str(ref), str(tmp_path / "mine.npz")])
+    assert main(["compare", str(ref), str(tmp_path / "mine.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "layout: nchw" in out and out.strip().splitlines()[-1].startswith("PASSED")
+
+
+@pytest.mark.parametrize("which", ["shapes", "keras"])
+def test_a_correct_port_stays_within_a_quarter_of_every_tolerance(shapes_ref, keras_ref, which):
+    """The margin of the defaults: a correct port's worst error is far from failing it."""
+    ref = shapes_ref if which == "shapes" else keras_ref
+    for dtype in (torch.float32, torch.float64):
+        result = compare(ref, torch_port.run(ref, dtype))
+        close = [(row.key, row.error, row.tolerance) for row in result.rows
+                 if row.measure == "scaled" and row.error > row.tolerance / 4]
+        assert not close, close
+
+
+def test_the_near_tie_case_of_the_documentation_holds(shapes_ref):
+    """docs/reference-format.md, 'A real case': the claims a re-run must keep true."""
+    meta = json.loads(str(shapes_ref["meta"]))
+    assert meta["near_ties"]["block1_pool"]["near"] > 1000 and meta["near_ties"]["block1_pool"]["exact"] > 100
+    port = torch_port.run(shapes_ref, torch.float32)
+    stored = compare(shapes_ref, port, replay=False)
+    gradient = next(row for row in stored.rows if row.key == "attr/gradient")
+    assert not stored.passed and gradient.error > 0.1
+    replayed = compare(shapes_ref, port)
+    switches = next(row for row in replayed.rows if row.key == "switch/block1_pool")
+    assert replayed.passed and switches.accepted > 100
+    assert max(row.error for row in replayed.rows if row.measure == "scaled") < 1e-4
+
+
+def test_the_planted_bug_table_of_the_documentation_is_the_tested_one():
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "docs" / "reference-format.md").read_text()
+    table = text.split("## Wrong ports fail, and where")[1].split("\n## ")[0]
+    rows = [[cell.strip().strip("`") for cell in line.split("|")[1:-1]]
+            for line in table.splitlines() if line.startswith("| `")]
+    assert {bug: (caught, first) for bug, _, caught, first in rows} == \
+        {bug: ("yes", first) for bug, (_, _, first) in PLANTED.items()}
