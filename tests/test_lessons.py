@@ -8,6 +8,7 @@ Regenerate the stored outputs after changing a lesson (needs `pip install -e '.[
 
     python tests/test_lessons.py                       # every lesson
     python tests/test_lessons.py 04_fbi_step_by_step   # some of them, by name
+    python tests/test_lessons.py solutions/07_validating_another_implementation   # a solutions notebook
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import pytest
 
 LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"
 LESSONS = sorted(LESSONS_DIR.glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((LESSONS_DIR / "solutions").glob("[0-9][0-9]_*.ipynb"))  # worked solutions of the exercises
 CELL_TIMEOUT = 600  # seconds for one cell before nbclient gives up
 # Each lesson is written to run in well under 2 minutes on 2 idle cores; the test allows twice that, so
 # that a busy machine does not fail it, while a lesson that grew much slower still does.
@@ -124,7 +126,7 @@ def test_readme_lists_every_lesson():
     assert not missing, f"lessons/README.md does not list {', '.join(missing)}"
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LESSONS + SOLUTIONS, ids=lambda p: p.parent.name[:3] + "/" + p.stem)
 def test_stored_notebook_was_run_top_to_bottom_without_errors(path):
     nb = read(path)
     cells = code_cells(nb)
@@ -158,8 +160,14 @@ def test_every_lesson_imports_the_library():
 
 # --- running them --------------------------------------------------------------------------------
 
+def test_every_solutions_notebook_a_lesson_links_exists():
+    for path in LESSONS:
+        for link in re.findall(r"\((solutions/[^)]+\.ipynb)\)", markdown_text(read(path))):
+            assert (LESSONS_DIR / link).exists(), f"{path.name} links {link}, which does not exist"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LESSONS + SOLUTIONS, ids=lambda p: p.parent.name[:3] + "/" + p.stem)
 def test_lesson_runs_and_its_stored_figures_are_not_stale(path):
     require_jupyter()
     fresh, seconds = execute(path)
@@ -176,15 +184,17 @@ def main(argv=None):
     """Execute lessons (all, or those named) and store them with their outputs; print each one's run time."""
     import nbformat
     names = argv if argv is not None else sys.argv[1:]
-    paths = [p for p in LESSONS if not names or p.stem in names or p.name in names]
-    unknown = [n for n in names if not any(n in (p.stem, p.name) for p in LESSONS)]
+    every = {str(p.relative_to(LESSONS_DIR).with_suffix("")): p for p in LESSONS + SOLUTIONS}  # '07_x', 'solutions/07_x'
+    chosen = [n.removesuffix(".ipynb") for n in names]
+    paths = [p for name, p in every.items() if not names or name in chosen]
+    unknown = [n for n in chosen if n not in every]
     if unknown:
         print(f"unknown lesson {unknown[0]!r}; lessons: {', '.join(p.stem for p in LESSONS)}", file=sys.stderr)
         return 2
     for path in paths:
         nb, seconds = execute(path)
         nbformat.write(nb, str(path))
-        print(f"{path.name}: {seconds:.1f} s, {sum(figure_counts(nb).values())} figures")
+        print(f"{path.relative_to(LESSONS_DIR)}: {seconds:.1f} s, {sum(figure_counts(nb).values())} figures")
     return 0
 
 

@@ -255,6 +255,116 @@ def test_a_version_1_file_still_compares(model, x):
     assert compare(v1, {k: v for k, v in v1.items() if k != "meta"}).passed
 
 
+@pytest.fixture(scope="module")
+def shapes_arrays():
+    """A Shapes reference with every method: flat images, so max-pool windows tie exactly by the thousand."""
+    from fbi_ref.io.images import preprocess_caffe
+    from fbi_ref.shapes import generate
+    model = fbi_ref.load_model("shapes")
+    x = preprocess_caffe(generate(3, seed=123, kind="distractor").images)
+    options = {"integrated_gradients": {"steps": 8, "batch_size": 3}, "smoothgrad": {"samples": 4, "batch_size": 3},
+               "occlusion": {"patch": 16}}
+    return model, build_reference(model, x, fbi_ref.METHODS, options=options, with_weights=True)
+
+
+def test_the_reference_passes_against_itself_and_its_replay_recomputes_it_bit_for_bit(shapes_arrays):
+    """The replay recomputes integrated gradients and SmoothGrad in the reference's own batches (here 8 steps
+    in batches of 3): without another decision it must give the stored arrays exactly."""
+    from fbi_ref.reference.replay import replay
+    model, ref = shapes_arrays
+    result = replay(model, ref, dict(ref))
+    assert not result.refused and not result.accepted
+    for key, expected in result.expected.items():
+        assert np.array_equal(expected, ref[key]), key
+    assert {"attr/integrated_gradients", "attr/smoothgrad"} <= set(result.expected)
+    assert compare(ref, dict(ref)).passed and compare(ref, dict(ref), replay=False).passed
+
+
+def test_switches_without_values_are_judged_together_at_exact_ties(shapes_arrays):
+    """A port that writes switch/ but not the pool's input cannot be checked window by window: the share of the
+    reference's exact ties it wins with another cell than the first must stay within what rounding explains."""
+    from fbi_ref.reference.replay import exact_ties, first_max
+    model, ref = shapes_arrays
+    pool = model.layers[model.index("block1_pool")]
+    a = np.asarray(ref["act/block1_conv2"])
+    tied = exact_ties(a, pool)
+    assert tied.sum() > 1000  # flat images: the case that matters
+    last = first_max(a[:, ::-1, ::-1], pool)  # the first maximum of the flipped input is the last one
+    h, w = a.shape[1:3]
+    last = (h - 1 - last // w) * w + (w - 1 - last % w)
+    last = last[:, ::-1, ::-1]
+    assert (last[tied] != ref["switch/block1_pool"][tied]).all() and (last[~tied] == ref["switch/block1_pool"][~tied]).all()
+    other = {k: v for k, v in ref.items() if not k.startswith(("act/", "w/")) and k != "meta"}
+    other["switch/block1_pool"] = last
+    result = compare(ref, other)
+    assert result.first_divergence == "switch/block1_pool", format_comparison(result)
+    note = next(row.note for row in result.rows if row.key == "switch/block1_pool")
+    assert f"{int(tied.sum())} of the reference's {int(tied.sum())} exact ties" in note
+    few = ref["switch/block1_pool"].copy()
+    few[tied] = np.where(np.cumsum(tied[tied]) <= 10, last[tied], few[tied])  # 10 windows: what rounding can do
+    other["switch/block1_pool"] = few
+    assert "switch/block1_pool" not in compare(ref, other).failed
+
+
+def test_no_decision_is_taken_where_the_forward_pass_below_it_differs(shapes_arrays):
+    """Switches are judged at their pool's input; FBI's and the many-input methods' decisions need the whole
+    forward pass."""
+    model, ref = shapes_arrays
+    other = {k: v for k, v in ref.items() if not k.startswith("w/") and k != "meta"}
+    other["act/block1_conv2"] = other["act/block1_conv2"] * 1.01
+    other["switch/block1_pool"] = np.zeros_like(other["switch/block1_pool"])
+    other["fbi/support/input"] = ~other["fbi/support/input"]
+    result = compare(ref, other)
+    assert not result.replayed and result.first_divergence == "act/block1_conv2"
+    assert "clear maximum" in next(row.note for row in result.rows if row.key == "switch/block1_pool")
+    assert "forward pass differs first at act/block1_conv2" in \
+        next(row.note for row in result.rows if row.key == "fbi/support/input")
+
+
+def test_decision_keys_of_the_many_input_methods_must_name_a_pool_and_have_its_shape(shapes_arrays):
+    model, ref = shapes_arrays
+    other = {k: v for k, v in ref.items() if not k.startswith("w/") and k != "meta"}
+    steps = np.broadcast_to(ref["switch/block1_pool"][:, None], (3, 8, 32, 32, 16))
+    result = compare(ref, {**other, "integrated_gradients/switch/blok1_pool": steps})
+    note = next(row.note for row in result.rows if row.key == "integrated_gradients/switch/blok1_pool")
+    assert "did you mean integrated_gradients/switch/block1_pool?" in note
+    result = compare(ref, {**other, "integrated_gradients/switch/block1_pool": steps[:, :4]}, layout="nhwc")
+    assert "integrated_gradients/switch: shape (3, 4, 32, 32, 16), expected (N, 8, Ho, Wo, C)" in \
+        next(row.note for row in result.rows if row.key == "attr/integrated_gradients")
+
+
+def test_a_float16_file_is_compared_not_crashed_on(shapes_arrays, tmp_path, capsys):
+    model, ref = shapes_arrays
+    write_npz(tmp_path / "ref.npz", ref)
+    write_npz(tmp_path / "half.npz", {k: (v.astype(np.float16) if v.dtype == np.float32 else v)
+                                      for k, v in ref.items() if k != "meta" and not k.startswith("w/")})
+    assert main(["compare", str(tmp_path / "ref.npz"), str(tmp_path / "half.npz")]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("FAILED") and "Traceback" not in out
+
+
+def test_a_given_tolerance_prefix_replaces_every_builtin_one_under_it():
+    from fbi_ref.reference.compare import _tolerance, _tolerances
+    assert _tolerances(None) == {"": 1e-4, "lrp_epsilon/": 1e-3, "attr/lrp_epsilon": 1e-3}
+    assert _tolerances(1e-6) == _tolerances({"": 1e-6}) == {"": 1e-6}
+    both = _tolerances({"": 1e-6, "act/": 1e-4})
+    assert _tolerance(both, "attr/lrp_epsilon") == 1e-6 and _tolerance(both, "act/fc1") == 1e-4
+    short = _tolerances({"lrp": 1e-7})
+    assert _tolerance(short, "lrp_epsilon/backward/input") == 1e-7 and _tolerance(short, "attr/lrp_epsilon") == 1e-3
+    assert _tolerance(_tolerances({"attr/": 1e-6}), "attr/lrp_epsilon") == 1e-6
+    with pytest.raises(InputError, match="finite number"):
+        _tolerances({"act/": -1})
+
+
+def test_the_verdict_counts_shared_arrays_and_other_keys_apart(arrays):
+    from fbi_ref.reference.compare import verdict
+    result = compare(arrays, {"x": arrays["x"], "attr/IG": arrays["attr/fbi"]})
+    assert verdict(result).startswith("FAILED: 1 key unknown to REF or required and missing (the shared array agrees)")
+    assert "did you mean" not in result.rows[-1].note  # attr/IG is not attr/fbi
+    other = {**arrays, "act/fc1": arrays["act/fc1"] + 1, "bogus": np.zeros(1)}
+    assert verdict(compare(arrays, other)).startswith(f"FAILED: 1 of {len(arrays) - 1} shared arrays differ; 1 key ")
+
+
 # --- the worked example in docs/reference-format.md ------------------------------------------
 
 def doc_script():

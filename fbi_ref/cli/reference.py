@@ -63,9 +63,7 @@ def run_compare(args):
     """Compare another implementation's file with a reference; exit 1 when anything differs."""
     model = load_model(args.model) if args.model else None
     with open_npz(args.ref) as ref, open_npz(args.other) as other:  # arrays are read one at a time
-        given = dict(args.tol)
-        tolerances = given[""] if list(given) == [""] else given  # a bare --tol replaces every default
-        result = compare(ref, other, tolerances or None, args.layout, args.require, args.ignore, model,
+        result = compare(ref, other, dict(args.tol) or None, args.layout, args.require, args.ignore, model,
                          replay=not args.no_replay)
     if args.json:
         emit_json({"ref": args.ref, "other": args.other, **result.to_dict()})
@@ -108,7 +106,7 @@ def register(sub, command_parser):
     p.add_argument("--tol", type=tolerance_value, action="append", default=[], metavar="[PREFIX=]VALUE",
                    help=f"tolerance of max|OTHER - REF| / max|REF| (default {DEFAULT_TOLERANCE:g}, lrp_epsilon's keys "
                         "1e-3): VALUE alone for every key, PREFIX=VALUE for the keys starting with PREFIX (the "
-                        "longest wins); repeatable")
+                        "longest wins; it replaces every built-in tolerance under PREFIX); repeatable")
     p.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto",
                    help="OTHER's layout for 4-D arrays (default auto: from the shapes, else the values)")
     p.add_argument("--require", action="append", default=[], metavar="PREFIX",

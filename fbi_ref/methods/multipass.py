@@ -84,17 +84,25 @@ def baseline_image(model, x, baseline):
     return b
 
 
-def integrated_gradients(model, x, target, baseline="zeros", steps=64, batch_size=32, progress=False):
-    """(x - b) * mean over the midpoint rule alpha = (i + 1/2) / steps of the gradient at b + alpha (x - b)."""
+def integrated_gradients(model, x, target, baseline="zeros", steps=64, batch_size=32, progress=False,
+                         gradient_at=None):
+    """(x - b) * mean over the midpoint rule alpha = (i + 1/2) / steps of the gradient at b + alpha (x - b).
+
+    The steps of one image go through the network `batch_size` at a time. gradient_at(n, steps, inputs) -> the
+    target gradient (B, H, W, C) at inputs (B, H, W, C) of image n (`steps`: their indices); by default
+    `target_gradient` (the replay of compare passes its own, to recompute exactly these batches).
+    """
     if not (isinstance(steps, (int, np.integer)) and steps >= 1):
         raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if gradient_at is None:
+        gradient_at = lambda n, rows, inputs: target_gradient(model, inputs, np.full(len(inputs), target[n]))  # noqa: E731
     base = baseline_image(model, x, baseline)
     alphas = ig_alphas(steps, x.dtype)  # (steps,)
     total = np.zeros_like(x)  # (N, H, W, C)
-    chunks = [(n, alphas[i:i + batch_size]) for n in range(len(x)) for i in range(0, steps, batch_size)]
-    for n, a in tqdm(chunks, desc="integrated gradients", disable=not progress, leave=False):
-        path = base[n] + a[:, None, None, None] * (x[n] - base[n])  # (B, H, W, C)
-        total[n] += target_gradient(model, path, np.full(len(a), target[n])).sum(axis=0)
+    chunks = [(n, np.arange(i, min(i + batch_size, steps))) for n in range(len(x)) for i in range(0, steps, batch_size)]
+    for n, rows in tqdm(chunks, desc="integrated gradients", disable=not progress, leave=False):
+        path = base[n] + alphas[rows][:, None, None, None] * (x[n] - base[n])  # (B, H, W, C)
+        total[n] += gradient_at(n, rows, path).sum(axis=0)
     return (x - base) * total / steps
 
 
@@ -106,17 +114,24 @@ def ig_alphas(steps, dtype):
 SMOOTHGRAD_BASES = {"gradient": GRADIENT, "guided_backprop": GUIDED_BACKPROP}
 
 
-def smoothgrad(model, x, target, base="gradient", samples=50, noise=0.15, seed=0, batch_size=16, progress=False):
-    """The mean of the base method's attribution over noisy copies x + N(0, (noise * (max x - min x))^2)."""
+def smoothgrad(model, x, target, base="gradient", samples=50, noise=0.15, seed=0, batch_size=16, progress=False,
+               gradient_at=None):
+    """The mean of the base method's attribution over noisy copies x + N(0, (noise * (max x - min x))^2).
+
+    The samples of one image go through the network `batch_size` at a time; gradient_at(n, samples, inputs) as
+    in `integrated_gradients` (by default the base method's walk).
+    """
     rules = SMOOTHGRAD_BASES.get(base)
     if rules is None:
         raise InputError(f"smoothgrad base must be 'gradient' or 'guided_backprop', got {base!r}")
+    if gradient_at is None:
+        gradient_at = lambda n, rows, inputs: target_gradient(model, inputs, np.full(len(inputs), target[n]), rules)  # noqa: E731
     total = np.zeros_like(x)  # (N, H, W, C)
     for n in tqdm(range(len(x)), desc="smoothgrad", disable=not progress, leave=False):
         eps = smoothgrad_noise(x[n], samples, noise, seed)  # (samples, H, W, C)
         for i in range(0, samples, batch_size):
-            noisy = x[n] + eps[i:i + batch_size]  # (m, H, W, C)
-            total[n] += target_gradient(model, noisy, np.full(len(noisy), target[n]), rules).sum(axis=0)
+            rows = np.arange(i, min(i + batch_size, samples))
+            total[n] += gradient_at(n, rows, x[n] + eps[rows]).sum(axis=0)
     return total / samples
 
 

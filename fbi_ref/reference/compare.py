@@ -71,6 +71,7 @@ class Comparison:
     first_divergence: str | None = None
     failed: list = field(default_factory=list)
     near_ties: dict = field(default_factory=dict)
+    replayed: dict = field(default_factory=dict)   # decision key -> near-tie decisions taken from other
     replay_note: str = ""
 
     @property
@@ -115,12 +116,11 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
         if expected:
             _note_replay(row, key, expected)
         rows.append(row)
-    unknown = [k for k in other_keys if k not in ref and not any(k.startswith(p) for p in (*ignore, *DECISIONS))]
+    decisions = _decision_keys(ref)
+    unknown = [k for k in other_keys if k not in ref and k not in decisions and not any(map(k.startswith, ignore))]
     for key in unknown:
-        close = difflib.get_close_matches(key, ref_keys, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else ""
         rows.append(KeyComparison(key, (), tuple(np.asarray(other[key]).shape), "-", passed=False,
-                                  note=f"not a key of the reference{hint}"))
+                                  note=f"not a key of the reference{_suggestion(key, [*ref_keys, *decisions])}"))
     missing = [k for k in ref_keys if k not in other]
     for prefix in require:
         absent = [k for k in missing if k.startswith(prefix)]
@@ -128,26 +128,45 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
             rows.append(KeyComparison(f"{prefix}*", (), (), "-", passed=False,
                                       note=f"required, missing: {_summary(absent) or 'no key at all'}"))
     failed = [row.key for row in rows if not row.passed]
+    replayed = dict(expected.get("accepted", {})) if expected else {}
     return Comparison(rows, missing, [k for k in other_keys if k not in ref], layout, layout_note, tol,
-                      failed[0] if failed else None, failed, near, note)
+                      failed[0] if failed else None, failed, near, replayed, note)
 
 
 def _tolerances(tolerances):
-    """{prefix: tolerance} with the default under '': DEFAULT_TOLERANCES, updated by a dict, replaced by a number."""
+    """{prefix: tolerance}: DEFAULT_TOLERANCES with the given ones, where a given prefix replaces every built-in
+    tolerance under it (a bare number, or the prefix "", replaces them all)."""
     if tolerances is None:
         return dict(DEFAULT_TOLERANCES)
-    if isinstance(tolerances, (int, float)):
-        return {"": float(tolerances)}
-    out = {**DEFAULT_TOLERANCES, **{str(k): float(v) for k, v in dict(tolerances).items()}}
-    bad = [k for k, v in out.items() if not (v >= 0 and np.isfinite(v))]
+    given = {"": tolerances} if isinstance(tolerances, (int, float)) else dict(tolerances)
+    given = {str(k): float(v) for k, v in given.items()}
+    bad = [k for k, v in given.items() if not (v >= 0 and np.isfinite(v))]
     if bad:
-        raise InputError(f"tolerance for {bad[0]!r} must be a finite number >= 0, got {out[bad[0]]}")
-    return out
+        raise InputError(f"tolerance for {bad[0]!r} must be a finite number >= 0, got {given[bad[0]]}")
+    kept = {p: v for p, v in DEFAULT_TOLERANCES.items() if not any(p.startswith(g) for g in given)}
+    return {"": DEFAULT_TOLERANCE, **kept, **given}
 
 
 def _tolerance(tol, key):
     """The tolerance of the longest prefix of `key` in tol."""
     return tol[max((p for p in tol if key.startswith(p)), key=len)]
+
+
+def _decision_keys(ref):
+    """The keys another file may add for the replay: <method>/switch/<pool> for the reference's many-input methods."""
+    if "meta" not in ref:
+        return []
+    meta = json.loads(str(ref["meta"]))
+    pools = [layer["name"] for layer in meta.get("layers", []) if "Pool" in layer.get("type", "")]
+    return [f"{prefix}{pool}" for prefix in DECISIONS if prefix.split("/")[0] in meta.get("methods", {})
+            for pool in pools]
+
+
+def _suggestion(key, keys):
+    """'; did you mean K?' for the closest key (case ignored), or ''."""
+    lowered = {k.lower(): k for k in keys}
+    close = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.85)
+    return f"; did you mean {lowered[close[0]]}?" if close else ""
 
 
 def _layout(ref, other, layout):
@@ -178,7 +197,10 @@ class Aligned(Mapping):
         self.arrays, self.layout = arrays, layout
 
     def __getitem__(self, key):
-        return _to_nhwc(np.asarray(self.arrays[key]), self.layout)
+        a = np.asarray(self.arrays[key])
+        if a.dtype.kind == "f" and a.dtype.itemsize < 4:  # float16: compared (and replayed) as float32
+            a = a.astype(np.float32)
+        return _to_nhwc(a, self.layout)
 
     def __iter__(self):
         return iter(self.arrays)
@@ -229,8 +251,10 @@ def _note_replay(row, key, expected):
     if refused:  # winners of its inputs that no near tie explains
         row.passed = False
         row.note = (row.note + "; " if row.note else "") + f"{key[5:]}/switch: {refused[0]}"
-    if not row.passed and key in expected["hints"]:
-        row.note = (row.note + "; " if row.note else "") + expected["hints"][key]
+    for hint, text in expected["hints"].items() if not row.passed else ():
+        if hint == key or (hint == "*" and not key.startswith(("x", "w/", "act/"))) or \
+                (hint.endswith("*") and len(hint) > 1 and key.startswith(hint[:-1])):
+            row.note = (row.note + "; " if row.note else "") + text
     for kind, words in (("switch", "near-tie max-pool winners"), ("gate", "ReLU gates near 0")):
         count = expected["accepted"].get(f"{key[5:]}/{kind}")
         if count:
@@ -300,6 +324,8 @@ def locate(index, shape):
         return f"image {index[0]}, (row {index[1]}, col {index[2]}), channel {index[3]}"
     if len(shape) == 5:
         return f"image {index[0]}, sample {index[1]}, (row {index[2]}, col {index[3]}), channel {index[4]}"
+    if len(shape) == 3:
+        return f"image {index[0]}, (row {index[1]}, col {index[2]})"
     if len(shape) == 2:
         return f"image {index[0]}, unit {index[1]}"
     if len(shape) == 1:
@@ -345,13 +371,17 @@ def format_comparison(result, ref_name="REF", other_name="OTHER"):
         error = f"{row.error:>9.2g}" if row.measure in ("scaled", "exact") else f"{'-':>9}"
         tol = f"{row.tolerance:>7.0e}" if row.measure == "scaled" else f"{'-':>7}"
         status = "ok" if row.passed else "FAIL"
-        detail = "; ".join(filter(None, [row.note, f"worst at {row.worst}" if row.worst else "",
+        where = "first" if row.measure == "exact" else "worst"
+        detail = "; ".join(filter(None, [row.note, f"{where} at {row.worst}" if row.worst else "",
                                          _images(row.failing_per_image)]))
         lines.append(f"{row.key:<{width}}  {shape:<18} {row.measure:<7} {error} {tol}  {status}"
                      + (f"  {detail}" if detail else ""))
     for name, keys in ((ref_name, result.only_in_ref), (other_name, result.only_in_other)):
         if keys:
             lines.append(f"only in {name} ({len(keys)}): {_summary(keys)}")
+    if result.replayed:
+        lines.append("near ties replayed with the other file's decisions: "
+                     + ", ".join(f"{key} {count}" for key, count in result.replayed.items()))
     if result.replay_note:
         lines.append(result.replay_note)
     lines.append(verdict(result))
@@ -369,7 +399,7 @@ def _images(counts, most=4):
 
 def verdict(result):
     """The one-line summary of a comparison."""
-    accepted = sum(row.accepted for row in result.rows)
+    accepted = sum(result.replayed.values())
     ties = f"; {accepted} near-tie decisions taken from the other file" if accepted else ""
     tol = ", ".join(f"{p or 'default'} {v:g}" for p, v in result.tolerances.items()) if result.tolerances \
         else "default"
@@ -379,5 +409,9 @@ def verdict(result):
         return f"PASSED: all {len(result.rows)} shared arrays agree (tolerance {tol}{ties})"
     first = next(row for row in result.rows if row.key == result.first_divergence)
     where = f" at {first.worst}" if first.worst else ""
-    return (f"FAILED: {len(result.failed)} of {len(result.rows)} arrays differ (tolerance {tol}{ties}); "
-            f"first divergence: {result.first_divergence}{where}")
+    compared = [row for row in result.rows if row.measure in ("scaled", "exact") or row.ref_shape]
+    others, differ = len(result.rows) - len(compared), sum(not row.passed for row in compared)
+    keys = f"{others} key{'s' if others > 1 else ''} unknown to REF or required and missing"
+    what = (f"{differ} of {len(compared)} shared arrays differ" + (f"; {keys}" if others else "")) if differ else \
+        f"{keys} ({'the shared array agrees' if len(compared) == 1 else f'all {len(compared)} shared arrays agree'})"
+    return f"FAILED: {what} (tolerance {tol}{ties}); first divergence: {result.first_divergence}{where}"
