@@ -16,7 +16,7 @@ def run_weights_fetch(args):
     """Download known weights into the cache (or keep the cached file if its MD5 matches)."""
     path = weights_cache.fetch_weights(args.name, force=args.force, url=args.url, progress=not args.quiet,
                                        deadline=args.deadline)
-    say(args, f"{args.name}: {path} (md5 {weights_cache.known_file(args.name).md5} verified)")
+    say(args, f"{args.name}: {path} ({weights_cache.known_file(args.name).checksum} verified)")
     return 0
 
 
@@ -27,7 +27,9 @@ def weights_table():
         path = weights_cache.cached_weights(name)
         row = {"name": name, "kind": "official", "path": str(path or weights_cache.weights_file(name)), "cached": bool(path),
                "size": path and path.stat().st_size, "md5": path and weights_cache.md5sum(path), "expected_md5": known.md5}
-        row["status"] = "missing" if not path else "ok" if row["md5"] == known.md5 else "MISMATCH"
+        if path and known.sha256_prefix:  # torchvision's files: their name carries a SHA-256 prefix
+            row.update(sha256=weights_cache.sha256sum(path), expected_sha256_prefix=known.sha256_prefix)
+        row["status"] = "missing" if not path else "ok" if known.matches(row["md5"], row.get("sha256")) else "MISMATCH"
         rows.append(row)
     for name, path in embedded_models().items():
         expected = manifest_sha256(path)
@@ -49,11 +51,11 @@ def run_weights_list(args):
                 emit(row["name"])
     else:
         emit(f"cache: {weights_cache.weights_dir()}")
-        emit(f"{'name':<13} {'kind':<9} {'status':<9} {'size':>9}  {'md5':<32}  path")
+        emit(f"{'name':<17} {'kind':<9} {'status':<9} {'size':>9}  {'md5':<32}  path")
         for r in rows:
             size = file_size(r["path"]) if r["cached"] else "-"
             hint = "" if r["cached"] else f"   (fbi-ref weights fetch {r['name']})"
-            emit(f"{r['name']:<13} {r['kind']:<9} {r['status']:<9} {size:>9}  {r['md5'] or '-':<32}  {r['path']}{hint}")
+            emit(f"{r['name']:<17} {r['kind']:<9} {r['status']:<9} {size:>9}  {r['md5'] or '-':<32}  {r['path']}{hint}")
     return 0
 
 
@@ -70,7 +72,8 @@ def manifest_sha256(path):
 def verify_record(target):
     """Hash a known name's cached file, an embedded model, or any file; compare with the expected hash if any."""
     if target in weights_cache.KNOWN_WEIGHTS:
-        path, expected = weights_cache.weights_path(target), ("md5", weights_cache.known_file(target).md5)
+        known = weights_cache.known_file(target)
+        path, expected = weights_cache.weights_path(target), _expected_hash(known)
     elif target in embedded_models():
         path = embedded_models()[target]
         expected = ("sha256", manifest_sha256(path))
@@ -80,13 +83,22 @@ def verify_record(target):
             known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded_models()])
             raise InputError(f"{shown(target)}: no such file, and not a known weights name ({known})")
         path = input_file(path, "weights file")  # a FIFO or a device would be read forever
-        by_file = {k.filename: k.md5 for k in weights_cache.KNOWN_WEIGHTS.values()}
-        expected = ("md5", by_file.get(path.name))
+        by_file = {k.filename: k for k in weights_cache.KNOWN_WEIGHTS.values()}
+        expected = _expected_hash(by_file[path.name]) if path.name in by_file else ("md5", None)
     record = {"path": str(path), "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": weights_cache.sha256sum(path)}
     kind, value = expected
     if value:
-        record.update(expected_hash=kind, expected=value, ok=record[kind] == value.lower())
+        if kind == "sha256_prefix":  # torchvision's file names carry the first digits of the SHA-256
+            ok = record["sha256"].startswith(value.lower())
+        else:
+            ok = record[kind] == value.lower()
+        record.update(expected_hash=kind, expected=value, ok=ok)
     return record
+
+
+def _expected_hash(known):
+    """('md5', digest) for Keras's files, ('sha256_prefix', digits) for torchvision's."""
+    return ("md5", known.md5) if known.md5 else ("sha256_prefix", known.sha256_prefix)
 
 
 def run_weights_verify(args):
@@ -111,10 +123,10 @@ def register(sub, command_parser):
                               "  fbi-ref weights verify ~/Downloads/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     weights = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    w = command_parser(weights, "fetch", "download known weights into the cache, checking their MD5",
+    w = command_parser(weights, "fetch", "download known weights into the cache, checking their hash",
                        f"Download {', '.join(weights_cache.KNOWN_WEIGHTS)} into the cache ($FBI_REF_HOME/weights, "
-                       "default ~/.cache/fbi_ref/weights), with a progress bar; the MD5 is checked before the file "
-                       "is put in place.", "fbi-ref weights fetch vgg16")
+                       "default ~/.cache/fbi_ref/weights), with a progress bar; the hash (Keras's MD5, the SHA-256 "
+                       "prefix of torchvision's file names) is checked before the file is put in place.", "fbi-ref weights fetch vgg16")
     w.add_argument("name", choices=list(weights_cache.KNOWN_WEIGHTS), metavar="NAME", help=", ".join(weights_cache.KNOWN_WEIGHTS))
     w.add_argument("--url", help="download from this address instead (a mirror); the MD5 is still checked")
     w.add_argument("--deadline", type=positive_number, default=weights_cache.DEFAULT_DEADLINE, metavar="SECONDS",

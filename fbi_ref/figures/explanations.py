@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from fbi_ref.io.images import deprocess_caffe
+from fbi_ref.io.images import deprocess
+from fbi_ref.nn.preprocessing import CAFFE
 from fbi_ref.io.paths import write_atomically
 from fbi_ref.methods.explain import HEATMAP_REDUCTION, heatmap
 from fbi_ref.nn.layers import softmax
@@ -46,25 +47,26 @@ OVERLAY_CMAP = "jet"
 SUPPORT_COLOR = "lime"
 CELL = 2.2  # inches per panel
 DPI = 100
-FOOTNOTE = ("gradient images: attribution (BGR→RGB) centred at its mean, / std, × 0.1, + 0.5 (grey ≈ 0); "
+FOOTNOTE = ("gradient images: attribution (channels in RGB order) centred at its mean, / std, × 0.1, + 0.5 (grey ≈ 0); "
             "signed maps: red > 0 > blue, limits ±max|v|; Grad-CAM: jet over the input")
 
 
 # --- arrays shown ----------------------------------------------------------------------------
 
-def input_rgb(x):
-    """A preprocessed (caffe, BGR) image (H, W, 3) as RGB in [0, 1] for imshow."""
-    return deprocess_caffe(x, clip=True) / 255.0
+def input_rgb(x, preprocessing=CAFFE):
+    """A preprocessed image (H, W, 3) as RGB in [0, 1] for imshow, undoing the model's preprocessing (caffe:
+    Keras's VGG; pass model.preprocessing for others)."""
+    return deprocess(x, preprocessing or CAFFE, clip=True) / 255.0
 
 
-def gradient_image(attribution):
-    """An (H, W, 3) attribution w.r.t. the caffe (BGR) input as an RGB image in [0, 1].
+def gradient_image(attribution, preprocessing=CAFFE):
+    """An (H, W, 3) attribution w.r.t. the preprocessed input as an RGB image in [0, 1].
 
-    The usual normalisation of guided-backprop images: flip BGR to RGB, subtract the mean, divide by
+    The usual normalisation of guided-backprop images: channels put in RGB order (caffe's BGR flipped), subtract the mean, divide by
     the standard deviation (left as is when that is zero), multiply by GRADIENT_IMAGE_SCALE = 0.1, add
     0.5, clip to [0, 1]. An all-zero attribution becomes uniform mid-grey.
     """
-    a = np.asarray(attribution, dtype=np.float64)[..., ::-1]  # (H, W, 3) RGB
+    a = (preprocessing or CAFFE).to_rgb_order(np.asarray(attribution, dtype=np.float64))  # (H, W, 3) RGB
     a = a - a.mean()
     std = a.std()
     return np.clip(a / (std if std > 0 else 1.0) * GRADIENT_IMAGE_SCALE + 0.5, 0.0, 1.0)
@@ -86,16 +88,16 @@ def _clean(ax, title=None):
         ax.set_title(title, fontsize=9)
 
 
-def show_input(ax, x, title=None):
+def show_input(ax, x, title=None, preprocessing=CAFFE):
     """Draw a preprocessed image (H, W, 3) as RGB."""
-    im = ax.imshow(input_rgb(x), interpolation="nearest")
+    im = ax.imshow(input_rgb(x, preprocessing), interpolation="nearest")
     _clean(ax, title)
     return im
 
 
-def show_gradient_image(ax, attribution, title=None):
+def show_gradient_image(ax, attribution, title=None, preprocessing=CAFFE):
     """Draw an (H, W, 3) attribution as a gradient image (see gradient_image)."""
-    im = ax.imshow(gradient_image(attribution), interpolation="nearest")
+    im = ax.imshow(gradient_image(attribution, preprocessing), interpolation="nearest")
     _clean(ax, title)
     return im
 
@@ -120,9 +122,9 @@ def show_heatmap(ax, values, title=None, colorbar=False):
     return im
 
 
-def show_overlay(ax, x, values, title=None, colorbar=False, alpha=0.5):
+def show_overlay(ax, x, values, title=None, colorbar=False, alpha=0.5, preprocessing=CAFFE):
     """Draw a non-negative (H, W) map over the input image, half transparent."""
-    show_input(ax, x)
+    show_input(ax, x, preprocessing=preprocessing)
     top = float(np.max(values)) if np.size(values) else 0.0
     im = ax.imshow(values, cmap=OVERLAY_CMAP, alpha=alpha, vmin=0.0, vmax=top if top > 0 else 1.0,
                    interpolation="bilinear")
@@ -132,23 +134,23 @@ def show_overlay(ax, x, values, title=None, colorbar=False, alpha=0.5):
     return im
 
 
-def show_support(ax, x, mask, title=None, color=SUPPORT_COLOR):
+def show_support(ax, x, mask, title=None, color=SUPPORT_COLOR, preprocessing=CAFFE):
     """Draw the input with the outline of a binary (H, W) mask (a contour at level 0.5)."""
-    im = show_input(ax, x, title)
+    im = show_input(ax, x, title, preprocessing)
     mask = np.asarray(mask, dtype=float)
     if 0 < mask.sum() < mask.size:  # a constant mask has no outline (and contour would warn)
         ax.contour(mask, levels=[0.5], colors=color, linewidths=1.2)
     return im
 
 
-def show_attribution(ax, method, x, attribution, title=None, colorbar=False):
+def show_attribution(ax, method, x, attribution, title=None, colorbar=False, preprocessing=CAFFE):
     """Draw one method's (H, W, C) attribution on input x the way DISPLAY says."""
     style = DISPLAY.get(method, "signed")
     if style == "image" and attribution.shape[-1] == 3:
-        return show_gradient_image(ax, attribution, title)
+        return show_gradient_image(ax, attribution, title, preprocessing)
     values = heatmap(attribution[None], HEATMAP_REDUCTION.get(method, "sum"))[0]  # (H, W)
     if style == "overlay":
-        return show_overlay(ax, x, values, title, colorbar)
+        return show_overlay(ax, x, values, title, colorbar, preprocessing=preprocessing)
     return show_signed(ax, values, title, colorbar)
 
 
@@ -228,12 +230,13 @@ def probability_text(p):
 
 
 def comparison_figure(x, explanations, class_names=None, row_labels=None, title=None, colorbars=False,
-                      predictions=True):
+                      predictions=True, preprocessing=CAFFE):
     """Rows = images, columns = the input then each method (in the dict's order).
 
     x: (N, H, W, 3) preprocessed inputs; explanations: {method: Explanation of x}; class_names: the
     model's, for the row labels; row_labels: an extra line per row (e.g. the true class); predictions:
-    write each row's prediction beside it; colorbars: beside the signed and overlay panels.
+    write each row's prediction beside it; colorbars: beside the signed and overlay panels; preprocessing: the
+    model's (model.preprocessing), to show x as the image it was made from.
     """
     methods = list(explanations)
     first = explanations[methods[0]]
@@ -241,7 +244,7 @@ def comparison_figure(x, explanations, class_names=None, row_labels=None, title=
     fig = Figure(figsize=(CELL * (len(methods) + 1), CELL * n + 0.6), dpi=DPI, layout="constrained")
     axes = fig.subplots(n, len(methods) + 1, squeeze=False)
     for i in range(n):
-        show_input(axes[i, 0], x[i], "input" if i == 0 else None)
+        show_input(axes[i, 0], x[i], "input" if i == 0 else None, preprocessing)
         label = [row_labels[i]] if row_labels is not None else []
         if predictions:
             label += prediction_text(first, i, class_names).replace(" (", "\n(", 1).split("; ")
@@ -250,14 +253,14 @@ def comparison_figure(x, explanations, class_names=None, row_labels=None, title=
             attribution = explanations[method].attribution[i]
             name = METHOD_LABELS.get(method, method) if i == 0 else ""
             empty = "" if np.any(attribution) else " (all zero)"
-            show_attribution(axes[i, j], method, x[i], attribution, (name + empty) or None, colorbars)
+            show_attribution(axes[i, j], method, x[i], attribution, (name + empty) or None, colorbars, preprocessing)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.supxlabel(FOOTNOTE, fontsize=7)
     return fig
 
 
-def explanation_figure(x, explanations, class_names=None, name=None):
+def explanation_figure(x, explanations, class_names=None, name=None, preprocessing=CAFFE):
     """One image in the style of the paper's Table 1: the input, then each method, prediction in the title.
 
     x: (1, H, W, 3) or (H, W, 3); explanations: {method: Explanation of that one image}.
@@ -268,5 +271,6 @@ def explanation_figure(x, explanations, class_names=None, name=None):
     title = prediction_text(first, 0, class_names)
     if name:
         title = f"{name}: {title}"
-    return comparison_figure(x[:1], explanations, class_names, title=title, colorbars=True, predictions=False)
+    return comparison_figure(x[:1], explanations, class_names, title=title, colorbars=True, predictions=False,
+                             preprocessing=preprocessing)
 

@@ -1,4 +1,5 @@
-"""Image loading and VGG ('caffe') preprocessing, matching Keras bit for bit.
+"""Image loading and the model's preprocessing (caffe for Keras's VGG, matching Keras bit for bit; torchvision's
+for torchvision's weights, matching ToTensor + Normalize bit for bit; see fbi_ref.nn.preprocessing).
 
 load_image_rgb replicates keras.utils.load_img(path, target_size=(H, W), interpolation=...)
 followed by keras.utils.img_to_array: convert to RGB first, then squash to (H, W) with the
@@ -19,6 +20,7 @@ from PIL import Image
 from fbi_ref.errors import ImageError, InputError
 from fbi_ref.io.paths import input_file, shown
 from fbi_ref.nn.layers import CAFFE_MEAN_BGR, preprocess_forward
+from fbi_ref.nn.preprocessing import CAFFE, preprocessing as preprocessing_rule
 
 # The filters keras.utils.load_img accepts, by the same names.
 INTERPOLATIONS = {
@@ -90,29 +92,46 @@ def deprocess_caffe(x: np.ndarray, clip: bool = False) -> np.ndarray:
     return rgb
 
 
+def preprocess(rgb: np.ndarray, preprocessing=CAFFE) -> np.ndarray:
+    """RGB 0..255 images (..., H, W, 3) -> the network's input (..., H, W, 3) float32 by a preprocessing rule
+    (a Preprocessing or its name: 'caffe', 'torchvision', 'scale255', 'identity'). InputError as preprocess_caffe."""
+    return preprocessing_rule(preprocessing).forward(_checked_image_array(rgb, "rgb"))  # (..., H, W, 3)
+
+
+def deprocess(x: np.ndarray, preprocessing=CAFFE, clip: bool = False) -> np.ndarray:
+    """Undo `preprocess`: the network's inputs (..., H, W, 3) back to RGB 0..255 (..., H, W, 3) float32;
+    clip=True clips to 0..255 (for arrays that left the range, e.g. an optimised input) before showing them."""
+    rule = preprocessing_rule(preprocessing)
+    if rule is CAFFE:
+        return deprocess_caffe(x, clip)  # Keras's own arithmetic, bit for bit
+    rgb = rule.inverse(_checked_image_array(x, "x"))  # (..., H, W, 3)
+    return np.clip(rgb, 0.0, 255.0) if clip else rgb
+
+
 def preprocess_image(path: str | os.PathLike, input_shape: tuple = (224, 224, 3),
-                     interpolation: str = "nearest") -> np.ndarray:
+                     interpolation: str = "nearest", preprocessing=CAFFE) -> np.ndarray:
     """Load an image file as a VGG input batch of one, shape (1, H, W, 3) float32.
 
-    load_image_rgb(path, size=(H, W), interpolation) followed by preprocess_caffe, where
+    load_image_rgb(path, size=(H, W), interpolation) followed by the preprocessing (caffe by default), where
     input_shape=(H, W, 3) is the model's input shape; (None, None, 3) keeps the file's size.
     Raises ImageError for a bad file and InputError for a bad input_shape.
     """
     size = _size_from_input_shape(input_shape)
     rgb = load_image_rgb(path, size=size, interpolation=interpolation)  # (H, W, 3)
-    return preprocess_caffe(rgb)[np.newaxis]  # (1, H, W, 3)
+    return preprocess(rgb, preprocessing)[np.newaxis]  # (1, H, W, 3)
 
 
 def load_image(path: str | os.PathLike, model, interpolation: str = "nearest") -> np.ndarray:
-    """An image file as the model's input batch of one (1, H, W, 3): Keras's load_img + preprocess_input.
+    """An image file as the model's input batch of one (1, H, W, 3), preprocessed by the model's own rule.
 
     The image is converted to RGB, squashed to the model's input size (no crop; 'nearest' by default, as
-    Keras's load_img), then caffe-preprocessed (RGB -> BGR, ImageNet mean subtracted).
+    Keras's load_img), then preprocessed as `model.preprocessing` says: caffe (RGB -> BGR, ImageNet mean
+    subtracted) for Keras's VGG, torchvision's (/ 255, ImageNet mean and std) for torchvision's weights.
     Raises ImageError for a bad file.
     """
     if not hasattr(model, "input_shape"):
         raise InputError(f"model must be an fbi_ref.Model (see fbi_ref.load_model), not {type(model).__name__}")
-    return preprocess_image(path, model.input_shape, interpolation)
+    return preprocess_image(path, model.input_shape, interpolation, model.preprocessing)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

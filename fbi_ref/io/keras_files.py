@@ -14,7 +14,6 @@ MAX_MODEL_BYTES first.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import lzma
@@ -30,10 +29,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fbi_ref.errors import ArchitectureError, FbiRefError, InputError, ModelFileError, UnsupportedLayerError
+from fbi_ref.errors import ArchitectureError, InputError, ModelFileError, UnsupportedLayerError
 from fbi_ref.io.infer import check_shape, infer_vgg, kernel_and_bias
 from fbi_ref.io.keras_config import architecture_from_config
-from fbi_ref.io.paths import input_file, shown
+from fbi_ref.io.paths import errors_named, input_file
 from fbi_ref.nn.architectures import is_placeholder, vgg16, vgg19, weighted_layers
 from fbi_ref.nn.network import Architecture, Conv2D, Dense
 
@@ -67,27 +66,16 @@ class _Stored:
 def read_keras_file(path, architecture=None) -> Architecture:
     """The model in a Keras file; `architecture` is 'vgg16', 'vgg19', an Architecture, or None to infer."""
     path = input_file(path, "Keras weights file", ModelFileError)
-    with _naming(path):
+    with errors_named(path, "Keras HDF5 or .keras file", KERAS_ERRORS):
         with open(path, "rb") as file:
             is_zip = file.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
         return _read_keras_zip(path, architecture) if is_zip else _read_hdf5(path, architecture)
 
 
-@contextlib.contextmanager
-def _naming(path: Path):
-    """Re-raise failures as one-line errors that start with the file's name."""
-    try:
-        yield
-    except FbiRefError as error:
-        raise type(error)(f"{shown(path)}: {error}") from error
-    except FileNotFoundError as error:
-        raise ModelFileError(f"{shown(path)}: no such file") from error
-    # h5py reports damaged files as OSError, RuntimeError or ValueError (bad JSON and text also land here);
-    # a config of the wrong shape (a list where a dict belongs, text where a number does) as the others.
-    except (OSError, RuntimeError, ValueError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError,
-            TypeError, AttributeError, KeyError, IndexError, RecursionError, ZeroDivisionError, OverflowError) as error:
-        detail = " ".join(str(error).split()) or type(error).__name__
-        raise ModelFileError(f"{shown(path)}: not a readable Keras HDF5 or .keras file ({detail})") from error
+# h5py reports damaged files as OSError, RuntimeError or ValueError (bad JSON and text also land here); a config
+# of the wrong shape (a list where a dict belongs, text where a number does) as the others.
+KERAS_ERRORS = (OSError, RuntimeError, ValueError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, NotImplementedError,
+                TypeError, AttributeError, KeyError, IndexError, RecursionError, ZeroDivisionError, OverflowError)
 
 
 def _read_keras_zip(path: Path, architecture) -> Architecture:

@@ -7,11 +7,12 @@ command's inputs (an image, a model, an array file), which it would overwrite be
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
 
-from fbi_ref.errors import InputError
+from fbi_ref.errors import FbiRefError, InputError, ModelFileError
 
 _KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
           (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
@@ -117,3 +118,18 @@ def write_atomically(path, write, inputs=()) -> Path:
 def write_text(path, text: str, inputs=()) -> Path:
     """Write a text file atomically (see write_atomically)."""
     return write_atomically(path, lambda f: f.write(text.encode("utf-8")), inputs)
+
+
+@contextlib.contextmanager
+def errors_named(path, what, library_errors=(Exception,)):
+    """Inside, fbi_ref's own errors get the file's name in front, and `library_errors` (a damaged file, as the
+    library reading it reports it) become one ModelFileError line: '<file>: not a readable <what> (<error>)'."""
+    try:
+        yield
+    except FbiRefError as error:
+        raise type(error)(f"{shown(path)}: {error}") from error
+    except FileNotFoundError as error:
+        raise ModelFileError(f"{shown(path)}: no such file") from error
+    except library_errors as error:
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ModelFileError(f"{shown(path)}: not a readable {what} ({type(error).__name__}: {detail})") from error

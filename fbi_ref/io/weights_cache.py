@@ -1,10 +1,13 @@
-"""The weights cache: where Keras weight files live on disk, and a safe downloader for them.
+"""The weights cache: where known weight files live on disk, and a safe downloader for them.
 
 Files live in $FBI_REF_HOME/weights (default ~/.cache/fbi_ref/weights) under the file names
-Keras uses, so a file downloaded by Keras (~/.keras/models/) can simply be copied there.
+Keras and torchvision use. A file that Keras already downloaded ($KERAS_HOME/models/, default
+~/.keras/models/) or torchvision did ($TORCH_HOME/hub/checkpoints/, default ~/.cache/torch/hub/checkpoints/)
+is used where it is, after its hash is checked, and never modified.
 A download is written to a hidden temporary file next to its destination, checked against the
-announced size and the known MD5, and only then renamed onto the destination (atomic on one
-file system): an interrupted or corrupt download never sits where a finished one belongs.
+announced size and the known hash (Keras's MD5; the SHA-256 prefix torchvision's file names carry), and only
+then renamed onto the destination (atomic on one file system): an interrupted or corrupt download never sits
+where a finished one belongs.
 """
 from __future__ import annotations
 
@@ -33,18 +36,37 @@ CHUNK_SIZE = 1 << 20  # 1 MiB: few system calls, little memory
 DEFAULT_DEADLINE = 3600.0
 DEFAULT_HOME = "~/.cache/fbi_ref"
 KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications"
+TORCHVISION_MODELS = "https://download.pytorch.org/models"
 
 
 @dataclass(frozen=True)
 class KnownFile:
-    """A weights file fbi_ref can fetch: its URL and the MD5 of its content."""
+    """A weights file fbi_ref can fetch: its URL and the MD5 of its content, or the first hex digits of its
+    SHA-256 (torchvision names its files NAME-<those digits>.pth, and torch.hub checks only them)."""
     url: str
-    md5: str
+    md5: str | None = None
+    sha256_prefix: str | None = None
 
     @property
     def filename(self) -> str:
-        """The file name at the end of the URL (also Keras's cache file name)."""
+        """The file name at the end of the URL (also Keras's and torch.hub's cache file name)."""
         return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def checksum(self) -> str:
+        """The expected hash as text: 'md5 <32 hex>' or 'sha256 <prefix>...'."""
+        return f"md5 {self.md5}" if self.md5 else f"sha256 {self.sha256_prefix}..."
+
+    def matches(self, md5: str | None, sha256: str | None) -> bool:
+        """True when the digests of a file's content are this file's."""
+        if self.md5 is not None:
+            return md5 == self.md5.lower()
+        return sha256 is not None and sha256.startswith(self.sha256_prefix.lower())
+
+
+def _torchvision(name: str) -> KnownFile:
+    """A torchvision file, whose name ends with the first 8 hex digits of its SHA-256."""
+    return KnownFile(f"{TORCHVISION_MODELS}/{name}.pth", sha256_prefix=name.rsplit("-", 1)[1])
 
 
 KNOWN_WEIGHTS = {
@@ -62,6 +84,9 @@ KNOWN_WEIGHTS = {
     "vgg19_notop": KnownFile(
         f"{KERAS_APPLICATIONS}/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "253f8cb515780f3b799900260a226db6"),
+    # torchvision.models.VGG16_Weights.IMAGENET1K_V1 and VGG19_Weights.IMAGENET1K_V1 (torchvision preprocessing).
+    "torchvision_vgg16": _torchvision("vgg16-397923af"),
+    "torchvision_vgg19": _torchvision("vgg19-dcbb9e9d"),
 }
 
 
@@ -92,11 +117,49 @@ def weights_file(name: str) -> Path:
 def cached_weights(name: str) -> Path | None:
     """The cached file of the known weights `name`, or None when it is not there.
 
-    Only checks that the file exists (hashing 500 MB takes a second); use verify() or
-    fetch_weights() to check its MD5.
+    fbi_ref's own cache first: there only the file's existence is checked (hashing 500 MB takes a second;
+    use verify() or fetch_weights() to check it). Then Keras's or torch.hub's cache, whose files are used only
+    when their hash matches (checked once per process and file version), and only read.
     """
     path = weights_file(name)
-    return path if path.is_file() else None
+    if path.is_file():
+        return path
+    known = known_file(name)
+    for folder in foreign_caches(known):
+        candidate = folder / known.filename
+        if candidate.is_file() and _verified_once(candidate, known):
+            return candidate
+    return None
+
+
+def foreign_caches(known: KnownFile) -> list[Path]:
+    """The folders where Keras (for its files) or torch.hub (for torchvision's) keeps downloaded weights."""
+    if known.md5 is not None:  # a Keras file
+        keras_home = os.environ.get("KERAS_HOME")
+        return [Path(keras_home).expanduser() / "models"] if keras_home else [Path("~/.keras/models").expanduser()]
+    torch_home = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch")
+    return [Path(torch_home).expanduser() / "hub" / "checkpoints"]
+
+
+_VERIFIED = {}  # (path, size, mtime_ns) -> bool: a foreign cache's file is hashed once per process
+
+
+def _verified_once(path: Path, known: KnownFile) -> bool:
+    """True when the file at `path` has the known hash (remembered while its size and mtime stay the same)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = verify_known(path, known)
+    return _VERIFIED[key]
+
+
+def verify_known(path: str | os.PathLike, known: KnownFile) -> bool:
+    """True when `path` is a file whose content has the known file's hash (MD5 or SHA-256 prefix)."""
+    if not Path(path).is_file():
+        return False
+    if known.md5 is not None:
+        return md5sum(path) == known.md5.lower()
+    return known.matches(None, sha256sum(path))
 
 
 def list_cached() -> dict[str, Path]:
@@ -120,9 +183,10 @@ def weights_path(name: str) -> Path:
 def missing_weights_message(name: str) -> str:
     """One line telling the user how to get the weights `name` into the cache."""
     known = known_file(name)
-    return (f"{name} weights not found at {weights_file(name)}: run `fbi-ref weights fetch {name}`"
-            f" to download them ({known.url}), or copy a {known.filename} you already have"
-            f" (e.g. from ~/.keras/models/) into {weights_dir()}/")
+    elsewhere = " or ".join(f"{folder}/" for folder in foreign_caches(known))
+    return (f"{name} weights not found at {weights_file(name)} nor in {elsewhere}: run `fbi-ref weights fetch"
+            f" {name}` to download them ({known.url}), or copy a {known.filename} you already have"
+            f" into {weights_dir()}/")
 
 
 def fetch_weights(name: str, force: bool = False, url: str | None = None,
@@ -137,9 +201,10 @@ def fetch_weights(name: str, force: bool = False, url: str | None = None,
     """
     known = known_file(name)
     dest = weights_file(name)
-    if not force and verify(dest, known.md5):
+    if not force and verify_known(dest, known):
         return dest
-    return download(url or known.url, dest, md5=known.md5, progress=progress, deadline=deadline)
+    return download(url or known.url, dest, md5=known.md5, progress=progress, deadline=deadline,
+                    sha256_prefix=known.sha256_prefix)
 
 
 def md5sum(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
@@ -168,8 +233,8 @@ def verify(path: str | os.PathLike, md5: str) -> bool:
 # --- downloading ----------------------------------------------------------------------------
 
 def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,
-             timeout: float = 30, deadline: float = DEFAULT_DEADLINE) -> Path:
-    """Download `url` to `dest` atomically, checking its size and (optionally) its MD5.
+             timeout: float = 30, deadline: float = DEFAULT_DEADLINE, sha256_prefix: str | None = None) -> Path:
+    """Download `url` to `dest` atomically, checking its size and (optionally) its MD5 or SHA-256 prefix.
 
     Streams into a hidden temporary file in dest's folder (created if needed), with a tqdm progress bar on
     stderr when progress=True and stderr is a terminal. The file is checked against the Content-Length
@@ -183,10 +248,14 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress
     dest = output_file(dest)
     tmp = temporary_beside(dest, secrets.token_hex(4))
     try:
-        actual_md5 = _download_to(url, tmp, timeout, time.monotonic() + deadline, progress, label=dest.name)
+        actual_md5, actual_sha256 = _download_to(url, tmp, timeout, time.monotonic() + deadline, progress,
+                                                 label=dest.name)
         if md5 is not None and actual_md5 != md5.lower():
             raise DownloadError(
                 f"checksum mismatch for {url}: expected md5 {md5.lower()}, got {actual_md5}")
+        if sha256_prefix is not None and not actual_sha256.startswith(sha256_prefix.lower()):
+            raise DownloadError(f"checksum mismatch for {url}: expected a sha256 starting {sha256_prefix.lower()}, "
+                                f"got {actual_sha256}")
         _replace(tmp, dest)
     except BaseException:  # Ctrl-C included: never leave a partial file behind
         tmp.unlink(missing_ok=True)
@@ -213,7 +282,7 @@ def remove_stale_parts(dest: Path) -> list[Path]:
 
 
 def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress: bool, label: str) -> str:
-    """Stream `url` into the new file `tmp` (locked while it is written); return the content's MD5."""
+    """Stream `url` into the new file `tmp` (locked while it is written); return the content's (MD5, SHA-256)."""
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_parts(tmp.parent / label)
@@ -306,9 +375,9 @@ def _open_error(url, error) -> DownloadError:
     return DownloadError(f"cannot download {url}: {error or type(error).__name__}")  # timeouts, resets, garbage
 
 
-def _stream(response, out, url: str, deadline: float, progress: bool, label: str, watchdog: Watchdog) -> str:
+def _stream(response, out, url: str, deadline: float, progress: bool, label: str, watchdog: Watchdog) -> tuple:
     expected = _content_length(response)  # None when the server does not say
-    digest = hashlib.md5(usedforsecurity=False)
+    digest, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     received = 0
     # disable=None: tqdm draws only when stderr is a terminal
     with tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
@@ -316,6 +385,7 @@ def _stream(response, out, url: str, deadline: float, progress: bool, label: str
         while chunk := _read_chunk(response, url, received, expected, watchdog):
             out.write(chunk)
             digest.update(chunk)
+            sha256.update(chunk)
             received += len(chunk)
             bar.update(len(chunk))
             if time.monotonic() > deadline:
@@ -325,7 +395,7 @@ def _stream(response, out, url: str, deadline: float, progress: bool, label: str
     # http.client returns b'' rather than raising when the connection closes early.
     if expected is not None and received != expected:
         raise DownloadError(f"download of {url} stopped after {received} of {expected} bytes")
-    return digest.hexdigest()
+    return digest.hexdigest(), sha256.hexdigest()
 
 
 def _read_chunk(response, url: str, received: int, expected: int | None, watchdog: Watchdog) -> bytes:

@@ -1,4 +1,6 @@
-"""Models by name (the official Keras VGG weights, the embedded Shapes model) or by path: `load_model`."""
+"""Models by name (the official Keras and torchvision VGG weights, the embedded Shapes model) or by path:
+`load_model`. Each model gets the preprocessing of the weights it was trained with (caffe for Keras's,
+torchvision's for torchvision's), and 1000-class models the ImageNet class names."""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,9 @@ from fbi_ref.errors import InputError, ModelFileError
 from fbi_ref.io import weights_cache
 from fbi_ref.io.imagenet import CLASSES
 from fbi_ref.io.keras_files import read_keras_file
+from fbi_ref.io.onnx_files import is_onnx_file, read_onnx_file
 from fbi_ref.io.paths import shown
+from fbi_ref.io.torch_files import is_torch_file, read_torchvision_file
 from fbi_ref.nn.model import Model
 
 # The folder of weights that ship with the project (the embedded, trained Shapes model).
@@ -17,7 +21,12 @@ EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "weights"
 
 # FBI's defaults per model. VGG16/VGG19: the paper's k = 50 %, tau = 10 on caffe-preprocessed input.
 PAPER_FBI_DEFAULTS = {"k": 0.5, "tau": 10.0, "tau_mode": "absolute"}
+# For inputs not on the caffe scale (torchvision's are ~58 times smaller) the paper's absolute tau = 10 empties
+# every map. A relative tau does not depend on the scale; its value is ours and is not tuned on ImageNet.
+SCALE_FREE_FBI_DEFAULTS = {"k": 0.5, "tau": 0.05, "tau_mode": "relative"}
 FBI_DEFAULTS = {"vgg16": PAPER_FBI_DEFAULTS, "vgg19": PAPER_FBI_DEFAULTS}
+# The preprocessing of a file that does not say (Keras's files never do): the caffe rule of Keras's VGG.
+DEFAULT_PREPROCESSING = "caffe"
 
 
 def embedded_models():
@@ -27,14 +36,19 @@ def embedded_models():
     return {p.stem: p for p in sorted(EMBEDDED_DIR.glob("*.h5")) if p.with_suffix(".json").is_file()}
 
 
-def load_model(path_or_name, architecture=None) -> Model:
-    """Load a model from a Keras file or by name.
+def load_model(path_or_name, architecture=None, preprocessing=None) -> Model:
+    """Load a model from a Keras, torchvision or ONNX file, or by name.
 
     path_or_name: 'vgg16', 'vgg19' (with '_notop' variants): the official Keras weights from the cache
-        (`fbi-ref weights fetch vgg16` downloads them); the name of an embedded model (e.g. 'shapes');
-        or the path of any Keras file: .h5 (Keras 1/2/3, weights-only or full model), .weights.h5, .keras.
-    architecture: for weights-only files, 'vgg16', 'vgg19' or None to infer a VGG-shaped model from the
+        (`fbi-ref weights fetch vgg16` downloads them; a copy in Keras's own cache is used too);
+        'torchvision_vgg16', 'torchvision_vgg19': torchvision's ImageNet weights (needs torch to read the .pth;
+        a copy in torch.hub's cache is used too); the name of an embedded model (e.g. 'shapes');
+        or the path of any Keras file: .h5 (Keras 1/2/3, weights-only or full model), .weights.h5, .keras;
+        of a torchvision VGG state dict: .safetensors, .pth, .pt; or of a VGG-style ONNX graph: .onnx.
+    architecture: for Keras weights-only files, 'vgg16', 'vgg19' or None to infer a VGG-shaped model from the
         weight shapes (full-model files carry their architecture).
+    preprocessing: the input preprocessing ('caffe', 'torchvision', 'scale255', 'identity'); None takes the
+        file's (torchvision's for state dicts, the ONNX file's metadata, else caffe).
 
     Raises ModelFileError (missing or unreadable file), ArchitectureError (weights that do not fit),
     UnsupportedLayerError (a layer type fbi_ref does not implement).
@@ -45,10 +59,11 @@ def load_model(path_or_name, architecture=None) -> Model:
     if not name.strip():
         raise ModelFileError("the model name or path is empty")
     if name in weights_cache.KNOWN_WEIGHTS:
-        base = name.replace("_notop", "")
-        arch = read_keras_file(weights_cache.weights_path(name), architecture or base)
-        classes = [label for _, label in CLASSES] if _num_classes(arch) == 1000 else None
-        return Model(arch, classes, fbi_defaults=FBI_DEFAULTS[base])
+        base = name.replace("_notop", "").replace("torchvision_", "")
+        path = weights_cache.weights_path(name)
+        if is_torch_file(path):
+            return _model(read_torchvision_file(path, name), preprocessing, FBI_DEFAULTS[base])
+        return _model(read_keras_file(path, architecture or base), preprocessing, FBI_DEFAULTS[base])
     embedded = embedded_models()
     if name in embedded:
         return _embedded(name, embedded[name])
@@ -61,8 +76,22 @@ def load_model(path_or_name, architecture=None) -> Model:
         known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded])
         raise ModelFileError(f"{shown(name)}: no such file, and not a known model name ({known})")
     if path.is_dir():
-        raise ModelFileError(f"{shown(name)} is a folder, not a Keras weights file")
-    return Model(read_keras_file(path, architecture), fbi_defaults=PAPER_FBI_DEFAULTS)
+        raise ModelFileError(f"{shown(name)} is a folder, not a weights file")
+    if is_torch_file(path):
+        return _model(read_torchvision_file(path), preprocessing, PAPER_FBI_DEFAULTS)
+    if is_onnx_file(path):
+        return _model(read_onnx_file(path), preprocessing, PAPER_FBI_DEFAULTS)
+    return _model(read_keras_file(path, architecture), preprocessing, PAPER_FBI_DEFAULTS)
+
+
+def _model(arch, preprocessing, fbi_defaults) -> Model:
+    """A Model of an architecture read from a file: its preprocessing (given, the file's, or caffe), and the
+    ImageNet class names when it has 1000 classes."""
+    classes = [label for _, label in CLASSES] if _num_classes(arch) == 1000 else None
+    rule = preprocessing or arch.extra.get("preprocessing") or DEFAULT_PREPROCESSING
+    if fbi_defaults == PAPER_FBI_DEFAULTS and str(rule) != "caffe":
+        fbi_defaults = SCALE_FREE_FBI_DEFAULTS
+    return Model(arch, classes, preprocessing=rule, fbi_defaults=fbi_defaults)
 
 
 def _num_classes(arch):

@@ -9,7 +9,6 @@ from fbi_ref.errors import InputError
 from fbi_ref.methods import rules as R
 from fbi_ref.methods.tables import GRADIENT, GUIDED_BACKPROP
 from fbi_ref.methods.traversal import walk
-from fbi_ref.nn import layers as L
 from fbi_ref.nn.network import Conv2D
 
 
@@ -64,12 +63,13 @@ def gradcam_parts(model, fp, target, layer=None, switches=None):
 
 
 def baseline_image(model, x, baseline):
-    """The reference image for integrated gradients: 'zeros' (the mean image), 'black', or an array."""
+    """The reference image for integrated gradients: 'zeros', 'black' (by the model's preprocessing), or an array."""
     if isinstance(baseline, str):
         if baseline == "zeros":
             return np.zeros_like(x)
         if baseline == "black":
-            return np.broadcast_to(L.preprocess_forward(np.zeros((1, 1, 1, 3), x.dtype)), x.shape).copy()
+            black = model.preprocessing.forward(np.zeros((1, 1, 1, 3), x.dtype))  # (1, 1, 1, 3), by the model's rule
+            return np.broadcast_to(black, x.shape).copy()
         raise InputError(f"baseline must be 'zeros', 'black' or an array; got {baseline!r}")
     try:
         with np.errstate(over="ignore"):  # a value beyond the dtype becomes inf, refused below

@@ -7,5 +7,6 @@
     network.py        the layer specifications (Conv2D, MaxPool2D, Dense, ...) a model is made of
     architectures.py  VGG16, VGG19 and any VGG-shaped network, with placeholder or random weights
     model.py          Model: the forward pass, every layer's output kept for the walks back
+    preprocessing.py  a model's input preprocessing (caffe, torchvision, ...): forward, inverse, input bounds
     memory.py         keep_freed_memory: let malloc reuse freed activations
 """

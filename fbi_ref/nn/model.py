@@ -12,6 +12,7 @@ from fbi_ref.errors import ArchitectureError, InputError, UnsupportedLayerError
 from fbi_ref.nn import conv
 from fbi_ref.nn import layers as L
 from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from fbi_ref.nn.preprocessing import preprocessing as preprocessing_rule
 
 
 # The most memory one image's activations may take (bytes; VGG16 at 224 x 224 takes 61 MB in float32): a file
@@ -51,13 +52,14 @@ class ForwardPass:
 
 
 class Model:
-    """A sequential convolutional network with Keras layer names, NHWC, caffe-preprocessed input.
+    """A sequential convolutional network with Keras layer names, NHWC, preprocessed input (caffe by default).
 
     Build one with `fbi_ref.load_model(path_or_name)`. `forward(x)` runs it on a batch x of shape
     (N, H, W, C) (already preprocessed, see `fbi_ref.load_image`) and returns a `ForwardPass` with the
     logits, the probabilities and every layer's output by Keras layer name.
 
-    Besides its layers a model carries what belongs to it: class_names, preprocessing, and fbi_defaults
+    Besides its layers a model carries what belongs to it: class_names, preprocessing (a
+    `fbi_ref.nn.preprocessing.Preprocessing`, or its name: 'caffe' for Keras's VGG, 'torchvision', ...), and fbi_defaults
     (FBI's options for this model, e.g. {"k": 0.1, "tau": 0.05, "tau_mode": "relative"}; the paper's values
     where empty). Every model derived from it (`astype`, `with_layers`) keeps them.
     """
@@ -70,7 +72,7 @@ class Model:
         self.input_shape = tuple(int(s) for s in arch.input_shape)  # (H, W, C)
         self.name = arch.name
         self.class_names = class_names
-        self.preprocessing = preprocessing
+        self.preprocessing = preprocessing_rule(preprocessing)
         self.fbi_defaults = dict(fbi_defaults or {})
         self._shapes = self._infer_shapes()
         for layer in self.layers:

@@ -65,7 +65,8 @@ def from_file(ref, meta):
         else:
             raise ValueError(f"layer type {kind}")
     arch = Architecture(layers, tuple(meta["model"]["input_shape"]), meta["model"]["name"])
-    return Model(arch, meta["model"].get("class_names")).astype(np.dtype(meta.get("dtype", "float32")))
+    model = Model(arch, meta["model"].get("class_names"), meta["model"].get("preprocessing", "caffe"))
+    return model.astype(np.dtype(meta.get("dtype", "float32")))
 
 
 def _weight(ref, name, which):

@@ -1,0 +1,183 @@
+"""ONNX import of VGG-style graphs, against onnxruntime: a graph written with onnx.helper (NHWC input and the
+Transpose tf2onnx puts in front, MatMul + Add, BatchNormalization, Softmax), and torchvision-style VGGs exported
+by torch.onnx.export (when torch is installed). Bad files fail with one typed line naming the problem."""
+import numpy as np
+import pytest
+
+import fbi_ref
+from fbi_ref.errors import ArchitectureError, ModelFileError, UnsupportedLayerError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402 (needs onnx)
+
+RTOL = 1e-5
+
+
+def run_ort(path, x):
+    """onnxruntime's outputs for one input array (threads limited: the machine has 2 cores)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def scaled_error(ours, theirs):
+    """max |ours - theirs| / max |theirs|."""
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+def tf2onnx_like(seed=0, batch_norm=True, softmax=True, size=16):
+    """A Keras-style small VGG as tf2onnx writes it: NHWC input, Transpose to NCHW, Conv (+ BatchNormalization)
+    + Relu, MaxPool, Transpose back to NHWC, Reshape to (N, -1), MatMul + Add + Relu, MatMul + Add, Softmax."""
+    rng = np.random.default_rng(seed)
+    init = []
+
+    def const(name, array):
+        init.append(numpy_helper.from_array(np.asarray(array, np.float32) if np.asarray(array).dtype.kind == "f"
+                                            else np.asarray(array), name))
+        return name
+    nodes = [helper.make_node("Transpose", ["input"], ["t0"], perm=[0, 3, 1, 2], name="to_nchw")]
+    current, channels = "t0", 3
+    for i, width in enumerate((4, 6)):
+        w = const(f"w{i}", rng.standard_normal((width, channels, 3, 3)) * 0.4)
+        b = const(f"b{i}", rng.standard_normal(width) * 0.1)
+        nodes.append(helper.make_node("Conv", [current, w, b], [f"c{i}"], kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1], name=f"conv{i}"))
+        current = f"c{i}"
+        if batch_norm:
+            stats = [const(f"bn{i}_{k}", v) for k, v in (("s", rng.uniform(0.5, 1.5, width)),
+                                                          ("b", rng.uniform(-.5, .5, width)),
+                                                          ("m", rng.uniform(-.5, .5, width)),
+                                                          ("v", rng.uniform(.5, 2, width)))]
+            nodes.append(helper.make_node("BatchNormalization", [current, *stats], [f"n{i}"], epsilon=1e-3,
+                                          name=f"bn{i}"))
+            current = f"n{i}"
+        nodes += [helper.make_node("Relu", [current], [f"r{i}"], name=f"relu{i}"),
+                  helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2],
+                                   name=f"pool{i}")]
+        current, channels = f"p{i}", width
+    side = size // 4
+    nodes += [helper.make_node("Transpose", [current], ["t1"], perm=[0, 2, 3, 1], name="to_nhwc"),
+              helper.make_node("Reshape", ["t1", const("shape", np.array([-1, side * side * channels], np.int64))],
+                               ["flat"], name="flatten"),
+              helper.make_node("MatMul", ["flat", const("fc1_w", rng.standard_normal((side * side * channels, 8)) * .3)],
+                               ["m1"], name="fc1"),
+              helper.make_node("Add", ["m1", const("fc1_b", rng.standard_normal(8) * 0.1)], ["a1"], name="fc1_bias"),
+              helper.make_node("Relu", ["a1"], ["r_fc1"], name="fc1_relu"),
+              helper.make_node("Dropout", ["r_fc1"], ["d1"], name="dropout"),
+              helper.make_node("MatMul", ["d1", const("fc2_w", rng.standard_normal((8, 5)))], ["m2"], name="fc2"),
+              helper.make_node("Add", ["m2", const("fc2_b", rng.standard_normal(5) * 0.1)], ["logits"], name="fc2_b")]
+    output = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=-1, name="softmax"))
+        output = "probs"
+    graph = helper.make_graph(nodes, "tf2onnx_like",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", size, size, 3])],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 5])], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def write(tmp_path, model, name="m.onnx"):
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_helper_graph_equals_onnxruntime(tmp_path, batch_norm):
+    path = write(tmp_path, tf2onnx_like(batch_norm=batch_norm))
+    model = fbi_ref.load_model(path)
+    assert [layer.name for layer in model.layers] == ["block1_conv1", "block1_pool", "block2_conv1", "block2_pool",
+                                                       "flatten", "fc1", "predictions"]
+    assert model.input_shape == (16, 16, 3)  # NHWC input: the model takes it as it is
+    x = np.random.default_rng(1).standard_normal((3, 16, 16, 3)).astype(np.float32)
+    probs = run_ort(path, x)
+    assert scaled_error(model.forward(x).probs, probs) < RTOL
+    fbi_ref.explain(model, x, "fbi")
+
+
+def test_helper_graph_logits_without_softmax(tmp_path):
+    path = write(tmp_path, tf2onnx_like(softmax=False))
+    model = fbi_ref.load_model(path)
+    x = np.random.default_rng(2).standard_normal((2, 16, 16, 3)).astype(np.float32) * 50
+    assert scaled_error(model.forward(x).logits, run_ort(path, x)) < RTOL
+
+
+def test_preprocessing_from_metadata(tmp_path):
+    model = tf2onnx_like()
+    helper.set_model_props(model, {"fbi_ref.preprocessing": "torchvision"})
+    assert fbi_ref.load_model(write(tmp_path, model)).preprocessing.name == "torchvision"
+    assert fbi_ref.load_model(write(tmp_path, tf2onnx_like(), "b.onnx")).preprocessing.name == "caffe"
+
+
+# --- graphs exported by torch ------------------------------------------------------------------------------
+
+@pytest.mark.torch
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["vgg11", "vgg11_bn"])
+def test_torch_exported_vgg_equals_onnxruntime_and_torch(tmp_path, batch_norm):
+    torch = pytest.importorskip("torch")
+    from tests.vgg_torch import CFGS, VGG, activations
+    net = VGG(CFGS["vgg11"], batch_norm, width=8, fc=64, classes=10, seed=3)
+    path = tmp_path / "vgg.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 224, 224),), str(path), dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "N"}, "logits": {0: "N"}})
+    model = fbi_ref.load_model(path, preprocessing="torchvision")
+    x = np.random.default_rng(4).standard_normal((2, 224, 224, 3)).astype(np.float32)  # NHWC for fbi_ref
+    fp = model.forward(x)
+    assert scaled_error(fp.logits, run_ort(path, np.ascontiguousarray(x.transpose(0, 3, 1, 2)))) < RTOL
+    with torch.no_grad():
+        logits, acts = activations(net, x)
+    for name, theirs in acts.items():
+        theirs = theirs.numpy()
+        assert scaled_error(fp.outputs[name], theirs.transpose(0, 2, 3, 1) if theirs.ndim == 4 else theirs) < RTOL
+    fbi_ref.explain(model, x, "fbi")
+
+
+# --- bad files --------------------------------------------------------------------------------------------
+
+def one_line_error(path, error, match):
+    with pytest.raises(error, match=match) as info:
+        fbi_ref.load_model(path)
+    assert "\n" not in str(info.value) and path.name in str(info.value)
+
+
+def test_an_unsupported_op_is_named(tmp_path):
+    model = tf2onnx_like()
+    model.graph.node[3].op_type = "LeakyRelu"  # conv0, bn0, relu0 -> LeakyRelu
+    one_line_error(write(tmp_path, model), UnsupportedLayerError, "ONNX op LeakyRelu .*relu0")
+
+
+def test_external_data_is_refused(tmp_path):
+    model = tf2onnx_like()
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value="/etc/passwd")
+    one_line_error(write(tmp_path, model), ModelFileError, "keeps its data in another file")
+
+
+def test_declared_size_must_match_the_data(tmp_path):
+    model = tf2onnx_like()
+    model.graph.initializer[0].dims[0] = 10**6
+    one_line_error(write(tmp_path, model), ModelFileError, "declares .* values")
+
+
+def test_truncated_file(tmp_path):
+    data = write(tmp_path, tf2onnx_like()).read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    one_line_error(tmp_path / "cut.onnx", ModelFileError, "not a readable ONNX file")
+
+
+def test_a_branching_graph_is_refused(tmp_path):
+    model = tf2onnx_like(batch_norm=False)
+    model.graph.node[4].input[0] = "c0"  # conv1 reads conv0's output, which relu0 reads too
+    one_line_error(write(tmp_path, model), ArchitectureError, "feeds 2 nodes")
+
+
+def test_a_dynamic_image_size_is_refused(tmp_path):
+    model = tf2onnx_like()
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "H"
+    one_line_error(write(tmp_path, model), ArchitectureError, "fixed H, W, C")
