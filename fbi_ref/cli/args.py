@@ -150,7 +150,9 @@ def _bad(message):
 def add_model(parser, default="vgg16"):
     """--model: a known name (vgg16, vgg19, shapes) or a Keras file."""
     parser.add_argument("--model", default=default, metavar="NAME|PATH",
-                        help=f"vgg16, vgg19, an embedded model (shapes) or a .h5/.keras file (default {default})")
+                        help=f"vgg16, vgg19, torchvision_vgg16, torchvision_vgg19, an embedded model (shapes), a Keras "
+                             f".h5/.keras file, a torchvision state dict (.safetensors, .pth) or an .onnx file "
+                             f"(default {default})")
 
 
 def add_target(parser):
@@ -285,11 +287,18 @@ def load_model(name):
     return load(name)
 
 
+LIST_SUFFIXES = {".txt", ".lst"}
+MAX_LIST_BYTES = 256 * 2**20  # a list of ten million image paths
+
+
 def image_files(paths):
-    """The image files named, with every folder expanded to the image files in it (sorted by name)."""
+    """The image files named, with every folder expanded to the image files in it (sorted by name) and every
+    list file (.txt, .lst: one image path a line, relative to the list's folder; # comments) to its images."""
     files = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+            files += list_file(path)
+        elif path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
                 raise InputError(f"{shown(path)}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -298,6 +307,30 @@ def image_files(paths):
             files.append(path)
         else:
             raise InputError(f"{shown(path)}: no such file or folder")
+    return files
+
+
+def list_file(path):
+    """The image paths a list file names (each must exist), in its order."""
+    from fbi_ref.io.paths import input_file
+    path = input_file(path, "list file")
+    if path.stat().st_size > MAX_LIST_BYTES:
+        raise InputError(f"{shown(path)}: a list file of {path.stat().st_size:,} bytes, more than {MAX_LIST_BYTES:,}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{shown(path)}: a list file must be UTF-8 text, one image path a line") from None
+    files = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        image = path.parent / os.path.expanduser(line)
+        if not image.is_file():
+            raise InputError(f"{shown(path)}, line {number}: {shown(image)}: no such image file")
+        files.append(image)
+    if not files:
+        raise InputError(f"{shown(path)}: a list file that names no image")
     return files
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fbi_ref.cli import stream
 from fbi_ref.cli.args import (add_fbi_options, add_model, add_options, add_target, add_tau_mode, bar, figure_path,
                               image_files, int_between, load_model, method_list, method_options, model_file,
                               number_list, output_folder,
@@ -61,21 +62,27 @@ def run_demo(args):
 # --- explain ---------------------------------------------------------------------------------
 
 def run_explain(args):
-    """One Table-1 style figure per image (and with --save-npz the arrays)."""
+    """One Table-1 style figure per image (and with --save-npz the arrays); in batches with the batch options."""
     files = image_files(args.images)
     options = method_options(args, args.method)
     out = output_folder(args.out, create=False)  # created with the first figure, not by a run that fails
     plan = explain_outputs(files, out, args.save_npz, inputs_of(args, files))  # checked before any work
+    if stream.batch_run(args):
+        stream.scheduler_available(args)
+        args.options = options
+        model = stream.worker_model(args.model)  # cached: with --jobs 1 the batches use this very copy
+        return stream.stream_explain(args, plan, model, inputs_of(args, files), indexed=True)
     model = load_model(args.model)
     for path, png, npz in bar(args, plan, "explaining", "image"):
-        x = preprocess_image(path, model.input_shape)  # (1, H, W, 3), as fbi_ref.load_image
+        x = preprocess_image(path, model.input_shape, preprocessing=model.preprocessing)  # (1, H, W, 3), as fbi_ref.load_image
         started = process_age()
         e = {m: explain(model, x, m, target=args.target, **options[m]) for m in args.method}
         if args.timings:
             print(f"fbi-ref: {shown(path.name)}: explaining started {started:.2f} s after the process started and "
                   f"took {process_age() - started:.2f} s", file=sys.stderr)
         from fbi_ref.figures import explanation_figure, prediction_text  # after explaining: matplotlib takes a while
-        written = [save_figure(args, explanation_figure(x, e, model.class_names, name=shown(path.name)), png,
+        written = [save_figure(args, explanation_figure(x, e, model.class_names, name=shown(path.name),
+                                                         preprocessing=model.preprocessing), png,
                                announce=False)]
         if npz is not None:
             written.append(_save_arrays(npz, x, e, model, path))
@@ -124,7 +131,7 @@ def run_layers(args):
     from fbi_ref.figures import layer_gallery
     out = figure_path(args.out, inputs_of(args, [args.image]))
     model = load_model(args.model)
-    x = preprocess_image(args.image, model.input_shape)
+    x = preprocess_image(args.image, model.input_shape, preprocessing=model.preprocessing)
     e = explain(model, x, "fbi", target=args.target, record_layers=True, **method_options(args, ["fbi"])["fbi"])
     save_figure(args, layer_gallery(x, e, args.maps, class_names=model.class_names), out)
     return 0
@@ -137,7 +144,7 @@ def run_sweep(args):
     from fbi_ref.figures import sweep_figure
     out = figure_path(args.out, inputs_of(args, [args.image]))
     model = load_model(args.model)
-    x = preprocess_image(args.image, model.input_shape)
+    x = preprocess_image(args.image, model.input_shape, preprocessing=model.preprocessing)
     mode = args.tau_mode or "absolute"
     taus = args.tau or ([0.0, 0.01, 0.1, 0.5] if mode == "relative" else [-math.inf, 1.0, 10.0, 100.0])
     cells = [(k, tau) for k in args.k for tau in taus]
@@ -178,6 +185,7 @@ def register(sub, command_parser):
     p.add_argument("--save-npz", action="store_true", help="also write the arrays: NAME_explain.npz")
     p.add_argument("--timings", action="store_true",
                    help="say on stderr when each explanation started (seconds after process start) and its time")
+    stream.add_batch_options(p, 1)
     p.set_defaults(run=run_explain)
 
     p = command_parser(sub, "layers", "FBI's walk as pictures: support and backward maps at every layer",

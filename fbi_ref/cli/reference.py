@@ -2,26 +2,29 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from fbi_ref.cli import stream
 from fbi_ref.cli.args import (add_fbi_options, add_options, add_target, emit, emit_json, file_size, image_files, load_model,
                               method_list, method_options, model_file, say, tolerance_value)
 from fbi_ref.errors import InputError
-from fbi_ref.io.arrays import load_arrays, open_npz, write_npz
+from fbi_ref.io.arrays import load_arrays, write_npz
 from fbi_ref.io.images import preprocess_image
 from fbi_ref.io.paths import output_file
 from fbi_ref.methods.explain import METHODS
 from fbi_ref.reference.build import build_reference
+from fbi_ref.reference.shards import open_reference
 from fbi_ref.reference.compare import DEFAULT_TOLERANCE, compare, format_comparison
 
 
 def reference_inputs(args, model):
     """The preprocessed batch: from --inputs (.npy, or .npz with key 'x') or from --images."""
     if args.images:
-        return np.concatenate([preprocess_image(p, model.input_shape) for p in image_files(args.images)])
+        return np.concatenate([preprocess_image(p, model.input_shape, preprocessing=model.preprocessing) for p in image_files(args.images)])
     data = load_arrays(args.inputs)
     if isinstance(data, dict):
         if "x" not in data:
@@ -30,19 +33,63 @@ def reference_inputs(args, model):
     return data
 
 
+def folder_output(out):
+    """True when --out names a folder of shards: an existing folder, a name ending in '/', or a new name without
+    suffix (anything else that exists, a file, a FIFO, a symlink, is an output file, checked as ever)."""
+    text = str(out)
+    exists = os.path.lexists(out)
+    return Path(out).is_dir() and not Path(out).is_symlink() or text.endswith(("/", "\\")) or \
+        (not Path(out).suffix and not exists)
+
+
 def run_reference(args):
-    """Write every intermediate of the forward pass and of each method to one .npz."""
-    sources = [args.inputs] if args.inputs else image_files(args.images)
+    """Write every intermediate of the forward pass and of each method to one .npz (or a folder of shards)."""
+    files = None if args.inputs else image_files(args.images)
+    sources = [args.inputs] if args.inputs else files
     inputs = [p for p in [*sources, model_file(args.model)] if p is not None]
+    if stream.batch_run(args) or folder_output(args.out):
+        return run_reference_batches(args, files, inputs)
     output_file(args.out, inputs)  # before any work: never an input, a symlink or a special file
     model = load_model(args.model)
     x = reference_inputs(args, model)
     arrays = build_reference(model, x, args.methods, args.target, method_options(args, args.methods),
                              model_file(args.model), args.with_weights, progress=not args.quiet)
     path = write_npz(args.out, arrays, inputs)
-    summary = {"path": str(path), "size": path.stat().st_size, "model": model.name, "methods": list(args.methods),
-               "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}}
+    return report_reference(args, path, arrays, x.shape)
+
+
+def run_reference_batches(args, files, inputs):
+    """The reference batch by batch (--batch-size, default 8): a folder of shards, resumable, or one .npz."""
+    out, folder = Path(args.out), folder_output(args.out)
+    if not folder:
+        output_file(out, inputs)
+    stream.scheduler_available(args)
+    model = stream.worker_model(args.model)  # cached: with --jobs 1 the batches use this very copy
+    args.options, args.model_path = method_options(args, args.methods), model_file(args.model)
+    if files is not None:
+        sources = files
+        load = lambda a, b: np.concatenate([preprocess_image(p, model.input_shape, preprocessing=model.preprocessing) for p in files[a:b]])  # noqa: E731
+    else:
+        x = reference_inputs(args, model)  # (N, H, W, C): an array file is read whole
+        sources = [f"{args.inputs}[{i}]" for i in range(len(x))]
+        load = lambda a, b: x[a:b]  # noqa: E731
+    done, result = stream.stream_reference(args, model, sources, load, out, folder, inputs)
+    if not folder:
+        path = write_npz(out, result, inputs)
+        return report_reference(args, path, result, result["x"].shape)
+    say(args, f"wrote {out}: {len(sources)} images in {len(result['shards'])} shards of up to "
+              f"{result['batch_size']} ({out / 'index.json'})")
+    if args.json:
+        emit_json({"path": str(out), "images": len(sources), "shards": result["shards"], "model": model.name,
+                   "methods": list(args.methods)})
+    return 0
+
+
+def report_reference(args, path, arrays, x_shape):
+    """Print what a reference file holds (or its JSON summary), and its warnings on stderr."""
     meta = json.loads(str(arrays["meta"]))
+    summary = {"path": str(path), "size": path.stat().st_size, "model": meta["model"]["name"], "methods": list(args.methods),
+               "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in arrays.items()}}
     summary["warnings"], summary["near_ties"] = meta["warnings"], meta["near_ties"]
     for warning in meta["warnings"]:  # on stderr, so that --json stays machine-readable
         if not args.quiet:
@@ -52,7 +99,7 @@ def run_reference(args):
         emit_json(summary)
     else:
         ties = {name: v["near"] for name, v in meta["near_ties"].items() if v["near"]}
-        say(args, f"wrote {path}: {len(arrays)} arrays ({file_size(path)}), x {tuple(x.shape)}, "
+        say(args, f"wrote {path}: {len(arrays)} arrays ({file_size(path)}), x {tuple(x_shape)}, "
                   f"{len(args.methods)} method{'s' if len(args.methods) > 1 else ''} ({', '.join(args.methods)})"
                   + (f"; near-tie max-pool windows (compare replays them): "
                      f"{', '.join(f'{k} {v}' for k, v in ties.items())}" if ties else ""))
@@ -62,7 +109,8 @@ def run_reference(args):
 def run_compare(args):
     """Compare another implementation's file with a reference; exit 1 when anything differs."""
     model = load_model(args.model) if args.model else None
-    with open_npz(args.ref) as ref, open_npz(args.other) as other:  # arrays are read one at a time
+    with open_reference(args.ref) as ref, open_reference(args.other) as other:  # one array at a time; a folder of
+        # shards reads as one reference
         result = compare(ref, other, dict(args.tol) or None, args.layout, args.require, args.ignore, model,
                          replay=not args.no_replay)
     if args.json:
@@ -83,7 +131,8 @@ def register(sub, command_parser):
     inputs = p.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--inputs", metavar="X.npy", help="preprocessed NHWC inputs (.npy, or .npz with 'x')")
     inputs.add_argument("--images", nargs="+", metavar="FILE", help="image files (or folders), preprocessed as Keras")
-    p.add_argument("--out", default="reference.npz", help="the file to write (default reference.npz)")
+    p.add_argument("--out", default="reference.npz", help="the file to write (default reference.npz), or a folder "
+                   "(a name without suffix, or ending in /): one shard per batch and an index, streamed")
     p.add_argument("--methods", type=method_list, default=list(METHODS), metavar="all|M1,M2,...",
                    help="methods to store (default all)")
     add_target(p)
@@ -91,6 +140,7 @@ def register(sub, command_parser):
     add_options(p)
     p.add_argument("--with-weights", action="store_true", help="also store every kernel and bias (w/<layer>/...)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    stream.add_batch_options(p, 8)
     p.set_defaults(run=run_reference)
 
     p = command_parser(sub, "compare", "check another implementation's arrays against a reference file",

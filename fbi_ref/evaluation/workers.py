@@ -5,13 +5,18 @@ in the 7th digit), so every task runs with `settings.threads` BLAS and numba thr
 there are: the results are then the same, digit for digit, for any --jobs on one machine. (Another CPU or
 BLAS build may still move the last digit.)
 
-The pool is the standard library's ProcessPoolExecutor with spawned workers; it is kept rather than a task
-scheduler such as Dask because the benchmark's tasks are few (two dozen), known up front and of similar size.
+The pool is the standard library's ProcessPoolExecutor with spawned workers. It stays the single-machine
+default, rather than a task scheduler such as Dask (scheduler.py, an optional extra for clusters), because
+it needs no dependency beyond the standard library and threadpoolctl, and it fixes the BLAS and numba threads
+of every task, which is what makes results independent of the number of workers. It is deliberately small:
+run_tasks for the benchmark's few tasks (two dozen, known up front, of similar size) and stream_tasks for the
+batches of a data set (results as they finish, a bounded number in flight); anything more (several machines,
+retries, data locality) is Dask's job.
 """
 import contextlib
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
@@ -47,11 +52,18 @@ def run_tasks(fn, tasks, settings, desc, costs=None):
     """[fn(*task) for task in tasks], in order; on settings.jobs spawned processes, costliest first.
 
     settings: anything with .jobs (worker processes), .threads (threads per task) and .progress (a bar or not).
-    With jobs = 1 the tasks run in this process, with the same thread limit.
+    With jobs = 1 the tasks run in this process, with the same thread limit. Inside `on_client(client)` they
+    run on that Dask client's workers instead (scheduler.py), with the same thread limit.
     """
     order = sorted(range(len(tasks)), key=lambda i: -(costs[i] if costs else 0))  # stable: ties keep order
     results = [None] * len(tasks)
     with tqdm(total=len(tasks), desc=desc, disable=None if settings.progress else True) as bar:  # None: terminal only
+        if _client is not None:
+            futures = [_client.submit(_run_limited, fn, settings.threads, tasks[i], pure=False) for i in order]
+            for i, future in zip(order, futures):
+                results[i] = future.result()
+                bar.update()
+            return results
         if settings.jobs <= 1:
             for i in order:
                 results[i] = _run_limited(fn, settings.threads, tasks[i])
@@ -65,6 +77,53 @@ def run_tasks(fn, tasks, settings, desc, costs=None):
                 results[futures[future]] = future.result()
                 bar.update()
     return results
+
+
+def stream_tasks(fn, tasks, jobs, threads, window=None):
+    """Yield (i, fn(*tasks[i])) as each task finishes, at most `window` tasks (default 2 x jobs) in flight.
+
+    jobs = 1 runs them in this process, in order; more runs them on that many spawned processes. Each task
+    runs with `threads` BLAS and numba threads, so its result does not depend on `jobs`. Holding at most
+    `window` results at once is what bounds the memory of a data set's run.
+    """
+    if jobs <= 1:
+        for i, task in enumerate(tasks):
+            yield i, _run_limited(fn, threads, task)
+        return
+    window = window or 2 * jobs
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: numba's threads do not fork
+    with worker_threads(threads):
+        pool = ProcessPoolExecutor(jobs, mp_context=context)
+    try:
+        pending, queue = {}, iter(enumerate(tasks))
+        for i, task in queue:
+            pending[pool.submit(_run_limited, fn, threads, task)] = i
+            if len(pending) >= window:
+                break
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield pending.pop(future), future.result()
+            for i, task in queue:  # refill the window
+                pending[pool.submit(_run_limited, fn, threads, task)] = i
+                if len(pending) >= window:
+                    break
+    finally:  # Ctrl-C or an error: stop at once, do not wait for the batches in flight
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_client = None  # a dask.distributed Client while inside on_client()
+
+
+@contextlib.contextmanager
+def on_client(client):
+    """Within the block, run_tasks sends its tasks to this Dask client (None: the local pool, as usual)."""
+    global _client
+    saved, _client = _client, client
+    try:
+        yield
+    finally:
+        _client = saved
 
 
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

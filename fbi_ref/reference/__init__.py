@@ -6,6 +6,7 @@ May import methods, io and nn; only the command line imports it.
     compare.py   compare: array by array, and the first key where two files diverge
     replay.py    near ties: the decisions another implementation may take otherwise, replayed, not failed
     model.py     the reference's model rebuilt from the file (for the replay)
+    shards.py    a reference as a folder of shards and an index, read as one (open_reference)
 
     from fbi_ref import reference
     reference.write_npz("ref.npz", reference.build_reference(model, x, methods=("fbi",)))
