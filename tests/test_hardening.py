@@ -330,7 +330,12 @@ def unfused(model):
 FBI_VARIANTS = [{}, {"topk_score": "forward"}, {"topk_score": "product"}, {"topk_layers": "all"},
                 {"topk_layers": "all", "topk_score": "forward"}, {"unpool": "switch"}, {"unpool": "replicate"},
                 {"start": "onehot", "dense_bias": "ignore"}, {"conv_bias": "subtract"}, {"mask_image": False},
-                {"tau_mode": "relative", "tau": 0.1}, {"k": 2, "topk_layers": "all", "topk_score": "product"}]
+                {"tau_mode": "relative", "tau": 0.1}, {"k": 2, "topk_layers": "all", "topk_score": "product"},
+                {"start": "contrast"}, {"start_from": "probs"}, {"start": "logits", "start_relu": True},
+                {"dense_bias": "subtract-support", "conv_bias": "subtract-support"}, {"unpool_min": "pooled"},
+                {"mask_pools": True, "tau": 0.05}, {"mask_dense": False, "tau": 0.05}, {"topk_position": "pool"}, {"topk_position": "pool", "topk_layers": "all"},
+                {"topk_sum": "absolute"}, {"topk_order": "after-relu", "topk_layers": "all", "tau": -np.inf},
+                {"topk_order": "after-relu", "topk_position": "pool", "topk_layers": "all", "mask_pools": True}]
 
 
 @pytest.mark.parametrize("options", FBI_VARIANTS, ids=[str(o) for o in FBI_VARIANTS])
@@ -689,7 +694,7 @@ def test_a_planted_symlink_under_a_temporary_name_is_never_written_through(tmp_p
     monkeypatch.setattr(paths, "temporary_beside", lambda path, tag: planted)  # as if an attacker guessed it
     plt = report.pyplot()
     with pytest.raises(InputError):
-        report.save_png(plt, plt.figure(), tmp_path / "curves.png")
+        report.save_png(plt, plt.subplots()[0], tmp_path / "curves.png")
     with pytest.raises(InputError):
         paths.write_text(tmp_path / "notes.md", "hello")
     with pytest.raises(InputError):

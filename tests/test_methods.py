@@ -1,15 +1,19 @@
 """Each method's rule pinned: finite differences, exact reductions between methods, conservation, completeness."""
+import inspect
+
 import numpy as np
 import pytest
 
 from fbi_ref.nn import layers as L
 from fbi_ref.nn import naive
 from fbi_ref.methods import rules as R
+from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
 from fbi_ref.methods.multipass import bilinear_matrix, upsample_bilinear
 from fbi_ref.errors import InputError
 from fbi_ref.methods.explain import METHODS, explain
 from fbi_ref.nn.model import Model
 from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten
+from fbi_ref.methods.tables import backprop_method
 from fbi_ref.methods.traversal import Rules, walk
 
 from .strategies import randn, tiny_model
@@ -83,32 +87,71 @@ def test_fbi_with_default_rules_differs_from_deconvnet():
                            explain(model, x, "deconvnet").attribution)
 
 
-def fbi_by_hand(model, x, c, k_count, tau):
-    """FBI on tiny_model written out step by step from the paper, with the naive loops (one image)."""
+def fbi_by_hand(model, x, c, k_count, tau, start="maxmin", start_from="logits", start_relu=False,
+                dense_bias="subtract", conv_bias="ignore", unpool_min="input", mask_pools=False, mask_dense=True,
+                topk_sum="signed",
+                topk_layers="top", topk_position="conv", topk_order="before-relu"):
+    """FBI on tiny_model written out step by step from the paper, with the naive loops (one image); the keyword
+    arguments are FBI's options, at their defaults."""
     lay = {layer.name: layer for layer in model.layers}
     fp = model.forward(x[None])
     act = {name: a[0] for name, a in fp.outputs.items()}
-    z = fp.logits[0]
-    z_hat = np.where(np.arange(len(z)) == c, z.max(), z.min())                 # softmax adjoint
-    g = lay["predictions"].kernel @ (z_hat - lay["predictions"].bias)          # dense adjoint, bias subtracted
-    g = np.where(g * act["fc1"] > tau, g, 0)                                   # mask at fc1's output
-    g = lay["fc1"].kernel @ (np.maximum(g, 0) - lay["fc1"].bias)               # ReLU, then dense adjoint
-    g = np.where(g * act["flatten"] > tau, g, 0).reshape(act["block2_pool"].shape)
-    up = naive.unpool_replicate(g[None], (2, 2), (2, 2), (2, 2), "valid", average=True)[0]
-    g = np.minimum(act["block2_conv1"], up)                                    # min-replicate unpooling
-    keep = np.argsort(-g.sum(axis=(0, 1)), kind="stable")[:k_count]            # top-k maps at the top conv
-    g = np.where(np.isin(np.arange(g.shape[-1]), keep), g, 0)
-    def conv_back(g, name, a_in):  # ReLU, conv adjoint (no bias), then the forward-backward mask
+    p = fp.probs[0]
+    z = fp.logits[0] if start_from == "logits" else p
+    hot = np.arange(len(z)) == c
+    z_hat = {"maxmin": np.where(hot, z.max(), z.min()), "onehot": 1.0 * hot, "logits": z,  # softmax adjoint
+             "contrast": hot - p}[start]
+
+    def relu(g):
+        return np.maximum(g, 0)
+
+    def minus_bias(g, b, rule):
+        return {"subtract": g - b, "ignore": g, "subtract-support": g - b * (g != 0)}[rule]
+
+    def mask(g, a):  # the forward-backward mask
+        return np.where(g * a > tau, g, 0)
+
+    def dense_mask(g, a):  # the same at a dense layer's input, unless mask_dense=False
+        return mask(g, a) if mask_dense else g
+
+    convs = ["block1_conv1", "block1_conv2", "block2_conv1"] if topk_layers == "all" else ["block2_conv1"]
+    pool_after = {"block1_conv2": "block1_pool", "block2_conv1": "block2_pool"}
+    topk_at = [pool_after.get(name, name) if topk_position == "pool" else name for name in convs]
+
+    def top_k(g, name):  # keep the k maps of largest total (absolute) value, before or after the ReLU
+        if name not in topk_at:
+            return g
+        g = relu(g) if topk_order == "after-relu" else g
+        total = (np.abs(g) if topk_sum == "absolute" else g).sum(axis=(0, 1))
+        keep = np.argsort(-total, kind="stable")[:k_count]
+        return np.where(np.isin(np.arange(g.shape[-1]), keep), g, 0)
+
+    def pool_back(g, name, a_in):  # top-k, min(a_p, replicate(g)) (mean where windows overlap), mask_pools' mask
+        pool = lay[name]
+
+        def replicate(v):
+            return naive.unpool_replicate(v[None], a_in.shape[:2], pool.pool_size, pool.strides, pool.padding,
+                                          average=True)[0]
+        a_p = a_in if unpool_min == "input" else replicate(act[name])
+        g = np.minimum(a_p, replicate(top_k(g, name)))
+        return mask(g, a_in) if mask_pools else g
+
+    def conv_back(g, name, a_in):  # top-k, ReLU, conv adjoint, then the forward-backward mask
         layer = lay[name]
-        g = naive.conv2d_adjoint(np.maximum(g, 0)[None], layer.kernel, a_in.shape[:2], layer.strides,
-                                 layer.padding)[0]
-        return np.where(g * a_in > tau, g, 0)
+        g = minus_bias(relu(top_k(g, name)), layer.bias, conv_bias)
+        g = naive.conv2d_adjoint(g[None], layer.kernel, a_in.shape[:2], layer.strides, layer.padding)[0]
+        return mask(g, a_in)
+
+    z_hat = relu(z_hat) if start_relu else z_hat
+    g = lay["predictions"].kernel @ minus_bias(z_hat, lay["predictions"].bias, dense_bias)  # dense adjoint
+    g = dense_mask(g, act["fc1"])                                              # mask at fc1's output
+    g = lay["fc1"].kernel @ minus_bias(relu(g), lay["fc1"].bias, dense_bias)  # ReLU, then dense adjoint
+    g = dense_mask(g, act["flatten"]).reshape(act["block2_pool"].shape)
+    g = pool_back(g, "block2_pool", act["block2_conv1"])
     g = conv_back(g, "block2_conv1", act["block1_pool"])
-    up = naive.unpool_replicate(g[None], (5, 5), (3, 3), (2, 2), "same", average=True)[0]  # overlapping: mean
-    g = np.minimum(act["block1_conv2"], up)
+    g = pool_back(g, "block1_pool", act["block1_conv2"])
     g = conv_back(g, "block1_conv2", act["block1_conv1"])
-    g = conv_back(g, "block1_conv1", x)
-    return g
+    return conv_back(g, "block1_conv1", x)
 
 
 @pytest.mark.parametrize("tau", [-np.inf, 0.0, 0.05])
@@ -118,6 +161,54 @@ def test_fbi_equals_the_paper_written_out_by_hand(k, tau):
     e = explain(model, x, "fbi", k=k, tau=tau)
     for n in range(2):
         np.testing.assert_allclose(e.attribution[n], fbi_by_hand(model, x[n], e.target[n], k, tau), atol=1e-12)
+
+
+def test_the_by_hand_fbi_defaults_are_fbis():
+    by_hand = {name: p.default for name, p in inspect.signature(fbi_by_hand).parameters.items()
+               if p.default is not inspect.Parameter.empty}
+    assert by_hand == {name: FBI_DEFAULTS[name] for name in by_hand}
+
+
+# (the option(s) under test, the other options of both runs)
+FBI_OPTIONS = [({"start": "contrast"}, {}), ({"start_from": "probs"}, {}), ({"start_from": "probs"}, {"start": "logits"}),
+               ({"start_relu": True}, {}), ({"start_relu": True}, {"start": "logits"}),
+               ({"dense_bias": "subtract-support"}, {}), ({"conv_bias": "subtract"}, {}),
+               ({"conv_bias": "subtract-support"}, {}), ({"unpool_min": "pooled"}, {}), ({"mask_pools": True}, {}),
+               ({"topk_position": "pool"}, {}), ({"topk_position": "pool"}, {"topk_layers": "all"}),
+               ({"topk_sum": "absolute"}, {}), ({"topk_order": "after-relu"}, {"topk_layers": "all"}),
+               ({"topk_order": "after-relu"}, {"topk_layers": "all", "topk_position": "pool"}),
+               ({"topk_order": "after-relu", "topk_sum": "absolute", "mask_pools": True}, {"topk_layers": "all"}),
+               ({"mask_dense": False}, {}), ({"mask_dense": False, "mask_pools": True}, {})]
+
+
+@pytest.mark.parametrize("changed, others", FBI_OPTIONS, ids=[f"{a}-{b}" for a, b in FBI_OPTIONS])
+def test_each_fbi_option_equals_its_reading_of_the_paper_written_out_by_hand(changed, others):
+    model, x = tiny_model(11), randn(12, 2, 9, 9, 3)
+    options, differs = {**others, **changed}, False
+    for k, tau in [(1, -np.inf), (3, -np.inf), (3, 0.0), (3, 0.05), (6, 0.05)]:
+        e = explain(model, x, "fbi", k=k, tau=tau, **options)
+        for n in range(2):
+            np.testing.assert_allclose(e.attribution[n], fbi_by_hand(model, x[n], e.target[n], k, tau, **options),
+                                       atol=1e-12)
+        differs |= not np.allclose(e.attribution, explain(model, x, "fbi", k=k, tau=tau, **others).attribution)
+    assert differs  # the option changes the attribution here, so the comparison pins its rule
+
+
+def test_fbi_topk_after_relu_scores_the_relu_and_records_the_signal_before_it():
+    model, x = tiny_model(11), randn(12, 2, 9, 9, 3)
+    options = {"k": 3, "tau": -np.inf, "topk_layers": "all", "topk_order": "after-relu"}
+    start, rules, _ = backprop_method(model, "fbi", options)
+    fp = model.forward(x)
+    target = fp.probs.argmax(axis=1)
+    arrived = walk(model, fp, start(fp.logits, fp.probs, target), rules, stop_at="block1_conv2").signal  # (2, 5, 5, 5)
+    e = explain(model, x, "fbi", record_layers=True, **options)
+    kept = e.support["block1_conv2"]  # (2, 5, 5, 5): top-k alone (no mask at a pool's input)
+    np.testing.assert_array_equal(e.backward["block1_conv2"], arrived * kept)
+    assert (e.backward["block1_conv2"] < 0).any()  # recorded before the ReLU rule
+    best = np.argsort(-np.maximum(arrived, 0).sum(axis=(1, 2)), axis=1, kind="stable")[:, :3]  # (2, 3)
+    np.testing.assert_array_equal(kept[:, 0, 0, :], (np.arange(5) == best[:, :, None]).any(axis=1))
+    signed = np.argsort(-arrived.sum(axis=(1, 2)), axis=1, kind="stable")[:, :3]  # (2, 3)
+    assert (np.sort(best) != np.sort(signed)).any()  # scoring after the ReLU chose other maps
 
 
 def test_fbi_records_a_shrinking_binary_support_at_every_masked_position():
@@ -131,6 +222,21 @@ def test_fbi_records_a_shrinking_binary_support_at_every_masked_position():
     np.testing.assert_array_equal(e.backward["input"], e.attribution)
 
 
+def test_fbi_records_its_supports_where_the_options_put_the_masks():
+    model, x = tiny_model(13), randn(14, 1, 9, 9, 3)
+    plain = explain(model, x, "fbi", k=3, tau=0.05, record_layers=True)
+    at_pool = explain(model, x, "fbi", k=3, tau=0.05, topk_position="pool", record_layers=True)
+    assert set(at_pool.support) == set(plain.support) - {"block2_conv1"} | {"block2_pool"}
+    assert at_pool.support["block2_pool"].reshape(-1, 6).any(axis=0).sum() <= 3
+    masked = explain(model, x, "fbi", k=3, tau=0.05, mask_pools=True, record_layers=True)
+    assert set(masked.support) == set(plain.support) | {"block1_conv2"}
+    for name, kept in masked.support.items():
+        assert not masked.backward[name][~kept].any(), name
+    both = masked.support["block2_conv1"].reshape(-1, 6)  # the mask AND the top-k maps
+    maps = both.any(axis=0)
+    assert maps.sum() <= 3 and not both[:, maps].all()  # in the maps kept, the mask still drops entries
+
+
 def test_fbi_relative_tau_keeps_entries_above_a_fraction_of_the_largest_product():
     model, x = tiny_model(15), randn(16, 1, 9, 9, 3)
     e = explain(model, x, "fbi", k=1.0, tau=0.5, tau_mode="relative", record_layers=True)
@@ -142,9 +248,25 @@ def test_fbi_relative_tau_keeps_entries_above_a_fraction_of_the_largest_product(
 def test_fbi_options_are_validated():
     model, x = tiny_model(0), randn(0, 1, 9, 9, 3)
     for bad in ({"unpool": "nearest"}, {"start": "softmax"}, {"k": 0.0}, {"k": 1.5}, {"tau_mode": "rel"},
-                {"dense_bias": "add"}, {"topk_score": "max"}, {"alpha": 1}, {"k": "half"}):
-        with pytest.raises(InputError):
+                {"dense_bias": "add"}, {"topk_score": "max"}, {"alpha": 1}, {"k": "half"}, {"start": "probs"},
+                {"start_from": "softmax"}, {"start_relu": 1}, {"start_relu": "yes"}, {"dense_bias": "support"},
+                {"conv_bias": "subtract_support"}, {"unpool_min": "max"}, {"unpool_min": None}, {"mask_pools": 0}, {"mask_dense": "no"},
+                {"topk_position": "dense"}, {"topk_sum": "abs"}, {"topk_order": "after"}, {"topk_order": True}):
+        with pytest.raises(InputError, match=next(iter(bad))) as error:  # one line, naming the option
             explain(model, x, "fbi", **bad)
+        assert "\n" not in str(error.value)
+
+
+def test_fbi_topk_at_the_pool_needs_a_pool_after_the_top_conv_layer():
+    rng = np.random.default_rng(0)
+    model = Model(Architecture([Conv2D("conv", rng.standard_normal((3, 3, 3, 4)), np.zeros(4)), Flatten("flatten"),
+                                Dense("predictions", rng.standard_normal((6 * 6 * 4, 5)), np.zeros(5), "softmax")],
+                               (6, 6, 3), "no_pool"))
+    x = randn(1, 1, 6, 6, 3)
+    explain(model, x, "fbi", topk_position="conv")
+    for layers in ("top", "all"):
+        with pytest.raises(InputError, match="topk_position='pool': no max-pool directly follows"):
+            explain(model, x, "fbi", topk_position="pool", topk_layers=layers)
 
 
 def test_integrated_gradients_is_complete_at_256_steps():

@@ -181,3 +181,83 @@ def test_gaussian_blur_keeps_constants_and_the_mean():
     blurred = M.gaussian_blur(spike, 1.5)
     assert blurred.sum() == pytest.approx(1.0)
     assert blurred[0, 10, 10, 0] == blurred.max() < 1.0
+
+
+# Class-conditional pointing, where the peak lies, the trivial baselines, the bootstrap
+
+def two_objects():
+    """Masks of two objects on a 12 x 12 image: A at the top left, B at the bottom right (1, 12, 12) each."""
+    a, b = np.zeros((1, 12, 12), dtype=bool), np.zeros((1, 12, 12), dtype=bool)
+    a[0, 1:4, 1:4], b[0, 8:11, 8:11] = True, True
+    return a, b
+
+
+def peak_at(y, x, size=12):
+    """A (1, size, size) map with a single maximum at (y, x)."""
+    m = np.zeros((1, size, size))
+    m[0, y, x] = 1.0
+    return m
+
+
+@pytest.mark.parametrize("peak_for_a, peak_for_b, expected", [
+    ((2, 2), (9, 9), 1.0),   # each class points at its own object
+    ((9, 9), (2, 2), 0.0),   # each at the other
+    ((2, 2), (2, 2), 0.5),   # the same place whatever the class: blind
+    ((6, 6), (6, 6), 0.5),   # on neither object
+])
+def test_class_pointing_is_one_for_each_own_object_and_one_half_when_blind(peak_for_a, peak_for_b, expected):
+    a, b = two_objects()
+    score = M.class_pointing(peak_at(*peak_for_a), peak_at(*peak_for_b), a, b, tolerance=0)
+    assert score[0] == expected
+
+
+def test_class_pointing_of_a_map_without_positive_values_is_blind_and_ties_share():
+    a, b = two_objects()
+    assert M.class_pointing(-peak_at(2, 2), -peak_at(9, 9), a, b, 0)[0] == 0.5
+    tied = peak_at(2, 2) + peak_at(9, 9)  # two maximal pixels, one on each object: a coin flip
+    assert M.class_pointing(tied, tied, a, b, 0)[0] == 0.5
+    assert M.class_pointing(peak_at(4, 3), peak_at(9, 9), a, b, tolerance=0)[0] == 0.75  # just below A
+    assert M.class_pointing(peak_at(4, 3), peak_at(9, 9), a, b, tolerance=1)[0] == 1.0   # within 1 px of A
+
+
+def test_peak_distance_and_border_are_measured_from_the_first_maximum():
+    a, _ = two_objects()
+    assert M.peak_distance(peak_at(2, 2), a)[0] == 0.0
+    assert M.peak_distance(peak_at(6, 7), a)[0] == pytest.approx(np.hypot(6 - 3, 7 - 3))
+    assert M.peak_in_border(peak_at(0, 6), 2)[0] == 1.0 and M.peak_in_border(peak_at(11, 6), 1)[0] == 1.0
+    assert M.peak_in_border(peak_at(5, 6), 2)[0] == 0.0 and M.peak_in_border(peak_at(0, 6), 0)[0] == 0.0
+
+
+def test_a_map_without_a_positive_peak_has_no_peak_to_place():
+    a, _ = two_objects()
+    empty = np.zeros_like(peak_at(2, 2))
+    assert np.isnan(M.peak_distance(empty, a)[0]) and np.isnan(M.peak_in_border(empty, 2)[0])
+    assert np.isnan(M.peak_in_border(-peak_at(0, 0), 2)[0])
+
+
+def test_the_border_share_is_the_chance_level_of_a_peak_in_the_border():
+    assert M.border_share((64, 64), 8) == pytest.approx(1 - 48 * 48 / 64 ** 2)  # 0.4375
+    noise = M.random_maps(20000, (12, 12), seed=0)
+    assert M.peak_in_border(noise, 3).mean() == pytest.approx(M.border_share((12, 12), 3), abs=0.01)
+
+
+def test_centre_and_random_maps():
+    centre = M.centre_maps(2, (9, 9), 2.0)
+    assert centre.shape == (2, 9, 9) and np.unravel_index(centre[0].argmax(), (9, 9)) == (4, 4)
+    np.testing.assert_allclose(centre[0], centre[0].T)
+    np.testing.assert_allclose(centre[0, 4, 6], np.exp(-4 / 8))  # exp(-r^2 / (2 sigma^2)), r = 2
+    even = M.centre_maps(1, (8, 8), 2.0)[0]  # the centre lies between the four middle pixels
+    assert len({even[3, 3], even[3, 4], even[4, 3], even[4, 4]}) == 1
+    np.testing.assert_array_equal(M.random_maps(3, (4, 4), 7), M.random_maps(3, (4, 4), 7))
+    assert not np.array_equal(M.random_maps(1, (4, 4), 7), M.random_maps(1, (4, 4), 8))
+
+
+def test_the_bootstrap_interval_covers_the_mean_with_the_width_of_the_normal_approximation():
+    values = np.random.default_rng(0).normal(3.0, 2.0, 400)
+    low, high = M.bootstrap_interval(values, resamples=4000, seed=1)
+    half_width = 1.96 * values.std() / np.sqrt(len(values))  # the normal approximation of the same interval
+    assert low < values.mean() < high
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert M.bootstrap_interval(np.full(10, 0.25)) == (0.25, 0.25)
+    assert M.bootstrap_interval([1.0, np.nan, 1.0]) == (1.0, 1.0)  # NaN left out
+    assert all(np.isnan(M.bootstrap_interval([np.nan])))

@@ -168,7 +168,7 @@ def test_compare_fails_on_one_perturbed_array_and_names_it_and_where(arrays, tmp
     ref = write_npz(tmp_path / "ref.npz", arrays)
     other = dict(arrays)
     other["act/fc1"] = arrays["act/fc1"].copy()
-    other["act/fc1"][2, 17] += 0.01 * np.abs(arrays["act/fc1"]).max()
+    other["act/fc1"][2, 17] += 0.01 * np.abs(arrays["act/fc1"][2]).max()  # 1 % of image 2's scale
     write_npz(tmp_path / "other.npz", other)
     assert main(["compare", str(ref), str(tmp_path / "other.npz")]) == 1
     out = capsys.readouterr().out
@@ -180,6 +180,18 @@ def test_compare_fails_on_one_perturbed_array_and_names_it_and_where(arrays, tmp
     row = next(r for r in record["rows"] if r["key"] == "act/fc1")
     assert row["worst"] == "image 2, unit 17" and row["failing_per_image"] == {"2": 1}
     assert row["measure"] == "scaled" and row["error"] == pytest.approx(0.01, rel=1e-3)
+
+
+def test_an_image_whose_values_are_all_small_is_held_to_its_own_scale():
+    """FBI's contrast start makes one image's attribution 1e-5 of another's: zeroing the small image must fail."""
+    ref = {"attr/fbi": np.stack([np.full((4, 4, 3), 1e-5), np.ones((4, 4, 3))]).astype(np.float32)}
+    other = {"attr/fbi": ref["attr/fbi"].copy()}
+    other["attr/fbi"][0] = 0
+    result = compare(ref, other)
+    row = next(r for r in result.rows if r.key == "attr/fbi")
+    assert not result.passed and row.error == pytest.approx(1.0) and row.failing_per_image == {0: 48}
+    other["attr/fbi"][0] = ref["attr/fbi"][0] * (1 + 1e-6)  # float32-sized rounding of the small image passes
+    assert compare(ref, other).passed
 
 
 def test_first_divergence_follows_the_computation_not_the_alphabet(arrays):
@@ -278,6 +290,26 @@ def test_the_reference_passes_against_itself_and_its_replay_recomputes_it_bit_fo
         assert np.array_equal(expected, ref[key]), key
     assert {"attr/integrated_gradients", "attr/smoothgrad"} <= set(result.expected)
     assert compare(ref, dict(ref)).passed and compare(ref, dict(ref), replay=False).passed
+
+
+@pytest.mark.parametrize("fbi", [{"mask_pools": True, "topk_layers": "all", "k": 0.25, "tau": 0.1,
+                                  "tau_mode": "relative"},
+                                 {"mask_dense": False, "start": "contrast", "dense_bias": "ignore", "unpool": "switch",
+                                  "topk_position": "pool", "topk_order": "after-relu"}])
+def test_fbi_with_two_decisions_at_a_position_replays_itself_bit_for_bit(fbi):
+    """Where a position holds two of FBI's decisions (a mask and a top-k, or masks on both sides of a pool),
+    the replay judges them together; the reference against itself must still be recomputed exactly."""
+    from fbi_ref.io.images import preprocess_caffe
+    from fbi_ref.reference.replay import replay
+    from fbi_ref.shapes import generate
+    model = fbi_ref.load_model("shapes")
+    x = preprocess_caffe(generate(2, seed=7).images)
+    ref = build_reference(model, x, ("fbi",), options={"fbi": fbi})
+    result = replay(model, ref, dict(ref))
+    assert not result.refused
+    for key, expected in result.expected.items():
+        assert np.array_equal(expected, ref[key]), key
+    assert compare(ref, dict(ref)).passed
 
 
 def test_switches_without_values_are_judged_together_at_exact_ties(shapes_arrays):

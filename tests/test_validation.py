@@ -47,11 +47,24 @@ def shapes_ref(tmp_path_factory, shapes_images):
     return reference(tmp_path_factory, "shapes", "--model", "shapes", "--images", *shapes_images[0], *FAST)
 
 
+# The paper's readings of FBI's options (the Shapes model's own defaults are not all the paper's): the FBI
+# bugs below act on steps those readings take (the dense bias, the masks at dense inputs, top-k at the top).
+PAPER_READINGS = ["--option", "fbi.start=maxmin", "--option", "fbi.dense_bias=subtract", "--option",
+                  "fbi.mask_dense=true", "--option", "fbi.topk_layers=top"]
+
+
+@pytest.fixture(scope="module")
+def shapes_paper_ref(tmp_path_factory, shapes_images):
+    """FBI with the paper's readings, k = 0.1 and tau = 0.05 relative."""
+    return reference(tmp_path_factory, "paper", "--model", "shapes", "--images", *shapes_images[0], "--methods", "fbi",
+                     "--k", "0.1", "--tau", "0.05", "--tau-mode", "relative", *PAPER_READINGS)
+
+
 @pytest.fixture(scope="module")
 def shapes_tau0_ref(tmp_path_factory, shapes_images):
     """FBI with tau = 0 (absolute): products equal to tau exist, so '>' and '>=' differ."""
     return reference(tmp_path_factory, "tau0", "--model", "shapes", "--images", *shapes_images[0], "--methods", "fbi",
-                     "--tau", "0", "--tau-mode", "absolute")
+                     "--tau", "0", "--tau-mode", "absolute", *PAPER_READINGS)
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +105,21 @@ PLANTED = {
     "gradcam_align_corners": (("gradcam",), "shapes", "attr/gradcam"),
     "gradcam_nearest": (("gradcam",), "shapes", "attr/gradcam"),
     "ig_left_riemann": (("integrated_gradients",), "shapes", "attr/integrated_gradients"),
-    "fbi_bias_ignored": (("fbi",), "shapes", "fbi/support/fc2"),
-    "fbi_no_min": (("fbi",), "shapes", "fbi/support/block5_conv3"),
-    "fbi_topk_forward_score": (("fbi",), "shapes", "fbi/support/block5_conv3"),
+    "fbi_bias_ignored": (("fbi",), "paper", "fbi/support/fc2"),
+    "fbi_no_min": (("fbi",), "paper", "fbi/support/block5_conv3"),
+    "fbi_topk_forward_score": (("fbi",), "paper", "fbi/support/block5_conv3"),
     "fbi_mask_ge": (("fbi",), "tau0", "fbi/support/fc2"),
-    "fbi_no_image_mask": (("fbi",), "shapes", "fbi/backward/input"),
+    "fbi_no_image_mask": (("fbi",), "paper", "fbi/backward/input"),
+    "fbi_contrast_cancellation": (("fbi",), "shapes", "fbi/backward/predictions"),
+}
+# The FBI bugs that act on a step of the Shapes model's own defaults (contrast start, no dense bias, no dense
+# masks, top-k at every conv layer) planted on a reference written with those defaults: each image is judged
+# at its own scale, so images whose start signal is 1e-5 of another's are checked as closely.
+PLANTED_ON_DEFAULTS = {
+    "fbi_no_min": "fbi/support/block5_conv3",
+    "fbi_topk_forward_score": "fbi/support/block5_conv3",
+    "fbi_no_image_mask": "fbi/backward/input",
+    "fbi_contrast_cancellation": "fbi/backward/predictions",
 }
 
 
@@ -105,10 +128,10 @@ def test_every_bug_of_the_port_is_planted_here():
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
-def test_a_planted_bug_fails_at_the_first_array_where_it_goes_wrong(shapes_ref, shapes_tau0_ref, keras_ref,
-                                                                     shapes_images, bug):
+def test_a_planted_bug_fails_at_the_first_array_where_it_goes_wrong(shapes_ref, shapes_paper_ref, shapes_tau0_ref,
+                                                                     keras_ref, shapes_images, bug):
     methods, which, first = PLANTED[bug]
-    ref = {"shapes": shapes_ref, "tau0": shapes_tau0_ref, "keras": keras_ref}[which]
+    ref = {"shapes": shapes_ref, "paper": shapes_paper_ref, "tau0": shapes_tau0_ref, "keras": keras_ref}[which]
     rgb = shapes_images[1] if bug == "no_bgr" else None  # this port preprocesses the images itself
     result = compare(ref, torch_port.run(ref, torch.float32, (bug,), rgb=rgb, methods=methods))
     assert not result.passed, f"{bug} was not caught:\n{format_comparison(result)}"
@@ -116,6 +139,13 @@ def test_a_planted_bug_fails_at_the_first_array_where_it_goes_wrong(shapes_ref, 
     clean = compare(ref, torch_port.run(ref, torch.float32, (), rgb=shapes_images[1] if rgb is not None else None,
                                         methods=methods))
     assert clean.passed, format_comparison(clean)  # the same port without the bug: the control
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED_ON_DEFAULTS))
+def test_an_fbi_bug_fails_under_the_models_own_defaults_too(shapes_ref, bug):
+    result = compare(shapes_ref, torch_port.run(shapes_ref, torch.float32, (bug,), methods=("fbi",)))
+    assert not result.passed, f"{bug} was not caught:\n{format_comparison(result)}"
+    assert result.first_divergence == PLANTED_ON_DEFAULTS[bug], (bug, result.first_divergence)
 
 
 def test_a_last_maximum_rule_on_the_many_inputs_fails_even_with_its_winners_exported(shapes_ref):
@@ -171,7 +201,7 @@ def test_the_near_tie_case_of_the_documentation_holds(shapes_ref):
     replayed = compare(shapes_ref, port)
     switches = next(row for row in replayed.rows if row.key == "switch/block1_pool")
     assert replayed.passed and switches.accepted > 100
-    assert max(row.error for row in replayed.rows if row.measure == "scaled") < 1e-4
+    assert max(row.error / row.tolerance for row in replayed.rows if row.measure == "scaled") < 0.25
     # "switches without values": PyTorch breaks under 1 % of the exact ties on the interpolated inputs
     from fbi_ref.reference.compare import Aligned
     from fbi_ref.reference.model import reference_model

@@ -36,6 +36,7 @@ BUGS = {
     "fbi_topk_forward_score": "FBI's top-k scored by the forward maps instead of the backward ones",
     "fbi_mask_ge": "FBI's mask keeps g * a >= tau instead of > tau",
     "fbi_no_image_mask": "FBI's mask not applied at the image",
+    "fbi_contrast_cancellation": "FBI's contrast start e_c - p computed as one-hot minus softmax (1 - p_c cancels)",
 }
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 SINGLE_WALK = ("gradient", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus")
@@ -291,14 +292,32 @@ class Port:
         """FBI's walk, written out from docs/methods.md: {fbi/support/<pos>, fbi/backward/<pos>, attr/fbi}."""
         out, logits, switches = self.forward(x)
         inputs = [x] + [out[layer["name"]] for layer in self.layers[:-1]]
-        hot = F.one_hot(target, logits.shape[1]).bool()
-        g = torch.where(hot, logits.max(1, keepdim=True).values, logits.min(1, keepdim=True).values)
+        ported = {"start": ("maxmin", "onehot", "contrast"), "dense_bias": ("subtract", "ignore"),
+                  "mask_dense": (True, False), "topk_layers": ("top", "all"), "start_from": ("logits",),
+                  "start_relu": (False,), "conv_bias": ("ignore",), "unpool": ("min-replicate",),
+                  "unpool_min": ("input",), "mask_pools": (False,), "topk_score": ("backward",),
+                  "topk_sum": ("signed",), "topk_position": ("conv",), "topk_order": ("before-relu",),
+                  "mask_image": (True,)}
+        for name, values in ported.items():
+            if options.get(name, values[0]) not in values:
+                raise NotImplementedError(f"this port does not implement FBI's {name}={options[name]!r}")
+        hot = F.one_hot(target, logits.shape[1])
+        if options.get("start", "maxmin") == "maxmin":
+            g = torch.where(hot.bool(), logits.max(1, keepdim=True).values, logits.min(1, keepdim=True).values)
+        else:  # one-hot, or the contrast e_c - softmax(z)
+            g = hot.to(logits.dtype)
+            if options["start"] == "contrast" and "fbi_contrast_cancellation" in self.bugs:
+                g = g - torch.softmax(logits, 1)
+            elif options["start"] == "contrast":  # e_c - p, its target entry as the sum of the others (no cancellation)
+                p = torch.softmax(logits, 1)
+                g = torch.where(hot.bool(), (p * (1 - g)).sum(1, keepdim=True), -p)
         keys = {f"fbi/backward/{self.layers[-1]['name']}": g}
         convs = [i for i, layer in enumerate(self.layers) if layer["type"] == "Conv2D"]
+        topk_at = convs if options.get("topk_layers", "top") == "all" else convs[-1:]
         for i in range(len(self.layers) - 1, -1, -1):
             layer, a_in, name = self.layers[i], inputs[i], self.layers[i]["name"]
             below = "input" if i == 0 else self.layers[i - 1]["name"]
-            if i == convs[-1]:  # top-k feature maps at the top conv layer's output
+            if i in topk_at:  # top-k feature maps at the (top) conv layer's output
                 score = out[name] if "fbi_topk_forward_score" in self.bugs else g
                 channels = g.shape[1]
                 count = max(1, int(round(options["k"] * channels))) if isinstance(options["k"], float) \
@@ -306,16 +325,20 @@ class Port:
                 order = torch.sort(-score.sum((2, 3)), dim=1, stable=True).indices[:, :count]
                 keep = torch.zeros(g.shape[:2], dtype=torch.bool).scatter_(1, order, True)[:, :, None, None].expand_as(g)
                 keys.pop(f"fbi/backward/{name}", None)
+                if f"fbi/support/{name}" in keys:  # the mask below the next conv sits here too: their AND
+                    keep = keep & keys[f"fbi/support/{name}"]
                 keys[f"fbi/support/{name}"], keys[f"fbi/backward/{name}"] = keep, g * keep
                 g = g * keep
             if layer.get("activation") == "relu":
                 g = torch.relu(g)
             if layer["type"] in ("Conv2D", "Dense"):
                 kernel, bias = self.weights[name]
-                if layer["type"] == "Dense" and "fbi_bias_ignored" not in self.bugs:
+                if layer["type"] == "Dense" and options.get("dense_bias", "subtract") == "subtract" \
+                        and "fbi_bias_ignored" not in self.bugs:
                     g = g - bias
                 g = self.linear_adjoint(g, layer, kernel, a_in.shape)
-                if not (i == 0 and "fbi_no_image_mask" in self.bugs):
+                masked = layer["type"] == "Conv2D" or options.get("mask_dense", True)
+                if masked and not (i == 0 and "fbi_no_image_mask" in self.bugs):
                     product = g * a_in
                     threshold = options["tau"]
                     if options["tau_mode"] == "relative" and math.isfinite(threshold):

@@ -6,21 +6,31 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from fbi_ref.cli.args import OneLineParser, emit, model_file
+from fbi_ref.cli import voc
+from fbi_ref.cli.args import OneLineParser, emit, model_file, option_value
 from fbi_ref.errors import InputError
 from fbi_ref.evaluation import benchmark
-from fbi_ref.evaluation.benchmark import ROWS, Settings, benchmark_model, evaluate, settings_dict, tune_fbi_defaults
-from fbi_ref.evaluation.report import REPORT_FILES, SWEEP_FILES, write_report, write_sweep
+from fbi_ref.evaluation.benchmark import QUICK, ROWS, Settings, benchmark_model, evaluate, settings_dict, tune_fbi_defaults
+from fbi_ref.evaluation.report import REPORT_FILES, SWEEP_FILES, write_report, write_selection
 from fbi_ref.io.paths import output_file
 
 HELP = {
     "kind": "kind of the single-object test and validation images",
-    "n_test": "single-object test images (pointing game, relevance mass, sparsity, time)",
-    "n_pairs": "two-object test images (class sensitivity)", "n_curves": "test images for deletion / insertion",
-    "n_random": "test images for the randomisation cascade", "steps": "deletion / insertion steps",
+    "n_test": "single-object test images (pointing, mass, peak, sparsity, time)",
+    "n_wrong": "the first test images also explained for a class they do not hold",
+    "n_pairs": "two-object test images (class-conditional pointing)", "n_curves": "test images for deletion / insertion",
+    "n_random": "test images for the whole randomisation cascade",
+    "n_verdict": "test images for the randomisation verdict (dense layers random)",
+    "verdict_draws": "independent random weight draws of the dense layers for the randomisation verdict",
+    "n_val": "validation single-object images", "n_val_pairs": "validation two-object images",
+    "steps": "deletion / insertion steps",
     "deletion_baseline": "what removed pixels become", "insertion_baseline": "the image insertion starts from",
     "blur_sigma": "Gaussian sigma (px) of the 'blur' baseline", "tolerance": "pointing-game mask dilation (px)",
-    "sweep_k": "FBI sweep: k values (fractions of the channels)", "sweep_tau": "FBI sweep: tau values",
+    "border": "a peak this close (px) to the edge counts as in the border band",
+    "bootstrap": "bootstrap resamples for every 95 %% interval",
+    "sweep_k": "FBI's k values (fractions of the channels)", "sweep_tau": "FBI's tau values",
+    "centre_sigmas": "the centre baseline's sigmas (px) to choose from on the validation set",
+    "gradcam_fine_layer": "the layer of the gradcam_block4 row",
     "jobs": "worker processes (the results do not depend on it)",
     "threads": "BLAS and numba threads per task (the last digits of float32 sums depend on it)",
 }
@@ -41,14 +51,20 @@ def configure_parser(parser):
     parser.add_argument("--model-seed", type=int, default=0, help="seed of --model random")
     parser.add_argument("--out", type=Path, default=Path("out/evaluate"), help="output folder")
     parser.add_argument("--methods", default=",".join(ROWS), help=f"comma-separated rows (default all: {', '.join(ROWS)})")
-    parser.add_argument("--sweep-only", action="store_true",
-                        help="only run the FBI sweep on the validation set and print the chosen defaults")
-    parser.add_argument("--no-sweep", action="store_true", help="no sweep: FBI uses --fbi-* or the model's defaults")
-    parser.add_argument("--fbi-k", type=float, help="FBI's k without a sweep")
-    parser.add_argument("--fbi-tau", type=float, help="FBI's tau without a sweep")
-    parser.add_argument("--fbi-tau-mode", choices=("absolute", "relative"), help="FBI's tau_mode without a sweep")
+    parser.add_argument("--quick", action="store_true",
+                        help="development sizes: " + ", ".join(f"{k.replace('_', '-')} "
+                                                              f"{','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                                                              for k, v in QUICK.items()) + " (given sizes win)")
+    parser.add_argument("--selection-only", action="store_true",
+                        help="only choose FBI's settings on the validation set and print them")
+    parser.add_argument("--no-sweep", action="store_true",
+                        help="no selection: FBI uses --fbi-option or the model's defaults")
+    parser.add_argument("--fbi-option", type=lambda text: option_value("fbi." + text), action="append", default=[],
+                        metavar="NAME=VALUE", help="an FBI option without a selection, e.g. k=0.1 or "
+                                                   "dense_bias=ignore; repeatable")
     parser.add_argument("--no-progress", "-q", "--quiet", action="store_true",
                         help="no progress bars (they appear only on a terminal anyway)")
+    voc.configure_parser(parser)  # --dataset, --subset, --scheduler (fbi_ref/cli/voc.py)
     for f in fields(Settings):
         if f.name in ("fbi", "sweep", "progress"):
             continue
@@ -59,16 +75,24 @@ def configure_parser(parser):
     return parser
 
 
+def parse_arguments(parser, argv):
+    """Parse `fbi-ref evaluate` arguments; with --quick, the QUICK sizes are the defaults."""
+    if "--quick" in argv:
+        parser.set_defaults(**QUICK)
+    return parser.parse_args(argv)
+
+
 def settings_from_args(args):
     """The Settings of parsed arguments."""
     values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
-    fbi = {key: getattr(args, "fbi_" + key) for key in ("k", "tau", "tau_mode") if getattr(args, "fbi_" + key) is not None}
+    fbi = {name: value for _, name, value in args.fbi_option}
     return Settings(**values, fbi=fbi, sweep=not args.no_sweep, progress=not args.no_progress)
 
 
 def command_line(args):
     """The `fbi-ref evaluate` command that reproduces a run: the arguments that differ from the defaults."""
     defaults = vars(configure_parser(argparse.ArgumentParser()).parse_args([]))
+    defaults.update(QUICK if args.quick else {})  # --quick itself stays: it differs from the default
     parts = ["fbi-ref evaluate"]
     for key, default in defaults.items():
         value = getattr(args, key, default)
@@ -77,6 +101,8 @@ def command_line(args):
         flag = "--" + key.replace("_", "-")
         if value is True:
             parts.append(flag)
+        elif key == "fbi_option":
+            parts += [f"--fbi-option {name}={v}" for _, name, v in value]
         else:
             parts.append(f"{flag} {','.join(map(str, value)) if isinstance(value, tuple) else value}")
     return " ".join(parts)
@@ -84,6 +110,8 @@ def command_line(args):
 
 def run(args):
     """Run `fbi-ref evaluate` with parsed arguments; returns the exit code."""
+    if args.dataset:  # the pointing game on a VOC-style folder, not the Shapes benchmark
+        return voc.run_voc(args)
     names = [name.strip() for name in args.methods.split(",") if name.strip()]
     unknown = [name for name in names if name not in ROWS]
     if unknown or not names:
@@ -91,18 +119,19 @@ def run(args):
     model = benchmark_model(args.model, args.model_seed)
     settings = settings_from_args(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in SWEEP_FILES if args.sweep_only else REPORT_FILES:  # before the run, not after five minutes
+    for name in SWEEP_FILES if args.selection_only else REPORT_FILES:  # before the run, not after five minutes
         output_file(args.out / name, [model_file(args.model)] if args.model != "random" else [])
-    if args.sweep_only:
-        defaults, rows = tune_fbi_defaults(model, settings)
-        write_sweep(rows, defaults, settings_dict(settings), command_line(args), args.out)
-        emit(json.dumps({"fbi_defaults": defaults}))
+    if args.selection_only:
+        chosen, record = tune_fbi_defaults(model, settings)
+        write_selection(record, settings_dict(settings), command_line(args), args.out)
+        emit(json.dumps({"fbi_defaults": chosen}))
         return 0
-    results, examples = evaluate(model, settings, names)
+    with voc.tasks_on(args.scheduler, settings.jobs, settings.threads):  # --scheduler: the tasks go to Dask
+        results, examples = evaluate(model, settings, names)
     results["command"] = command_line(args)
     table = write_report(results, examples, args.out)
     emit(table)
-    emit(f"FBI defaults: {json.dumps(results['fbi_defaults'])}; {results['seconds']:.0f} s; written to {args.out}")
+    emit(f"FBI: {json.dumps(results['fbi_defaults'])}; {results['seconds']:.0f} s; written to {args.out}")
     return 0
 
 
@@ -112,7 +141,7 @@ def run_evaluate(args):
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     configure_parser(parser)
     try:
-        inner = parser.parse_args(args.rest)
+        inner = parse_arguments(parser, args.rest)
     except SystemExit as e:  # its --help
         return e.code if isinstance(e.code, int) else 0
     return run(inner)

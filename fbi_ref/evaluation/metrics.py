@@ -7,7 +7,11 @@ not a Model, so that they can be tested on hand-made functions with known answer
 
     pointing_game        the heat map's maximum lies in the (dilated) mask        (Zhang et al. 2016)
     relevance_mass       share of the positive heat map inside the mask           (Arras et al. 2022)
+    class_pointing       on two-object images, the maximum lies on the asked object, not the other (0.5: blind)
     class_sensitivity    on two-object images, share of mass on the explained object rather than the other
+    peak_distance        how far the maximum lies from the object; peak_in_border: near the image edge
+    centre_maps, random_maps  the trivial baselines every method must beat
+    bootstrap_interval   a percentile bootstrap interval of a mean over images
     perturbation_curve   deletion / insertion curves and their AUC                (Petsiuk et al. 2018)
     spearman, pearson    per-image correlation of two maps (the randomisation check, Adebayo et al. 2018)
     zero_share           sparsity: the share of exact zeros
@@ -54,12 +58,90 @@ def pointing_game(heatmaps, masks, tolerance=POINTING_TOLERANCE):
 
     heatmaps: (N, H, W); masks: (N, H, W) bool. Returns (N,) float in [0, 1].
     """
+    hits, positive_peak = peak_shares(heatmaps, (dilate(masks, tolerance),))  # (N,), (N,)
+    return np.where(positive_peak, hits, 0.0)
+
+
+def peak_shares(heatmaps, regions):
+    """For each map, the share of its maximal pixels inside each region (N, H, W) bool, and whether its
+    maximum is positive: (shares (N,) per region..., positive (N,))."""
     h = np.asarray(heatmaps, dtype=np.float64)
-    target = dilate(masks, tolerance)  # (N, H, W)
     peak = h.reshape(len(h), -1).max(axis=1)[:, None, None]  # (N, 1, 1)
-    at_max = h >= peak - 1e-6 * np.abs(peak)  # (N, H, W): the maximal pixels, up to float rounding
-    hits = (at_max & target).sum(axis=(1, 2)) / at_max.sum(axis=(1, 2))  # (N,)
-    return np.where(peak[:, 0, 0] > 0, hits, 0.0)
+    at_max = h >= peak - 1e-6 * np.abs(peak)  # (N, H, W)
+    count = at_max.sum(axis=(1, 2))  # (N,)
+    return (*[(at_max & region).sum(axis=(1, 2)) / count for region in regions], peak[:, 0, 0] > 0)
+
+
+def class_pointing(maps_a, maps_b, masks_a, masks_b, tolerance=POINTING_TOLERANCE):
+    """Class-conditional pointing on two-object images: does the maximum lie on the object of the class asked?
+
+    For each explanation (A's class on maps_a, B's on maps_b): 1 if the maximum lies on the asked object's
+    mask (dilated by `tolerance` px) and not on the other's, 0 if on the other's and not the asked one's,
+    0.5 if on both, neither, or the map has no positive value (ties: the expected value of a random tie
+    break). The score per image is the mean of its two explanations: 0.5 for a map that ignores the class
+    asked (it points at the same place for both), 1 when each class points at its own object. Returns (N,).
+    """
+    a, b = dilate(masks_a, tolerance), dilate(masks_b, tolerance)
+
+    def asked(maps, own, other):
+        on_own, on_other, positive_peak = peak_shares(maps, (own, other))
+        return np.where(positive_peak, 0.5 + 0.5 * (on_own - on_other), 0.5)
+    return 0.5 * (asked(maps_a, a, b) + asked(maps_b, b, a))
+
+
+def peak_distance(heatmaps, masks):
+    """The distance (px) from each map's first maximal pixel (row-major) to the nearest mask pixel (N,); NaN
+    for a map whose maximum is not positive (it has no peak, as in the pointing game) or an empty mask."""
+    h = np.asarray(heatmaps, dtype=np.float64)
+    out = np.full(len(h), np.nan)
+    for n in range(len(h)):
+        py, px = np.unravel_index(int(np.argmax(h[n])), h[n].shape)
+        ys, xs = np.nonzero(masks[n])
+        if len(ys) and h[n, py, px] > 0:
+            out[n] = np.sqrt(((ys - py) ** 2 + (xs - px) ** 2).min())
+    return out
+
+
+def peak_in_border(heatmaps, width):
+    """1 where each map's first maximal pixel (row-major) lies within `width` px of the image's edge, else 0;
+    NaN for a map whose maximum is not positive (no peak) (N,)."""
+    h = np.asarray(heatmaps, dtype=np.float64)
+    rows, cols = h.shape[1:]
+    flat = h.reshape(len(h), -1)  # (N, H * W)
+    py, px = np.unravel_index(np.argmax(flat, axis=1), (rows, cols))
+    inside = ((py < width) | (px < width) | (py >= rows - width) | (px >= cols - width)).astype(np.float64)
+    return np.where(flat.max(axis=1) > 0, inside, np.nan)
+
+
+def border_share(shape, width):
+    """The share of an image of `shape` (H, W) within `width` px of its edge: the chance level of peak_in_border."""
+    rows, cols = shape
+    return 1.0 - max(rows - 2 * width, 0) * max(cols - 2 * width, 0) / (rows * cols)
+
+
+def centre_maps(n, shape, sigma):
+    """n copies of a centred Gaussian exp(-r^2 / (2 sigma^2)) of `shape` (H, W): the centre-bias baseline."""
+    ys, xs = (np.arange(size, dtype=np.float64) - (size - 1) / 2 for size in shape)
+    g = np.exp(-(ys[:, None] ** 2 + xs[None, :] ** 2) / (2.0 * sigma ** 2))  # (H, W)
+    return np.broadcast_to(g, (n, *shape)).copy()
+
+
+def random_maps(n, shape, seed):
+    """n maps of independent uniform noise in [0, 1) of `shape` (H, W): the chance baseline."""
+    return np.random.default_rng(seed).random((n, *shape))
+
+
+def bootstrap_interval(values, resamples=1000, seed=0, level=0.95):
+    """The percentile bootstrap interval (low, high) of the mean of per-image `values` (N,) at `level`:
+    the images are resampled with replacement `resamples` times (NaN values are left out first)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    picks = np.random.default_rng(seed).integers(0, v.size, size=(resamples, v.size))  # (B, N)
+    means = v[picks].mean(axis=1)  # (B,)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
 def mass_inside(heatmaps, masks):

@@ -110,8 +110,9 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     record_layers : for the single-traversal methods, also return every layer's backward signal and
         (for FBI) binary support, by Keras layer name.
     progress : show a progress bar for the multi-pass methods.
-    **options : the method's options, e.g. FBI's k, tau, tau_mode, start, dense_bias, conv_bias, unpool,
-        topk_score, topk_layers, mask_image (docs/methods.md lists every option and its default).
+    **options : the method's options, e.g. FBI's k, tau, tau_mode, start, start_from, start_relu, dense_bias,
+        conv_bias, unpool, unpool_min, mask_pools, mask_dense, topk_score, topk_sum, topk_layers, topk_position, topk_order,
+        mask_image (docs/methods.md lists every option and its default).
 
     Returns
     -------

@@ -7,6 +7,7 @@ output of the layer, both NHWC (or (N, F) for dense layers).
 import numpy as np
 
 from fbi_ref.errors import InputError
+from fbi_ref.methods.options import choose
 from fbi_ref.nn import conv
 from fbi_ref.nn import layers as L
 from fbi_ref.nn.network import Conv2D
@@ -39,6 +40,20 @@ def start_logits(logits, probs, target):
     return logits.copy()
 
 
+def start_contrast(logits, probs, target):
+    """e_c - p: the target's one-hot minus the probabilities (ours, not the paper's; = start_log_probability)."""
+    return contrast(probs, target)
+
+
+def contrast(probs, target):
+    """e_c - p (N, K), the target's entry 1 - p_c summed from the other classes' probabilities: computed as
+    1 - p_c it cancels (float32 keeps ~7 digits of p_c = 0.99999, so 1 - p_c has ~2)."""
+    e = one_hot(probs, target).astype(bool)  # (N, K)
+    g = -np.asarray(probs).copy()  # (N, K)
+    g[e] = np.where(e, 0, probs).sum(axis=1)  # one target per row, in row order
+    return g
+
+
 def start_probability(logits, probs, target):
     """d p_c / d z = J^T e_c, the softmax's adjoint (Jacobian transpose) applied to e_c; equals p_c (e_c - p)."""
     return L.softmax_adjoint(one_hot(logits, target), probs)
@@ -46,7 +61,7 @@ def start_probability(logits, probs, target):
 
 def start_log_probability(logits, probs, target):
     """d log p_c / d z = J^T (e_c / p_c) = e_c - p, written out so that an underflowed p_c cannot divide by 0."""
-    return one_hot(logits, target) - probs
+    return contrast(probs, target)
 
 
 def start_relevance(logits, probs, target):
@@ -104,15 +119,31 @@ def linear_adjoint(g, layer, a_in, at_image):
     return adjoint(layer, g, a_in)
 
 
+def bias_subtracted(g, b):
+    """g - b on every unit: the paper's (z - b)."""
+    return g - b
+
+
+def bias_ignored(g, b):
+    """g: no bias, as DeconvNet."""
+    return g
+
+
+def bias_subtracted_on_support(g, b):
+    """g - b only where g is non-zero, so that the bias cannot revive units the masks have zeroed."""
+    return g - b * (g != 0)
+
+
+BIAS_RULES = {"subtract": bias_subtracted, "ignore": bias_ignored, "subtract-support": bias_subtracted_on_support}
+
+
 def linear_fbi(dense_bias="subtract", conv_bias="ignore"):
     """FBI's layer adjoint: W^T (g - b) where the bias is subtracted, W^T g where it is ignored."""
-    for name, value in (("dense_bias", dense_bias), ("conv_bias", conv_bias)):
-        if value not in ("subtract", "ignore"):
-            raise InputError(f"{name} must be 'subtract' or 'ignore', got {value!r}")
+    dense, convolution = choose("dense_bias", dense_bias, BIAS_RULES), choose("conv_bias", conv_bias, BIAS_RULES)
 
     def rule(g, layer, a_in, at_image):
-        subtract = (conv_bias if isinstance(layer, Conv2D) else dense_bias) == "subtract"
-        return adjoint(layer, g - layer.bias if subtract else g, a_in)
+        bias = convolution if isinstance(layer, Conv2D) else dense
+        return adjoint(layer, bias(g, layer.bias), a_in)
     return rule
 
 
@@ -165,6 +196,12 @@ def pool_min_replicate(g, layer, a_in, switches):
     return np.minimum(a_in, pool_replicate(g, layer, a_in, switches))
 
 
+def pool_min_replicate_pooled(g, layer, a_in, switches):
+    """FBI's unpooling with a_p read as the pooled value: min(replicated window max, replicated backward signal)."""
+    pooled = L.pick_switches(a_in, switches)  # (N, Ho, Wo, C): each window's max
+    return np.minimum(pool_replicate(pooled, layer, a_in, switches), pool_replicate(g, layer, a_in, switches))
+
+
 POOL_RULES = {"switch": pool_switch, "replicate": pool_replicate, "min-replicate": pool_min_replicate}
 
 
@@ -192,9 +229,14 @@ def mask_threshold(product, tau, relative):
     return tau * largest.reshape(-1, *[1] * (product.ndim - 1))
 
 
-def topk_scores(g, a, score):
-    """Each feature map's total score (N, C): of the backward signal, the forward activation, or their product."""
-    return {"backward": g, "forward": a, "product": g * a}[score].sum(axis=(1, 2))
+TOPK_SUMS = {"signed": False, "absolute": True}
+
+
+def topk_scores(g, a, score, total="signed"):
+    """Each feature map's total score (N, C): of the backward signal, the forward activation, or their product;
+    the sum of the values, or (total='absolute') of their absolute values."""
+    values = {"backward": g, "forward": a, "product": g * a}[score]  # (N, H, W, C)
+    return (np.abs(values) if TOPK_SUMS[total] else values).sum(axis=(1, 2))
 
 
 def count_of(k, channels):
@@ -210,14 +252,15 @@ def count_of(k, channels):
     return min(int(k), channels)
 
 
-def fbi_topk(k=0.5, score="backward"):
+def fbi_topk(k=0.5, score="backward", total="signed"):
     """Keep the k feature maps with the largest total score; zero the others. Ties: lower channel first."""
     if score not in ("backward", "forward", "product"):
         raise InputError(f"topk_score must be 'backward', 'forward' or 'product', got {score!r}")
+    choose("topk_sum", total, TOPK_SUMS)
 
     def rule(g, a):
         n, c = g.shape[0], g.shape[-1]
-        per_map = topk_scores(g, a, score)  # (N, C)
+        per_map = topk_scores(g, a, score, total)  # (N, C)
         best = np.argsort(-per_map, axis=1, kind="stable")[:, :count_of(k, c)]  # (N, count)
         keep = np.zeros((n, c), dtype=bool)  # (N, C)
         np.put_along_axis(keep, best, True, axis=1)

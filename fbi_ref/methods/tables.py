@@ -2,14 +2,12 @@
 
 FBI, whose options make it more than one table, is built in `fbi.py`.
 """
-import numpy as np
 
 from fbi_ref.errors import InputError
 from fbi_ref.methods import fbi as FBI
 from fbi_ref.methods import rules as R
 from fbi_ref.methods.options import choose, number
-from fbi_ref.methods.traversal import Rules
-from fbi_ref.nn import layers as L
+from fbi_ref.methods.traversal import Rules, topk_positions
 
 GRADIENT_STARTS = {"logit": R.start_onehot, "probability": R.start_probability,
                    "log_probability": R.start_log_probability}
@@ -21,13 +19,12 @@ GUIDED_BACKPROP = Rules(relu=R.relu_guided, linear=R.linear_adjoint, pool=R.pool
 
 
 def lrp_zplus_bounds(model):
-    """The preprocessed images of black and white pixels: the z^B rule's bounds at the input layer."""
+    """The preprocessed images of black and white pixels by the model's own preprocessing: the z^B rule's
+    bounds (low, high) (1, 1, 1, 3) at the input layer."""
     if model.input_shape[-1] != 3:
-        raise InputError(f"lrp_zplus bounds the input layer by the caffe range of RGB images; {model.name} has "
-                         f"{model.input_shape[-1]} input channels")
-    black = L.preprocess_forward(np.zeros((1, 1, 1, 3), dtype=model.dtype))  # (1, 1, 1, 3)
-    white = L.preprocess_forward(np.full((1, 1, 1, 3), 255, dtype=model.dtype))  # (1, 1, 1, 3)
-    return black, white
+        raise InputError(f"lrp_zplus bounds the input layer by the preprocessed range of RGB images; {model.name} "
+                         f"has {model.input_shape[-1]} input channels")
+    return model.preprocessing.bounds(model.dtype)  # (1, 1, 1, 3) each
 
 
 def backprop_method(model, method, options):
@@ -56,5 +53,7 @@ def backprop_method(model, method, options):
                                         pool=R.pool_switch), take()
     if method == "fbi":
         o = take(**{**FBI.DEFAULTS, **model.fbi_defaults})
-        return (*FBI.rules(**o), o)
+        start, table = FBI.rules(**o)
+        topk_positions(model, table.topk_every_conv, table.topk_at_pool)  # a position the model lacks fails now
+        return start, table, o
     raise KeyError(method)

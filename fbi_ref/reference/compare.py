@@ -4,9 +4,11 @@
     print(format_comparison(result))                                      # a table and a one-line verdict
     result.passed, result.first_divergence                                # e.g. False, 'act/fc1'
 
-The measure. A float array passes when max|other - ref| / max|ref| <= its tolerance: the error relative to the
-array's own magnitude, so that an attribution of size 1e-3 and an activation of size 100 are held to the same
-standard and entries that happen to be near zero do not dominate. The default tolerance, DEFAULT_TOLERANCE
+The measure. A float array passes when max|other - ref| / max|ref| <= its tolerance, taken image by image
+(the first axis; the weights `w/...` as a whole): the error relative to that image's magnitude in the array,
+so that an attribution of size 1e-3 and an activation of size 100 are held to the same standard, entries
+that happen to be near zero do not dominate, and an image whose values are all small is not hidden by a
+larger one. The default tolerance, DEFAULT_TOLERANCE
 = 1e-4, holds a correct float32 port (its errors are ~1e-6 of the scale) and a float64 one (which differs by
 the reference's own float32 rounding) while failing every planted bug of the test suite by orders of
 magnitude; `tolerances` overrides it per key prefix ({"attr/": 1e-3}). Integer and boolean arrays (target,
@@ -29,8 +31,8 @@ from fbi_ref.errors import InputError
 
 DEFAULT_TOLERANCE = 1e-4
 # LRP-epsilon divides each relevance by its unit's pre-activation (plus epsilon = 1e-6): where that is near 0 a
-# correct port's rounding is amplified (measured: 7.6e-5 of the scale on the Shapes reference of the validation
-# tests, against at most 9.3e-6 for every other method), so its keys get ten times the default.
+# correct port's rounding is amplified (measured image by image: 1.0e-4 of the scale on the Shapes reference of
+# the validation tests, against at most 4.6e-6 for every other method), so its keys get ten times the default.
 DEFAULT_TOLERANCES = {"": DEFAULT_TOLERANCE, "lrp_epsilon/": 1e-3, "attr/lrp_epsilon": 1e-3}
 # Keys another implementation may add that the reference does not store (too large): its max-pool winners on
 # every input of the two methods that run many; compare replays them (replay.py).
@@ -283,17 +285,32 @@ def compare_arrays(key, ref, other, tolerance, other_shape=None):
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: NaN, which fails below
         diff = np.abs(b - a)
     finite = np.isfinite(diff)
-    scale = float(np.abs(a).max()) if a.size else 0.0
-    scale = scale if scale > 0 else 1.0
-    row.error = float(diff.max() / scale) if a.size and finite.all() else (float("inf") if a.size else 0.0)
+    scale = _scale(key, a)  # () or (N, 1, ..., 1)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf / inf: NaN, which fails below
+        relative = diff / scale
+    row.error = float(relative.max()) if a.size and finite.all() else (float("inf") if a.size else 0.0)
     row.passed = row.error <= tolerance
     if not row.passed:
-        bad = ~(diff <= tolerance * scale)  # NaN counts as bad
+        bad = ~(relative <= tolerance)  # NaN counts as bad
         row.failing_per_image = _per_image(bad)
-        worst = np.unravel_index(int(np.argmax(np.where(finite, diff, np.inf))), diff.shape)
+        worst = np.unravel_index(int(np.argmax(np.where(finite, relative, np.inf))), diff.shape)
         row.worst = locate(worst, ref.shape)
         row.note = f"{int(bad.sum())} of {bad.size} elements beyond {tolerance:g} x max|ref|"
     return row
+
+
+def _scale(key, a):
+    """The magnitude each element's error is measured against: max|ref| per image for the arrays of a batch
+    (their first axis), so that an image whose values are all small (FBI's contrast start on a confident
+    prediction: 1e-5 of another image's) is held to its own scale; the whole array's for weights (`w/`).
+    An image that is all zero is measured against the whole array's scale (1 if that is zero too)."""
+    whole = float(np.abs(a).max()) if a.size else 0.0
+    whole = whole if whole > 0 else 1.0
+    if key.startswith("w/") or a.ndim < 2 or a.size == 0:
+        return whole
+    per_image = np.abs(a).reshape(len(a), -1).max(axis=1)  # (N,)
+    per_image = np.where(per_image > 0, per_image, whole)
+    return per_image.reshape((len(a),) + (1,) * (a.ndim - 1))
 
 
 def _exact(row, ref, other):
@@ -364,7 +381,7 @@ def format_comparison(result, ref_name="REF", other_name="OTHER"):
     """A comparison as a table, then the keys in one file only, then a one-line verdict."""
     width = max([len(row.key) for row in result.rows] + [3])
     lines = [f"layout: {result.layout} ({result.layout_note}); measure: max|{other_name} - {ref_name}| / "
-             f"max|{ref_name}| for floats, equality for integers and booleans",
+             f"max|{ref_name}| per image for floats, equality for integers and booleans",
              f"{'key':<{width}}  {'shape':<18} {'measure':<7} {'error':>9} {'tol':>7}  status"]
     for row in result.rows:
         shape = str(row.ref_shape) if row.ref_shape else str(row.other_shape)

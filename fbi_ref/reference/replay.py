@@ -30,6 +30,7 @@ import numpy as np
 
 from fbi_ref.methods import multipass
 from fbi_ref.methods import rules as R
+from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
 from fbi_ref.methods.tables import GRADIENT, backprop_method
 from fbi_ref.methods.traversal import walk
 from fbi_ref.nn import layers as L
@@ -296,49 +297,74 @@ def _walk(model, fp, target, method, options, forced=None, observe=None):
 
 
 def _fbi(model, routed, target, options, theirs, tol, result, rerun):
-    """FBI replayed with the port's mask and top-k decisions where the reference's are within `tol` of flipping."""
-    options = _options(options)
-    tau, relative = float(options["tau"]), options["tau_mode"] == "relative"
-    forced = {}
+    """FBI replayed with the port's mask and top-k decisions where the reference's are within `tol` of flipping.
 
-    def observe(position, kind, g, a):
-        their = theirs.get(f"fbi/support/{position}")
-        if their is None:
-            return
-        if kind == "mask":
-            product = g * a
-            ours = product > R.mask_threshold(product, tau, relative)
-            if their.shape != ours.shape:
-                return
-            margin = np.abs(product - R.mask_threshold(product, tau, relative))
-            near = margin <= tol * (float(np.abs(product).max()) or 1.0)
-        else:
-            scores = R.topk_scores(g, a, options["topk_score"])  # (N, C)
-            ours = R.fbi_topk(options["k"], options["topk_score"])(g, a)[1]
-            if their.shape != ours.shape:
-                return
-            count = R.count_of(options["k"], g.shape[-1])
-            ranked = np.sort(scores, axis=1)[:, ::-1]  # (N, C)
-            boundary = ranked[:, count - 1:count + 1].mean(axis=1, keepdims=True) if count < g.shape[-1] \
-                else ranked[:, -1:] - 1
-            near_channel = np.abs(scores - boundary) <= tol * (float(np.abs(scores).max()) or 1.0)  # (N, C)
-            near = np.broadcast_to(near_channel[:, None, None, :], ours.shape)
-        differ = their != ours
-        ok = differ & near
-        key = f"fbi/support/{position}"
-        if (differ & ~ok).any():
-            result.refused[key] = f"{int((differ & ~ok).sum())} entries decided otherwise far from the threshold"
-        if ok.any():
-            result.accepted[key] = int(ok.sum())
-            forced[position] = np.where(ok, their, ours)
-
+    A position may hold two decisions (a mask and the top-k); the file holds their AND, so they are judged
+    together: an entry may differ where either decision is near. Positions are judged from the top down,
+    the walk re-run after each position whose decisions are taken from the port (the signal below changes).
+    """
+    options = {**FBI_DEFAULTS, **_options(options)}  # a file written before an option existed had its default
     start, rules, _ = backprop_method(model, "fbi", options)
-    w = walk(model, routed, start(routed.logits, routed.probs, target), rules, record=True, forced=forced,
-             observe=observe)
+    signal = start(routed.logits, routed.probs, target)
+    forced, judged = {}, set()
+    while True:
+        seen = {}  # position -> (our support: the AND of its decisions, near: the OR), in walk order
+
+        def observe(position, kind, g, a):
+            kept, near = _fbi_decision(kind, g, a, options, tol)
+            if position in seen:
+                kept, near = seen[position][0] & kept, seen[position][1] | near
+            seen[position] = (kept, near)
+
+        w = walk(model, routed, signal, rules, record=True, forced=forced, observe=observe)
+        taken = False
+        for position, (ours, near) in seen.items():
+            their = theirs.get(f"fbi/support/{position}")
+            if position in judged or their is None or their.shape != ours.shape:
+                continue
+            judged.add(position)
+            differ = their != ours
+            ok = differ & near
+            key = f"fbi/support/{position}"
+            if (differ & ~ok).any():
+                result.refused[key] = f"{int((differ & ~ok).sum())} entries decided otherwise far from the threshold (or with an exact 0 factor)"
+            if ok.any():
+                result.accepted[key] = int(ok.sum())
+                forced[position] = np.where(ok, their, ours)
+                taken = True
+                break  # the walk below this position changes: re-run it before judging the next one
+        if not taken:
+            break
     if forced or rerun:
         result.expected.update({f"fbi/backward/{k}": v for k, v in w.backward.items()})
         result.expected.update({f"fbi/support/{k}": v for k, v in w.support.items()})
         result.expected["attr/fbi"] = w.signal
+
+
+def _fbi_decision(kind, g, a, options, tol):
+    """(our support, where it is within tol x scale of going the other way) of one FBI decision."""
+    if kind == "mask":
+        product = g * a
+        threshold = R.mask_threshold(product, float(options["tau"]), options["tau_mode"] == "relative")
+        near = np.abs(product - threshold) <= tol * _image_scale(product)
+        # A product with an exact zero factor (a ReLU's 0, a signal already masked) is exactly 0 in every
+        # implementation: which side of the threshold it falls on is the rule ('>' or '>='), not rounding.
+        return product > threshold, near & (g != 0) & (a != 0)
+    scores = R.topk_scores(g, a, options["topk_score"], options["topk_sum"])  # (N, C)
+    ours = R.fbi_topk(options["k"], options["topk_score"], options["topk_sum"])(g, a)[1]
+    count = R.count_of(options["k"], g.shape[-1])
+    ranked = np.sort(scores, axis=1)[:, ::-1]  # (N, C)
+    boundary = ranked[:, count - 1:count + 1].mean(axis=1, keepdims=True) if count < g.shape[-1] \
+        else ranked[:, -1:] - 1
+    near_channel = np.abs(scores - boundary) <= tol * _image_scale(scores)  # (N, C)
+    return ours, np.broadcast_to(near_channel[:, None, None, :], ours.shape)
+
+
+def _image_scale(a):
+    """max|a| of each image (N, 1, ..., 1), 1 where an image is all zero: FBI's decisions are judged against
+    their own image's magnitude (with the contrast start, images differ in scale by up to 1e5)."""
+    m = np.abs(a).reshape(len(a), -1).max(axis=1)  # (N,)
+    return np.where(m > 0, m, 1.0).reshape((len(a),) + (1,) * (a.ndim - 1))
 
 
 def _many_inputs(model, fp, target, method, options, theirs, eps, rates, tol, act_error, result):

@@ -1,0 +1,111 @@
+"""docs/benchmark.md quotes one stored run (docs/benchmark/results.json): its report must regenerate from it,
+and every number the page quotes must be that run's, so that the page cannot drift from what was measured."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fbi_ref.evaluation import report
+from fbi_ref.io.zoo import EMBEDDED_DIR
+from fbi_ref.methods.fbi import DEFAULTS
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGE = (DOCS / "benchmark.md").read_text()
+REPORT = (DOCS / "benchmark" / "report.md").read_text()
+RESULTS = json.loads((DOCS / "benchmark" / "results.json").read_text())
+
+
+def test_the_stored_report_is_what_the_stored_results_give():
+    assert report.report_text(RESULTS) == REPORT
+
+
+def test_every_interval_the_page_quotes_is_one_of_the_runs():
+    quoted = re.findall(r"[+-]?\d\.\d{3} \[[+-]?\d\.\d{3}, [+-]?\d\.\d{3}\]", PAGE)
+    assert len(quoted) > 60
+    missing = [q for q in quoted if q not in REPORT]
+    assert not missing, missing
+
+
+def test_every_three_digit_number_the_page_quotes_is_in_the_report():
+    numbers = set(re.findall(r"(?<![\d.])[+-]?\d\.\d{3}(?!\d)", PAGE))
+    missing = sorted(n for n in numbers if n not in REPORT)
+    assert not missing, missing
+
+
+def metric(row, key):
+    return RESULTS["metrics"][row][key]
+
+
+def interval(row, key):
+    return RESULTS["intervals"][row][key]
+
+
+def compared(other, key):
+    return RESULTS["comparisons"][other][key]
+
+
+def test_the_pages_claims_hold_in_its_run():
+    assert RESULTS["seconds"] < 300 and f"{RESULTS['seconds']:.0f} s" in PAGE  # "under 5 minutes"
+    stages = RESULTS["stage_seconds"]
+    assert all(f"{name} {stages[name]:.0f} s" in PAGE for name in ("validation", "test", "randomisation"))
+    ms = [RESULTS["metrics"][row]["ms"] for row in ("integrated_gradients", "smoothgrad", "occlusion")]
+    assert f"take {min(ms):.0f}-{max(ms):.0f} ms per explanation" in PAGE
+    assert f"{RESULTS['cpu_seconds']:.0f} s CPU" in PAGE and f"accuracy on the test images {RESULTS['accuracy']:.3f}" in PAGE
+    # FBI beats guided backprop on mass and class-conditional pointing outside the paired intervals, ties on pointing
+    assert compared("guided_backprop", "mass")["interval"][0] > 0
+    assert compared("guided_backprop", "class_pointing")["interval"][0] > 0
+    low, high = compared("guided_backprop", "pointing")["interval"]
+    assert low < 0 < high
+    # ... but not guided Grad-CAM's class discrimination; and it is the most precise row
+    assert compared("guided_gradcam", "class_pointing")["interval"][1] < 0
+    assert max(RESULTS["metrics"], key=lambda r: metric(r, "mass")) == "fbi"
+    # the paper's readings are near blind to the class; FBI's wrong-class localisation barely drops
+    assert interval("fbi_paper_readings", "class_pointing")[1] < 0.6
+    assert interval("fbi", "mass_drop")[0] < 0 < interval("fbi", "mass_drop")[1]
+    # Grad-CAM at block5: border peaks, below the centre; at block4 the border problem is gone
+    assert f"in {100 * metric('gradcam', 'peak_border'):.0f} % of the test images" in PAGE
+    assert f"in {100 * metric('gradcam_block4', 'peak_border'):.0f} % of images" in PAGE
+    assert f"median {report.median(RESULTS['per_image']['gradcam']['peak_distance']):.1f} px away" in PAGE
+    assert metric("gradcam", "pointing") < metric("centre", "pointing")
+    # the randomisation verdicts quoted
+    verdict = RESULTS["randomisation"]["verdict"]
+    assert [verdict[r]["sanity"] for r in ("fbi", "guided_backprop", "deconvnet", "gradcam", "gradcam_block4",
+                                           "integrated_gradients")] == ["fail"] * 3 + ["pass"] * 2 + ["unclear"]
+    r = RESULTS["randomisation"]
+    assert (r["n_verdict"], r["draws"]) == (24, 3) and "24 images × 3 weight draws" in PAGE
+    assert all(d["sanity"] == verdict[row]["sanity"] for row in ("fbi", "guided_backprop", "deconvnet", "gradcam",
+                                                                 "gradcam_block4") for d in verdict[row]["draws"])
+    unclear = ("integrated_gradients", "gradient_x_input", "lrp_epsilon", "guided_gradcam", "occlusion")
+    assert all(verdict[row]["sanity"] == "unclear" and len({d["sanity"] for d in verdict[row]["draws"]}) == 2
+               for row in unclear)
+    by_seed = {row: dict(zip(r["seeds"], (d["sanity"] for d in verdict[row]["draws"]))) for row in verdict}
+    assert by_seed["occlusion"][4242] == "fail" and by_seed["guided_gradcam"][4243] == "pass"
+    # the centre control: who beats it outside the intervals
+    above = lambda row, key: RESULTS["intervals"][row][key][0] > RESULTS["intervals"]["centre"][key][1]
+    tested = [row for row in RESULTS["rows"] if row not in ("centre", "random", "fbi_paper")]
+    assert [row for row in tested if not above(row, "pointing")] == ["gradcam"]
+    assert {row for row in tested if above(row, "mass")} == {"fbi", "fbi_paper_readings", "guided_backprop",
+                                                             "guided_gradcam", "gradcam_block4"}
+    # the centre's sigma is the smallest tried
+    assert RESULTS["centre"]["sigma"] == min(float(s) for s in RESULTS["centre"]["validation_mass"])
+
+
+def test_the_selection_quoted_is_the_runs_and_the_shapes_models_defaults():
+    sel = RESULTS["selection"]
+    taken = [max(r["rows"], key=lambda x: x["score"]) for r in sel["rounds"]]
+    assert [t["change"] for t in taken] == ["dense_bias=ignore", "mask_dense=False", "topk_layers=all", "start=contrast"]
+    assert all(f"`{t['change']}` ({t['gain']:+.3f})" in PAGE for t in taken)
+    assert [len(r["rows"]) for r in sel["rounds"]] == [26] * 4 and "26 settings per round" in PAGE
+    manifest = json.loads((EMBEDDED_DIR / "shapes.json").read_text())["fbi_defaults"]
+    chosen = {k: v for k, v in sel["chosen"].items() if v != DEFAULTS[k]}
+    assert manifest == chosen
+    steps = {s["step"]: s for s in sel["from_deconvnet"]}
+    assert steps["dense_bias=subtract"]["class_pointing"] < 0.51  # the bias alone makes DeconvNet blind
+
+
+@pytest.mark.parametrize("image", ["benchmark_pairs.png", "benchmark_selection.png", "benchmark_curves.png",
+                                   "benchmark_randomisation.png"])
+def test_the_figures_the_docs_show_exist(image):
+    assert (DOCS / "images" / image).stat().st_size > 10_000
