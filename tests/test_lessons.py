@@ -158,6 +158,49 @@ def test_every_lesson_imports_the_library():
         assert re.search(r"^\s*(import fbi_ref|from fbi_ref)", code, re.M), f"{path.name} does not import fbi_ref"
 
 
+def exercises_text(nb):
+    """The markdown of a notebook from its '## Exercises' heading on."""
+    text = markdown_text(nb)
+    match = re.search(r"^#+ Exercises", text, re.M)
+    return text[match.start():] if match else ""
+
+
+def decimals(text):
+    """Every decimal number written in `text` (0.85, 14.97, -0.5), as written."""
+    return set(re.findall(r"(?<![\w.])-?\d+\.\d+(?![\w.])", text))
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_every_decimal_the_prose_states_is_written_in_a_code_cell(path):
+    """Prose quotes only what the notebook computes and asserts: a decimal number in a Markdown cell must
+    appear in the source of a code cell (an assert, or the parameter it names), so that a re-run that changes
+    it fails. Numbers in the exercises are questions and are exempt."""
+    nb = read(path)
+    prose = markdown_text(nb)
+    prose = prose[:prose.find(exercises_text(nb))] if exercises_text(nb) else prose
+    code = "\n".join("".join(cell["source"]) for cell in code_cells(nb))
+    missing = sorted(n for n in decimals(prose) if n not in code)
+    assert not missing, f"{path.name} states {missing} in prose but no code cell computes or asserts them"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_every_exercise_has_a_hint_and_a_worked_solution(path):
+    nb = read(path)
+    exercises = exercises_text(nb)
+    numbered = re.findall(r"^\s*\d+\.", exercises, re.M)
+    assert exercises.lower().count("hint") >= len(numbered), f"{path.name}: an exercise without a hint"
+    solution = LESSONS_DIR / "solutions" / path.name
+    assert solution.exists(), f"{path.name} has no worked solutions notebook solutions/{path.name}"
+    assert f"(solutions/{path.name})" in markdown_text(nb), f"{path.name} does not link solutions/{path.name}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_every_lesson_links_the_paper_and_the_library_source(path):
+    text = markdown_text(read(path))
+    assert re.search(r"fbi_ref/[\w/]+\.py", text), f"{path.name} names no library source file"
+    assert re.search(r"paper[^\n]*(§|section|Section|Sec\.)", text), f"{path.name} links no section of the paper"
+
+
 # --- running them --------------------------------------------------------------------------------
 
 def test_every_solutions_notebook_a_lesson_links_exists():
