@@ -260,16 +260,33 @@ def test_bilinear_resizing_matches_half_pixel_centres():
     assert np.allclose(r[0], [0, 0.25, 0.75, 1]) and np.allclose(r[:, 0], [0, 0.5, 1.5, 2])
 
 
+def annotation(box, size=64):
+    """A VOC annotation of one circle with `box` (xmin, ymin, xmax, ymax) in a size x size image."""
+    x0, y0, x1, y1 = box
+    return (f"<annotation><filename>p00000.png</filename><size><width>{size}</width><height>{size}</height></size>"
+            f"<object><name>circle</name><difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+            f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>")
+
+
+UTF16_ENTITY = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY c "circle">]>'
+                '<annotation>&c;</annotation>').encode("utf-16")
+
+
 @pytest.mark.parametrize("xml, says", [
     ('<!DOCTYPE a [<!ENTITY x "y">]><annotation>&x;</annotation>', "declares a DTD or entities"),
+    (UTF16_ENTITY, "declares a DTD or entities"),  # the byte check cannot see it: expat's handler does
     ("<annotation><size><width>3</width></size></annotation>", "not a VOC annotation"),
     ("<annotation", "not valid XML"),
+    (annotation((-20, -20, -5, -5)), "lies outside the 64 x 64 image"),  # negative: would count from the end
+    (annotation((100, 100, 200, 200)), "lies outside the 64 x 64 image"),
+    (annotation((1, 1, 5, 5), size=200000), "is not within 1..16384"),  # a 298 GiB mask otherwise
 ])
 def test_bad_annotations_are_one_line_errors(voc_folder, tmp_path, capsys, xml, says):
     import shutil
     root = tmp_path / "voc"
     shutil.copytree(voc_folder, root)
-    (root / "Annotations" / "p00000.xml").write_text(xml)
+    target = root / "Annotations" / "p00000.xml"
+    target.write_bytes(xml) if isinstance(xml, bytes) else target.write_text(xml)
     assert cli(["evaluate", "--dataset", root, "--methods", "centre", "--out", tmp_path / "o", "-q"]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1
@@ -296,3 +313,59 @@ def test_the_pointing_game_end_to_end_with_a_subset_and_the_centre_by_hand(voc_f
     kept = len(held & {"circle", "ring"})  # TorchRay's rule: an image the subset lists keeps only its listed pairs
     assert result["subset_pairs"] == pairs - len(held) + kept and result["subset"]["centre"]["pairs"] == result["subset_pairs"]
     assert "| centre |" in (tmp_path / "out" / "pointing.md").read_text()
+
+
+@pytest.mark.parametrize("image_id", ["../../secret/s", "/etc/passwd", "a/b"])
+def test_image_ids_name_files_inside_the_folder(voc_folder, tmp_path, capsys, image_id):
+    import shutil
+    root = tmp_path / "voc"
+    shutil.copytree(voc_folder, root)
+    (root / "ImageSets" / "Main" / "test.txt").write_text(f"p00000\n{image_id}\n")
+    assert cli(["evaluate", "--dataset", root, "--methods", "centre", "--out", tmp_path / "o", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "not a file-name stem" in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def shard_folder(images, tmp_path_factory):
+    """A complete reference folder of the 10 images in shards of 4."""
+    out = tmp_path_factory.mktemp("shards") / "ref"
+    assert cli(reference_args(images, out, "--batch-size", "4")) == 0
+    return out
+
+
+def lying(shard_folder, tmp_path, change):
+    """A copy of the shard folder whose index is changed by change(index) (shards kept)."""
+    import shutil
+    folder = tmp_path / "lying"
+    shutil.copytree(shard_folder, folder, symlinks=True)
+    index = json.loads((folder / INDEX).read_text())
+    change(index)
+    (folder / INDEX).write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda i: i["shards"].pop(1), "do not cover its 10 images"),
+    (lambda i: i["shards"].append(dict(i["shards"][0])), "do not cover its 10 images"),
+    (lambda i: i.update(images=12), "do not cover its 12 images"),
+    (lambda i: i["shards"][0].update(stop=3) or i["shards"][1].update(start=3), "holds 4 images"),
+    (lambda i: i["shards"][0].update(file=123), "is not {number, file, start <= stop, sha256}"),
+    (lambda i: i["shards"][0].pop("stop"), "is not {number, file, start <= stop, sha256}"),
+    (lambda i: i.update(shards=["a", "b"]), "is not {number, file, start <= stop, sha256}"),
+])
+def test_an_index_that_lies_about_its_shards_is_refused_in_one_line(shard_folder, tmp_path, capsys, change, says):
+    folder = lying(shard_folder, tmp_path, change)
+    assert cli(["compare", folder, shard_folder]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+
+
+def test_a_symlinked_shard_is_never_read(shard_folder, tmp_path, capsys):
+    folder = lying(shard_folder, tmp_path, lambda i: None)
+    first = json.loads((folder / INDEX).read_text())["shards"][0]["file"]
+    outside = tmp_path / "outside.npz"
+    (folder / first).rename(outside)
+    (folder / first).symlink_to(outside)  # the same bytes, so its SHA-256 still matches
+    assert cli(["compare", folder, shard_folder]) == 2
+    assert "does not match its SHA-256" in capsys.readouterr().err

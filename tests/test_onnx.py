@@ -181,3 +181,23 @@ def test_a_dynamic_image_size_is_refused(tmp_path):
     model = tf2onnx_like()
     model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "H"
     one_line_error(write(tmp_path, model), ArchitectureError, "fixed H, W, C")
+
+
+@pytest.mark.parametrize("shape", [(4,), (1, 4)])
+def test_an_add_after_a_conv_that_onnx_would_broadcast_along_width_is_refused(tmp_path, shape):
+    """ONNX broadcasts from the right: after a Conv (N, C, H, W) a (C,) constant is added along W, not per
+    channel; reading it as a bias would give other numbers than onnxruntime (the review measured 3.84)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    kernel = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "k")
+    bias = numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), "b")
+    dense = numpy_helper.from_array(rng.standard_normal((64, 2)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "k"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Add", ["c", "b"], ["a"], name="add"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             helper.make_node("MatMul", ["f", "w"], ["y"], name="dense")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [kernel, bias, dense])
+    path = write(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    one_line_error(path, UnsupportedLayerError, "is not a per-unit bias")

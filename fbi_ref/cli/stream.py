@@ -159,8 +159,8 @@ def start_folder(folder, run, images, size, resume):
     output_folder(folder)
     if resume and has_index:
         index = shards.read_index(folder)
-        if index["run"] != run:
-            changed = sorted(k for k in {**run, **index["run"]} if run.get(k) != index["run"].get(k))
+        if index.get("run") != run:
+            changed = sorted(k for k in {**run, **index.get("run", {})} if run.get(k) != index.get("run", {}).get(k))
             raise InputError(f"{shown(folder)}: was started with other settings ({', '.join(changed)} differ); "
                              "resume it with the same command, or write to another folder")
         good = shards.verified_shards(folder, index)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from xml.parsers import expat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from fbi_ref.io.paths import input_file, shown
 TOLERANCE = 15            # pixels of the original image, TorchRay's default
 MAX_XML_BYTES = 1 * 2**20  # a VOC annotation is about 1 kB
 MAX_LIST_BYTES = 64 * 2**20
+MAX_SIDE = 16384           # pixels: an annotation's declared image size above it is refused (masks are H x W)
+_IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a file-name stem: no folder, no '..'
 CENTRE = "centre"
 _DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)
 
@@ -82,6 +85,7 @@ def parse_annotation(path):
     data = path.read_bytes()
     if _DECLARATION.search(data):
         raise InputError(f"{shown(path)}: declares a DTD or entities, which annotations never need; refused")
+    _no_declarations(path, data)  # the bytes above miss a DTD in UTF-16 and other encodings: expat sees it
     try:
         root = ET.fromstring(data)
     except ET.ParseError as e:
@@ -91,9 +95,26 @@ def parse_annotation(path):
         objects = tuple(_object(node) for node in root.findall("object"))
     except (ValueError, TypeError) as e:
         raise InputError(f"{shown(path)}: not a VOC annotation ({e})") from None
-    if width < 1 or height < 1:
-        raise InputError(f"{shown(path)}: image size {width} x {height} is not positive")
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise InputError(f"{shown(path)}: image size {width} x {height} is not within 1..{MAX_SIDE}")
+    outside = [o.box for o in objects if not (1 <= o.box[0] <= o.box[2] <= width and 1 <= o.box[1] <= o.box[3] <= height)]
+    if outside:
+        raise InputError(f"{shown(path)}: box {outside[0]} lies outside the {width} x {height} image "
+                         "(boxes are 1-based and inclusive)")
     return Annotation(path.stem, root.findtext("filename", "").strip(), width, height, objects)
+
+
+def _no_declarations(path, data):
+    """Refuse a document type or entity declaration in any encoding, before the tree is built: expat reports
+    it to a handler as it reads (nothing is expanded before the handler refuses)."""
+    def refuse(*_):
+        raise InputError(f"{shown(path)}: declares a DTD or entities, which annotations never need; refused")
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = refuse
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as e:
+        raise InputError(f"{shown(path)}: not valid XML ({e})") from None
 
 
 def _text(node, path):
@@ -119,6 +140,10 @@ def read_dataset(root, split="test"):
         raise InputError(f"{shown(root)}: no such folder (a VOC-style folder holds JPEGImages/, Annotations/, "
                          "ImageSets/Main/)")
     ids = [line.split()[0] for line in _lines(root / "ImageSets" / "Main" / f"{split}.txt")]
+    bad = [i for i in ids if not _IMAGE_ID.fullmatch(i) or ".." in i]
+    if bad:
+        raise InputError(f"{shown(root)}: ImageSets/Main/{split}.txt lists {bad[0]!r}, not a file-name stem "
+                         "(image IDs name files inside the folder)")
     if not ids:
         raise InputError(f"{shown(root)}: ImageSets/Main/{split}.txt lists no image")
     return VocDataset(root, [parse_annotation(root / "Annotations" / f"{i}.xml") for i in ids])
@@ -148,8 +173,8 @@ def read_subset(path, class_names):
         listed.add(fields[0])
         if len(fields) == len(class_names) + 1 and set(fields[1:]) <= {"0", "1"}:
             pairs |= {(fields[0], k) for k, flag in enumerate(fields[1:]) if flag == "1"}
-        elif len(fields) == 2 and (fields[1] in index or fields[1].isdigit() and int(fields[1]) < len(class_names)):
-            pairs.add((fields[0], index.get(fields[1], int(fields[1]) if fields[1].isdigit() else -1)))
+        elif len(fields) == 2 and (fields[1] in index or fields[1].isdecimal() and int(fields[1]) < len(class_names)):
+            pairs.add((fields[0], index.get(fields[1], int(fields[1]) if fields[1].isdecimal() else -1)))
         else:
             raise InputError(f"{shown(path)}, line {number}: expected 'ID CLASS' or 'ID' and {len(class_names)} "
                              f"0/1 flags, got {line[:80]!r}")
@@ -296,12 +321,14 @@ def pointing_game(spec, data, pairs, methods, options=None, batch_size=16, clien
 
     from fbi_ref.evaluation.scheduler import Sized, run_batches, worker_model
     from fbi_ref.io.images import preprocess_image
-    shape = input_shape or worker_model(spec).input_shape
+    model = worker_model(spec)
+    shape, rule = input_shape or model.input_shape, model.preprocessing
     spans = [(i, min(i + batch_size, len(pairs))) for i in range(0, len(pairs), batch_size)]
 
     def task(a, b):
         chunk = pairs[a:b]
-        x = np.concatenate([preprocess_image(data.image_path(data.annotations[i]), shape) for i, _ in chunk])
+        x = np.concatenate([preprocess_image(data.image_path(data.annotations[i]), shape, preprocessing=rule)
+                            for i, _ in chunk])
         sizes = [(data.annotations[i].height, data.annotations[i].width) for i, _ in chunk]
         return spec, x, [k for _, k in chunk], sizes, list(methods), options or {}
 

@@ -380,8 +380,16 @@ def _add(chain: _Chain, node) -> None:
     last = chain.layers[-1] if chain.layers else None
     if chain.last_op not in ("MatMul", "Conv", "Gemm") or last.activation != "linear":
         raise UnsupportedLayerError(f"node {node.name!r}: Add is supported only as the bias of a MatMul or Conv")
-    bias = _weight(chain, node, 1, (0, 1, 2, 4), "the added constant")
-    chain.layers[-1] = replace(last, bias=last.bias + _vector_of(node, bias, last.bias.shape[0]))
+    bias = _weight(chain, node, 1, (0, 1, 2, 3, 4), "the added constant")
+    size = last.bias.shape[0]
+    # ONNX broadcasts from the right: after a Conv (N, C, H, W) a per-channel bias is (C, 1, 1) or (1, C, 1, 1);
+    # a (C,) or (1, C) constant would be added along W instead, which is not a bias of this layer
+    fits = ((size,), (1, size)) if chain.last_op != "Conv" else ((size, 1, 1), (1, size, 1, 1))
+    if bias.size != 1 and bias.shape not in fits:
+        raise UnsupportedLayerError(f"node {node.name!r}: Add of a constant of shape {bias.shape} after a "
+                                    f"{chain.last_op} of {size} units is not a per-unit bias "
+                                    f"(expected {' or '.join(map(str, fits))})")
+    chain.layers[-1] = replace(last, bias=last.bias + _vector_of(node, bias, size))
 
 
 def _batch_norm(chain: _Chain, node) -> None:

@@ -107,7 +107,27 @@ def read_index(folder):
         raise InputError(f"{shown(path)}: not a valid index ({e})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("shards"), list):
         raise InputError(f"{shown(path)}: not an index of fbi_ref reference shards")
+    if Path(folder, INDEX).is_symlink():
+        raise InputError(f"{shown(path)}: a symbolic link; an index must be a file of its folder")
+    fields = {"number": int, "file": str, "start": int, "stop": int, "sha256": str}
+    for entry in index["shards"]:
+        if not isinstance(entry, dict) or any(type(entry.get(k)) is not t for k, t in fields.items()) \
+                or not 0 <= entry["start"] <= entry["stop"]:
+            raise InputError(f"{shown(path)}: a shard entry {str(entry)[:80]} is not "
+                             "{number, file, start <= stop, sha256}")
+    if type(index.get("images")) is not int or not isinstance(index.get("run", {}), dict):
+        raise InputError(f"{shown(path)}: 'images' must be a count and 'run' a record of the run's settings")
     return index
+
+
+def check_coverage(index, name):
+    """A complete index's shards must cover images 0..images once each, in order, with distinct numbers."""
+    shards = sorted(index["shards"], key=lambda s: s["start"])
+    stops = [0] + [s["stop"] for s in shards]
+    if [s["start"] for s in shards] != stops[:-1] or stops[-1] != index["images"] \
+            or len({s["number"] for s in shards}) != len(shards):
+        raise InputError(f"{name}: the index's shards do not cover its {index['images']} images once each, in "
+                         "order; rerun the command with --resume")
 
 
 def write_index(folder, index):
@@ -160,10 +180,12 @@ class ShardedReference(Mapping):
             done = sum(s["stop"] - s["start"] for s in index["shards"])
             raise InputError(f"{self.name}: an unfinished reference ({done} of {index['images']} images); "
                              "finish it with the same command and --resume")
+        check_coverage(index, self.name)
         self._paths, self._sizes = [], []
-        for entry in index["shards"]:
+        for entry in sorted(index["shards"], key=lambda s: s["start"]):
             path = self.folder / str(entry["file"])
-            if Path(entry["file"]).name != entry["file"] or not path.is_file() or sha256_of(path) != entry["sha256"]:
+            if Path(entry["file"]).name != entry["file"] or path.is_symlink() or not path.is_file() \
+                    or sha256_of(path) != entry["sha256"]:
                 raise InputError(f"{self.name}: shard {shown(str(entry['file']))} is missing or does not match its "
                                  "SHA-256 in the index; rerun the command with --resume to rewrite it")
             self._paths.append(path)
@@ -184,8 +206,11 @@ class ShardedReference(Mapping):
         if not per_image(key):
             return self._read(self._paths[0], key)
         parts, size = [], 0
-        for path in self._paths:
+        for path, rows in zip(self._paths, self._sizes):
             parts.append(self._read(path, key))
+            if len(parts[-1]) != rows:
+                raise InputError(f"{self.name}: shard {path.name} holds {len(parts[-1])} images of {key!r}, its "
+                                 f"index says {rows}")
             size += parts[-1].nbytes
             if size > MAX_ARRAY_BYTES:
                 raise InputError(f"{self.name}: {key} takes more than the {MAX_ARRAY_BYTES:,} bytes allowed at once "
