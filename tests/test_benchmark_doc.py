@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fbi_ref.evaluation import metrics as M
 from fbi_ref.evaluation import report
 from fbi_ref.io.zoo import EMBEDDED_DIR
 from fbi_ref.methods.fbi import DEFAULTS
@@ -69,6 +70,7 @@ def test_the_pages_claims_hold_in_its_run():
     assert f"in {100 * metric('gradcam_block4', 'peak_border'):.0f} % of images" in PAGE
     assert f"median {report.median(RESULTS['per_image']['gradcam']['peak_distance']):.1f} px away" in PAGE
     assert metric("gradcam", "pointing") < metric("centre", "pointing")
+    assert f"the band is {100 * M.border_share((64, 64), 8):.2f} % of the image" in PAGE
     # the randomisation verdicts quoted
     verdict = RESULTS["randomisation"]["verdict"]
     assert [verdict[r]["sanity"] for r in ("fbi", "guided_backprop", "deconvnet", "gradcam", "gradcam_block4",

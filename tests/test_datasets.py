@@ -4,12 +4,10 @@ Everything runs for real: the command line in subprocesses killed with SIGKILL a
 LocalCluster of 2 worker processes, a VOC-style folder written by the Shapes generator.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,8 @@ from PIL import Image
 from fbi_ref.cli import main
 from fbi_ref.evaluation import voc
 from fbi_ref.io.arrays import load_npz
-from fbi_ref.reference.shards import INDEX, open_reference, read_index, sha256_of
+from fbi_ref.io.weights_cache import sha256sum
+from fbi_ref.reference.shards import INDEX, open_reference, read_index
 from fbi_ref.shapes import CLASSES, generate
 from fbi_ref.shapes.voc import write_voc
 
@@ -71,7 +70,7 @@ def test_a_streamed_reference_has_the_same_bytes_as_the_single_file_run_and_comp
     assert cli(reference_args(images, tmp_path / "refdir", "--batch-size", "4")) == 0
     index = read_index(tmp_path / "refdir")
     assert index["complete"] and [(s["start"], s["stop"]) for s in index["shards"]] == [(0, 4), (4, 8), (8, 10)]
-    assert all(sha256_of(tmp_path / "refdir" / s["file"]) == s["sha256"] for s in index["shards"])
+    assert all(sha256sum(tmp_path / "refdir" / s["file"]) == s["sha256"] for s in index["shards"])
     with open_reference(tmp_path / "refdir") as folder:
         same_arrays(load_npz(tmp_path / "ref.npz"), folder)
         assert json.loads(str(folder["meta"]))["batches"] == {"size": 4, "count": 3}
@@ -155,7 +154,7 @@ def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(images, tmp_p
     index = read_index(folder)
     assert 3 <= len(index["shards"]) < 20 and not index["complete"]
     for shard in index["shards"]:  # every shard the index lists is complete: its recorded hash holds
-        assert sha256_of(folder / shard["file"]) == shard["sha256"]
+        assert sha256sum(folder / shard["file"]) == shard["sha256"]
     assert subprocess.run(command(*reference_args(many, folder, "--batch-size", "2", "--resume")),
                           capture_output=True, timeout=300).returncode == 0
     assert cli(reference_args(many, tmp_path / "whole.npz", "--batch-size", "2")) == 0

@@ -268,3 +268,11 @@ def test_full_vgg16_at_224_equals_torch(tmp_path):
     assert_close(fp.logits, logits.numpy(), "logits")
     e = fbi_ref.explain(model.astype(np.float64), x.astype(np.float64), "gradient")  # float64: see above
     assert_close(e.attribution, input_gradient(net.double(), x.astype(np.float64), e.target), "gradient")
+
+
+def test_torchvision_inputs_are_about_58_times_smaller_than_caffes_as_docs_pytorch_says():
+    from pathlib import Path
+    from fbi_ref.nn.preprocessing import CAFFE
+    span = lambda rule: float(np.mean(np.subtract(*rule.bounds()[::-1])))  # mean per-channel range of 0..255
+    assert round(span(CAFFE) / span(TORCHVISION)) == 58
+    assert "about 58 times smaller" in (Path(__file__).resolve().parents[1] / "docs" / "pytorch.md").read_text()

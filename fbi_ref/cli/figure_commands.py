@@ -17,8 +17,6 @@ from fbi_ref.io.arrays import write_npz
 from fbi_ref.io.paths import output_file, shown
 from fbi_ref.io.images import preprocess_caffe, preprocess_image
 from fbi_ref.methods.explain import explain
-from fbi_ref.nn.layers import softmax
-from fbi_ref.reference.build import plain, stable_json
 
 DEMO_METHODS = ("fbi", "guided_backprop", "deconvnet", "gradient", "gradcam")
 MAX_MAPS = 16  # per row of the layers figure: VGG16's walk has 23 rows
@@ -85,7 +83,7 @@ def run_explain(args):
                                                          preprocessing=model.preprocessing), png,
                                announce=False)]
         if npz is not None:
-            written.append(_save_arrays(npz, x, e, model, path))
+            written.append(write_npz(npz, stream.explanation_arrays(x, e, model, shown(path.name))))
         prediction = prediction_text(next(iter(e.values())), 0, model.class_names)
         say(args, f"{path}: {prediction} -> {', '.join(map(str, written))}")
     return 0
@@ -110,18 +108,6 @@ def _unique(stem, taken):
         candidate = f"{stem}_{i}"
     taken.add(candidate)
     return candidate
-
-
-def _save_arrays(path, x, explanations, model, image):
-    """x, logits, probs, target, attr/<method>, heatmap/<method> and a meta record, as .npz."""
-    first = next(iter(explanations.values()))
-    arrays = {"x": x, "logits": first.logits, "probs": softmax(first.logits), "target": first.target}
-    arrays.update({f"attr/{m}": e.attribution for m, e in explanations.items()})
-    arrays.update({f"heatmap/{m}": e.heatmap for m, e in explanations.items()})
-    meta = {"image": shown(image.name), "model": model.name, "layout": "NHWC",
-            "methods": {m: plain(e.options) for m, e in explanations.items()}}
-    arrays["meta"] = np.array(stable_json(meta))
-    return write_npz(path, arrays)
 
 
 # --- layers ----------------------------------------------------------------------------------

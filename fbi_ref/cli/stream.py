@@ -21,7 +21,7 @@ import numpy as np
 
 from fbi_ref.cli.args import output_folder, process_age, say
 from fbi_ref.errors import InputError
-from fbi_ref.evaluation.scheduler import Sized, dask_distributed, run_batches, scheduler, worker_model
+from fbi_ref.evaluation.scheduler import dask_distributed, run_batches, scheduler, worker_model
 from fbi_ref.evaluation.workers import cpu_count
 from fbi_ref.io.arrays import write_npz
 from fbi_ref.io.images import preprocess_image
@@ -134,7 +134,7 @@ def stream_reference(args, model, sources, load_batch, out, is_folder, inputs):
     kept = {}
     with cluster(args) as client, progress(args, len(sources), sum(e["stop"] - e["start"] for e in done.values()),
                                            "reference") as bar:
-        for i, arrays in run_batches(reference_batch, Sized(tasks, len(todo)), client, args.jobs, threads_of(args)):
+        for i, arrays in run_batches(reference_batch, tasks, client, args.jobs, threads_of(args)):
             n = todo[i]
             if folder is None:
                 kept[n] = arrays
@@ -159,10 +159,7 @@ def start_folder(folder, run, images, size, resume):
     output_folder(folder)
     if resume and has_index:
         index = shards.read_index(folder)
-        if index.get("run") != run:
-            changed = sorted(k for k in {**run, **index.get("run", {})} if run.get(k) != index.get("run", {}).get(k))
-            raise InputError(f"{shown(folder)}: was started with other settings ({', '.join(changed)} differ); "
-                             "resume it with the same command, or write to another folder")
+        same_run(index, run, folder)
         good = shards.verified_shards(folder, index)
         index["shards"] = [e for e in index["shards"] if e["number"] in good]
         return index, good
@@ -192,7 +189,7 @@ def explain_batch(spec, x, names, methods, target, options, save_npz):
     for i, name in enumerate(names):
         one = {m: _row(e, i) for m, e in explained.items()}
         png = io.BytesIO()
-        save(explanation_figure(x[i:i + 1], one, model.class_names, name=name), png)
+        save(explanation_figure(x[i:i + 1], one, model.class_names, name=name, preprocessing=model.preprocessing), png)
         arrays = explanation_arrays(x[i:i + 1], one, model, name) if save_npz else None
         out.append({"png": png.getvalue(), "arrays": arrays, "started": started, "seconds": seconds,
                     "prediction": prediction_text(next(iter(one.values())), 0, model.class_names)})
@@ -235,10 +232,12 @@ def stream_explain(args, plan, model, inputs, indexed):
               [shown(p.name) for p, _, _ in batch], args.method, args.target, args.options, bool(args.save_npz))
              for batch in batches)
     with cluster(args) as client, progress(args, len(plan), len(plan) - len(todo), "explaining") as bar:
-        for i, records in run_batches(explain_batch, Sized(tasks, len(batches)), client, args.jobs, threads_of(args)):
+        for i, records in run_batches(explain_batch, tasks, client, args.jobs, threads_of(args)):
             for (path, png, npz), record in zip(batches[i], records):
                 write_explained(args, path, png, npz, record, inputs, index)
                 bar.update()
+            if index is not None:  # once per batch: an interrupted batch's images are simply explained again
+                write_text(out / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True) + "\n")
     return 0
 
 
@@ -253,7 +252,6 @@ def write_explained(args, path, png, npz, record, inputs, index):
               f"started and took {record['seconds']:.2f} s", file=sys.stderr)
     if index is not None:
         index["done"][png.name] = {"source": shown(path), "files": {p.name: sha256sum(p) for p in written}}
-        write_text(Path(args.out) / INDEX_NAME, json.dumps(index, indent=1, sort_keys=True) + "\n")
     say(args, f"{path}: {record['prediction']} -> {', '.join(map(str, written))}")
 
 
@@ -267,12 +265,18 @@ def explain_index(out, run, resume):
             raise InputError(f"{shown(path)}: not a valid index ({e})") from None
         if not isinstance(index, dict) or not isinstance(index.get("done"), dict):
             raise InputError(f"{shown(path)}: not an index of fbi-ref explain")
-        if index.get("run") != run:
-            changed = sorted(k for k in {**run, **index.get("run", {})} if run.get(k) != index.get("run", {}).get(k))
-            raise InputError(f"{shown(out)}: was started with other settings ({', '.join(changed)} differ); resume "
-                             "it with the same command, or write to another folder")
+        same_run(index, run, out)
         return index
     return {"format": "fbi_ref explain run", "run": run, "done": {}}
+
+
+def same_run(index, run, folder):
+    """--resume continues only the run its index records: InputError naming the settings that differ."""
+    recorded = index.get("run") if isinstance(index.get("run"), dict) else {}
+    if recorded != run:
+        changed = sorted(k for k in {**run, **recorded} if run.get(k) != recorded.get(k))
+        raise InputError(f"{shown(folder)}: was started with other settings ({', '.join(changed)} differ); resume "
+                         "it with the same command, or write to another folder")
 
 
 def finished(item, index, resume):

@@ -78,7 +78,7 @@ def run_voc(args):
                    args.threads) as client:
         result = voc.evaluate_voc(args.model, args.dataset, methods, list(model.class_names), args.subset, options,
                                   args.batch_size, client, args.jobs, args.threads, args.bootstrap,
-                                  not args.no_progress, model.input_shape)
+                                  not args.no_progress)
     result.update(model=model.name, dataset=str(args.dataset), subset_file=str(args.subset) if args.subset else None,
                   options=options)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,17 +25,18 @@ def weights_table():
     rows = []
     for name, known in weights_cache.KNOWN_WEIGHTS.items():
         path = weights_cache.cached_weights(name)
+        md5, sha256 = weights_cache.digests(path) if path else (None, None)
         row = {"name": name, "kind": "official", "path": str(path or weights_cache.weights_file(name)), "cached": bool(path),
-               "size": path and path.stat().st_size, "md5": path and weights_cache.md5sum(path), "expected_md5": known.md5}
+               "size": path and path.stat().st_size, "md5": md5, "expected_md5": known.md5}
         if path and known.sha256_prefix:  # torchvision's files: their name carries a SHA-256 prefix
-            row.update(sha256=weights_cache.sha256sum(path), expected_sha256_prefix=known.sha256_prefix)
-        row["status"] = "missing" if not path else "ok" if known.matches(row["md5"], row.get("sha256")) else "MISMATCH"
+            row.update(sha256=sha256, expected_sha256_prefix=known.sha256_prefix)
+        row["status"] = "missing" if not path else "ok" if known.matches(md5, sha256) else "MISMATCH"
         rows.append(row)
     for name, path in embedded_models().items():
         expected = manifest_sha256(path)
-        sha = weights_cache.sha256sum(path)
+        md5, sha = weights_cache.digests(path)
         rows.append({"name": name, "kind": "embedded", "path": str(path), "cached": True,
-                     "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": sha, "expected_sha256": expected,
+                     "size": path.stat().st_size, "md5": md5, "sha256": sha, "expected_sha256": expected,
                      "status": "ok" if expected in (None, sha) else "MISMATCH"})
     return rows
 
@@ -71,34 +72,28 @@ def manifest_sha256(path):
 
 def verify_record(target):
     """Hash a known name's cached file, an embedded model, or any file; compare with the expected hash if any."""
+    known, embedded_sha256 = None, None
     if target in weights_cache.KNOWN_WEIGHTS:
         known = weights_cache.known_file(target)
-        path, expected = weights_cache.weights_path(target), _expected_hash(known)
+        path = weights_cache.weights_path(target)
     elif target in embedded_models():
         path = embedded_models()[target]
-        expected = ("sha256", manifest_sha256(path))
+        embedded_sha256 = manifest_sha256(path)
     else:
         path = Path(target)
         if not path.exists():
-            known = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded_models()])
-            raise InputError(f"{shown(target)}: no such file, and not a known weights name ({known})")
+            names = ", ".join([*weights_cache.KNOWN_WEIGHTS, *embedded_models()])
+            raise InputError(f"{shown(target)}: no such file, and not a known weights name ({names})")
         path = input_file(path, "weights file")  # a FIFO or a device would be read forever
-        by_file = {k.filename: k for k in weights_cache.KNOWN_WEIGHTS.values()}
-        expected = _expected_hash(by_file[path.name]) if path.name in by_file else ("md5", None)
-    record = {"path": str(path), "size": path.stat().st_size, "md5": weights_cache.md5sum(path), "sha256": weights_cache.sha256sum(path)}
-    kind, value = expected
-    if value:
-        if kind == "sha256_prefix":  # torchvision's file names carry the first digits of the SHA-256
-            ok = record["sha256"].startswith(value.lower())
-        else:
-            ok = record[kind] == value.lower()
-        record.update(expected_hash=kind, expected=value, ok=ok)
+        known = {k.filename: k for k in weights_cache.KNOWN_WEIGHTS.values()}.get(path.name)
+    md5, sha256 = weights_cache.digests(path)
+    record = {"path": str(path), "size": path.stat().st_size, "md5": md5, "sha256": sha256}
+    if known is not None:  # Keras's files: an MD5; torchvision's: the SHA-256 prefix their names carry
+        kind, value = ("md5", known.md5) if known.md5 else ("sha256_prefix", known.sha256_prefix)
+        record.update(expected_hash=kind, expected=value, ok=known.matches(md5, sha256))
+    elif embedded_sha256:
+        record.update(expected_hash="sha256", expected=embedded_sha256, ok=sha256 == embedded_sha256.lower())
     return record
-
-
-def _expected_hash(known):
-    """('md5', digest) for Keras's files, ('sha256_prefix', digits) for torchvision's."""
-    return ("md5", known.md5) if known.md5 else ("sha256_prefix", known.sha256_prefix)
 
 
 def run_weights_verify(args):

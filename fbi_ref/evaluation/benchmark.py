@@ -235,7 +235,8 @@ def curves(model, maps, data, mode, steps, chunk=8):
 
 
 def evaluate_row(model, row, data, settings):
-    """Every per-image metric of one row but randomisation: ({metric: (N,) array}, extras, heat maps)."""
+    """Every per-image metric of one row but randomisation: ({metric: (N,) array}, extras, heat maps: the
+    single-object images' (N, H, W) and the first PAIR_EXAMPLES pair images' for each class, for the figures)."""
     single, pairs, tol = data.single, data.pairs, settings.tolerance
     if row.method not in CONTROLS:  # warm-up before the timing: numba compilation, and the first full batch's
         # allocations (+70 % on the first batch of 32 after a 1-image warm-up); 2 images for the costly methods
@@ -263,7 +264,7 @@ def evaluate_row(model, row, data, settings):
     }
     extras = {"ms": 1000 * seconds / len(single.x), "deletion_curve": deletion.mean(axis=0).tolist(),
               "insertion_curve": insertion.mean(axis=0).tolist()}
-    return per_image, extras, maps
+    return per_image, extras, {"single": maps, "pairs": (maps_a[:PAIR_EXAMPLES], maps_b[:PAIR_EXAMPLES])}
 
 
 def summarise(per_image, settings):
@@ -478,7 +479,7 @@ def _evaluate(model, settings, names):
     done = run_tasks(evaluate_row, [(model, row, data, settings) for row in rows], settings, "test: metrics",
                      [COST.get(row.method, 1) for row in rows])
     per_image = {row.name: p for row, (p, _, _) in zip(rows, done)}
-    maps = {row.name: m for row, (_, _, m) in zip(rows, done)}
+    maps = {row.name: m["single"] for row, (_, _, m) in zip(rows, done)}
     results["metrics"], results["intervals"] = {}, {}
     for row, (p, extras, _) in zip(rows, done):
         means, intervals = summarise(p, settings)
@@ -498,19 +499,20 @@ def _evaluate(model, settings, names):
     results["per_image"] = {name: {k: list(map(float, v)) for k, v in p.items()} for name, p in per_image.items()}
     results["seconds"], results["cpu_seconds"] = time.time() - started, cpu_time() - cpu_started
     examples = {"images": data.single.images[:4], "masks": data.single.masks[:4],
-                "maps": {name: m[:4] for name, m in maps.items()}, "pairs": pair_examples(model, rows, data, settings)}
+                "maps": {name: m[:4] for name, m in maps.items()},
+                "pairs": pair_examples(data, {row.name: m["pairs"] for row, (_, _, m) in zip(rows, done)})}
     return results, examples
 
 
+PAIR_EXAMPLES = 3  # pair images in pairs.png
 PAIR_EXAMPLE_ROWS = ("fbi", "fbi_paper_readings", "guided_backprop", "gradcam", "guided_gradcam")
 
 
-def pair_examples(model, rows, data, settings, n=3):
-    """The first n pair images with, for a few rows, the maps explaining A's class and B's: for pairs.png."""
-    p = data.pairs
-    chosen = [row for row in rows if row.name in PAIR_EXAMPLE_ROWS]
-    maps = {row.name: (row_maps(model, row, p.x[:n], p.labels[:n], settings)[0],
-                       row_maps(model, row, p.x[:n], p.other_labels[:n], settings)[0]) for row in chosen}
+def pair_examples(data, pair_maps):
+    """The first pair images with, for a few rows, the maps explaining A's class and B's (as evaluate_row made
+    them): for pairs.png."""
+    p, n = data.pairs, PAIR_EXAMPLES
+    maps = {name: both for name, both in pair_maps.items() if name in PAIR_EXAMPLE_ROWS}
     return {"images": p.images[:n], "masks": p.masks[:n], "other_masks": p.other_masks[:n], "maps": maps}
 
 

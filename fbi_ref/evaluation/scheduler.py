@@ -67,20 +67,6 @@ def workers_of(client):
     return max(1, len(client.scheduler_info().get("workers", {})))
 
 
-class Sized:
-    """An iterable of known length whose items are made only when asked: a data set's batches, read when
-    their task is sent rather than all at the start (run_batches needs the length for its progress)."""
-
-    def __init__(self, items, length):
-        self.items, self.length = items, length
-
-    def __iter__(self):
-        return iter(self.items)
-
-    def __len__(self):
-        return self.length
-
-
 def run_batches(fn, tasks, client=None, jobs=1, threads=1, window=None):
     """Yield (i, fn(*tasks[i])) as tasks finish: on `client`'s workers if given, else workers.stream_tasks.
 
@@ -109,9 +95,7 @@ def run_batches(fn, tasks, client=None, jobs=1, threads=1, window=None):
             yield i, result
             for j, task in _take(queue, 1):
                 running.add(submit(j, task))
-    finally:
-        for key in list(pending):  # Ctrl-C or an error: cancel what has not finished
-            pending.pop(key)
+    finally:  # Ctrl-C or an error: cancel what has not finished
         running.clear()
 
 

@@ -40,7 +40,6 @@ MAX_LIST_BYTES = 64 * 2**20
 MAX_SIDE = 16384           # pixels: an annotation's declared image size above it is refused (masks are H x W)
 _IMAGE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a file-name stem: no folder, no '..'
 CENTRE = "centre"
-_DECLARATION = re.compile(rb"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -83,9 +82,7 @@ def parse_annotation(path):
         raise InputError(f"{shown(path)}: {path.stat().st_size:,} bytes, more than an annotation may take "
                          f"({MAX_XML_BYTES:,})")
     data = path.read_bytes()
-    if _DECLARATION.search(data):
-        raise InputError(f"{shown(path)}: declares a DTD or entities, which annotations never need; refused")
-    _no_declarations(path, data)  # the bytes above miss a DTD in UTF-16 and other encodings: expat sees it
+    _no_declarations(path, data)
     try:
         root = ET.fromstring(data)
     except ET.ParseError as e:
@@ -314,15 +311,15 @@ def pointing_batch(spec, x, targets, sizes, methods, options):
 
 
 def pointing_game(spec, data, pairs, methods, options=None, batch_size=16, client=None, jobs=1, threads=1,
-                  progress=False, input_shape=None):
+                  progress=False):
     """Every method's hit (1/0) on every pair: {method: (P,) float}, explaining the pairs batch by batch (on
-    `client`'s Dask workers, or `jobs` local processes). input_shape: the model's (else loaded here)."""
+    `client`'s Dask workers, or `jobs` local processes)."""
     from tqdm.auto import tqdm
 
-    from fbi_ref.evaluation.scheduler import Sized, run_batches, worker_model
+    from fbi_ref.evaluation.scheduler import run_batches, worker_model
     from fbi_ref.io.images import preprocess_image
     model = worker_model(spec)
-    shape, rule = input_shape or model.input_shape, model.preprocessing
+    shape, rule = model.input_shape, model.preprocessing
     spans = [(i, min(i + batch_size, len(pairs))) for i in range(0, len(pairs), batch_size)]
 
     def task(a, b):
@@ -335,7 +332,7 @@ def pointing_game(spec, data, pairs, methods, options=None, batch_size=16, clien
     points = {m: np.zeros((len(pairs), 2), dtype=np.int64) for m in methods}
     tasks = (task(a, b) for a, b in spans)
     with tqdm(total=len(pairs), desc="pointing", unit="pair", disable=None if progress else True) as bar:
-        for n, result in run_batches(pointing_batch, Sized(tasks, len(spans)), client, jobs, threads):
+        for n, result in run_batches(pointing_batch, tasks, client, jobs, threads):
             a, b = spans[n]
             for m in methods:
                 points[m][a:b] = result[m]
@@ -344,14 +341,19 @@ def pointing_game(spec, data, pairs, methods, options=None, batch_size=16, clien
 
 
 
-def hits_of(data, pairs, points, class_names, tolerance=TOLERANCE):
-    """(P,) 1.0 / 0.0: does each pair's point hit its class's boxes."""
-    return np.array([float(is_hit(class_mask(data.annotations[a], class_names[k]), tuple(p), tolerance))
-                     for (a, k), p in zip(pairs, points)])
+def pair_masks(data, pairs, class_names):
+    """The union of each pair's class boxes (H, W) bool, per pair."""
+    return [class_mask(data.annotations[a], class_names[k]) for a, k in pairs]
+
+
+def hits_of(data, pairs, points, class_names, tolerance=TOLERANCE, masks=None):
+    """(P,) 1.0 / 0.0: does each pair's point hit its class's boxes (`masks`: pair_masks, if already made)."""
+    masks = pair_masks(data, pairs, class_names) if masks is None else masks
+    return np.array([float(is_hit(mask, tuple(p), tolerance)) for mask, p in zip(masks, points)])
 
 
 def evaluate_voc(spec, root, methods, class_names, subset_path=None, options=None, batch_size=16, client=None,
-                 jobs=1, threads=1, resamples=1000, progress=False, input_shape=None):
+                 jobs=1, threads=1, resamples=1000, progress=False):
     """The pointing game of every method on a VOC-style folder: {'all': {method: summary}, 'subset': {...} or
     None, 'pairs', 'images', 'tolerance'}."""
     data = read_dataset(root)
@@ -360,13 +362,13 @@ def evaluate_voc(spec, root, methods, class_names, subset_path=None, options=Non
         raise InputError(f"{shown(root)}: no (image, class) pair of the model's classes ({', '.join(class_names)})")
     subset = read_subset(subset_path, class_names) if subset_path else None
     in_subset = set(pointing_pairs(data, class_names, subset)) if subset else None  # {(image index, class)}
-    points = pointing_game(spec, data, pairs, methods, options, batch_size, client, jobs, threads, progress,
-                           input_shape)
+    points = pointing_game(spec, data, pairs, methods, options, batch_size, client, jobs, threads, progress)
+    masks = pair_masks(data, pairs, class_names)  # once, for every method
     classes = np.array([k for _, k in pairs])
     result = {"all": {}, "subset": {} if subset else None, "pairs": len(pairs), "images": len(data.annotations),
               "tolerance": TOLERANCE, "subset_pairs": len(in_subset) if subset else None}
     for i, method in enumerate(methods):
-        hits = hits_of(data, pairs, points[method], class_names)
+        hits = hits_of(data, pairs, points[method], class_names, masks=masks)
         result["all"][method] = summary(hits, classes, class_names, resamples, seed=i)
         if subset:
             keep = np.array([pair in in_subset for pair in pairs])  # (P,)

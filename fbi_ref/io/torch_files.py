@@ -156,7 +156,7 @@ def torchvision_vgg(state: dict, name=None) -> Architecture:
     name = name or f"torchvision_vgg{len(convs) + len(top) - 1}{'_bn' if batch_norm else ''}"
     input_side = side * 2 ** sum(pools)
     return Architecture(layers + top, (input_side, input_side, 3), name,
-                        extra={"preprocessing": "torchvision", "batch_norm_folded": batch_norm})
+                        extra={"preprocessing": "torchvision"})
 
 
 def _without_prefix(state: dict) -> dict:

@@ -19,12 +19,12 @@ from fbi_ref.nn.model import Model
 # The folder of weights that ship with the project (the embedded, trained Shapes model).
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "weights"
 
-# FBI's defaults per model. VGG16/VGG19: the paper's k = 50 %, tau = 10 on caffe-preprocessed input.
+# FBI's defaults of a model read from a file. Caffe-preprocessed input (Keras's VGG16/VGG19): the paper's
+# k = 50 %, tau = 10.
 PAPER_FBI_DEFAULTS = {"k": 0.5, "tau": 10.0, "tau_mode": "absolute"}
 # For inputs not on the caffe scale (torchvision's are ~58 times smaller) the paper's absolute tau = 10 empties
 # every map. A relative tau does not depend on the scale; its value is ours and is not tuned on ImageNet.
 SCALE_FREE_FBI_DEFAULTS = {"k": 0.5, "tau": 0.05, "tau_mode": "relative"}
-FBI_DEFAULTS = {"vgg16": PAPER_FBI_DEFAULTS, "vgg19": PAPER_FBI_DEFAULTS}
 # The preprocessing of a file that does not say (Keras's files never do): the caffe rule of Keras's VGG.
 DEFAULT_PREPROCESSING = "caffe"
 
@@ -59,11 +59,10 @@ def load_model(path_or_name, architecture=None, preprocessing=None) -> Model:
     if not name.strip():
         raise ModelFileError("the model name or path is empty")
     if name in weights_cache.KNOWN_WEIGHTS:
-        base = name.replace("_notop", "").replace("torchvision_", "")
         path = weights_cache.weights_path(name)
         if is_torch_file(path):
-            return _model(read_torchvision_file(path, name), preprocessing, FBI_DEFAULTS[base])
-        return _model(read_keras_file(path, architecture or base), preprocessing, FBI_DEFAULTS[base])
+            return _model(read_torchvision_file(path, name), preprocessing)
+        return _model(read_keras_file(path, architecture or name.replace("_notop", "")), preprocessing)
     embedded = embedded_models()
     if name in embedded:
         return _embedded(name, embedded[name])
@@ -78,20 +77,20 @@ def load_model(path_or_name, architecture=None, preprocessing=None) -> Model:
     if path.is_dir():
         raise ModelFileError(f"{shown(name)} is a folder, not a weights file")
     if is_torch_file(path):
-        return _model(read_torchvision_file(path), preprocessing, PAPER_FBI_DEFAULTS)
+        return _model(read_torchvision_file(path), preprocessing)
     if is_onnx_file(path):
-        return _model(read_onnx_file(path), preprocessing, PAPER_FBI_DEFAULTS)
-    return _model(read_keras_file(path, architecture), preprocessing, PAPER_FBI_DEFAULTS)
+        return _model(read_onnx_file(path), preprocessing)
+    return _model(read_keras_file(path, architecture), preprocessing)
 
 
-def _model(arch, preprocessing, fbi_defaults) -> Model:
-    """A Model of an architecture read from a file: its preprocessing (given, the file's, or caffe), and the
+def _model(arch, preprocessing) -> Model:
+    """A Model of an architecture read from a file: its preprocessing (given, the file's, or caffe), FBI's
+    defaults for that input scale (the paper's for caffe, SCALE_FREE_FBI_DEFAULTS otherwise), and the
     ImageNet class names when it has 1000 classes."""
     classes = [label for _, label in CLASSES] if _num_classes(arch) == 1000 else None
     rule = preprocessing or arch.extra.get("preprocessing") or DEFAULT_PREPROCESSING
-    if fbi_defaults == PAPER_FBI_DEFAULTS and str(rule) != "caffe":
-        fbi_defaults = SCALE_FREE_FBI_DEFAULTS
-    return Model(arch, classes, preprocessing=rule, fbi_defaults=fbi_defaults)
+    defaults = PAPER_FBI_DEFAULTS if str(rule) == "caffe" else SCALE_FREE_FBI_DEFAULTS
+    return Model(arch, classes, preprocessing=rule, fbi_defaults=defaults)
 
 
 def _num_classes(arch):

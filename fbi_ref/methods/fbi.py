@@ -7,7 +7,8 @@ from fbi_ref.methods import rules as R
 from fbi_ref.methods.options import choose, flag, number
 from fbi_ref.methods.traversal import Rules
 
-STARTS = {"maxmin": R.start_maxmin, "onehot": R.start_onehot, "logits": R.start_logits, "contrast": R.start_contrast}
+STARTS = {"maxmin": R.start_maxmin, "onehot": R.start_onehot, "logits": R.start_logits, "contrast": R.start_log_probability}
+# ('contrast', e_c - p, is ours, not the paper's: the gradient of log p_c, the gradient methods' log-probability start)
 MIN_REPLICATE = {"input": R.pool_min_replicate, "pooled": R.pool_min_replicate_pooled}
 
 # FBI's options: every point where the paper can be read two ways. The first value is the default.

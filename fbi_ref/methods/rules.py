@@ -40,11 +40,6 @@ def start_logits(logits, probs, target):
     return logits.copy()
 
 
-def start_contrast(logits, probs, target):
-    """e_c - p: the target's one-hot minus the probabilities (ours, not the paper's; = start_log_probability)."""
-    return contrast(probs, target)
-
-
 def contrast(probs, target):
     """e_c - p (N, K), the target's entry 1 - p_c summed from the other classes' probabilities: computed as
     1 - p_c it cancels (float32 keeps ~7 digits of p_c = 0.99999, so 1 - p_c has ~2)."""

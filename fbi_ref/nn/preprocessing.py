@@ -52,13 +52,7 @@ class Preprocessing:
     def inverse(self, x):
         """The network's input (..., H, W, 3) -> rgb (..., H, W, 3) in 0..255, undoing forward."""
         divisor, mean, std = self._constants(x.dtype)
-        rgb_ordered = (x * std + mean) * divisor  # (..., H, W, 3) in the network's channel order
-        return rgb_ordered[..., list(np.argsort(self.order))]  # (..., H, W, 3) RGB
-
-    def adjoint(self, g):
-        """g (..., H, W, 3) w.r.t. the network's input -> w.r.t. the RGB image (the shift has no adjoint part)."""
-        divisor, _, std = self._constants(g.dtype)
-        return (g / (std * divisor))[..., list(np.argsort(self.order))]  # (..., H, W, 3)
+        return self.to_rgb_order((x * std + mean) * divisor)  # (..., H, W, 3) RGB
 
     def to_rgb_order(self, a):
         """An array (..., 3) in the network's channel order put in RGB order (for showing attributions)."""

@@ -16,7 +16,6 @@ so its arrays and the folder's are the same bytes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from fbi_ref.errors import InputError
 from fbi_ref.io.arrays import MAX_ARRAY_BYTES, open_npz
 from fbi_ref.io.paths import input_file, shown, write_text
 from fbi_ref.reference.build import stable_json
+from fbi_ref.io.weights_cache import sha256sum
 
 INDEX = "index.json"
 FORMAT = "fbi_ref reference shards"
@@ -42,15 +42,6 @@ def shard_name(number):
 def per_image(key):
     """True for keys with one row per image (concatenated across shards): all but the weights and meta."""
     return key != "meta" and not key.startswith("w/")
-
-
-def sha256_of(path, chunk=2**20):
-    """The SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- meta of several batches -----------------------------------------------------------------
@@ -144,7 +135,7 @@ def new_index(run, images, batch_size):
 def record_shard(index, number, start, stop, path):
     """Add a written shard (its SHA-256 read back from disk) to the index, kept in image order."""
     entry = {"number": number, "file": Path(path).name, "start": int(start), "stop": int(stop),
-             "sha256": sha256_of(path)}
+             "sha256": sha256sum(path)}
     index["shards"] = sorted([s for s in index["shards"] if s["number"] != number] + [entry],
                              key=lambda s: s["start"])
     index["complete"] = sum(s["stop"] - s["start"] for s in index["shards"]) == index["images"]
@@ -153,12 +144,15 @@ def record_shard(index, number, start, stop, path):
 
 def verified_shards(folder, index):
     """The index's shards whose file exists with the recorded SHA-256 ({number: entry}); others are redone."""
-    good = {}
-    for entry in index["shards"]:
-        path = Path(folder) / entry["file"]
-        if path.is_file() and not path.is_symlink() and sha256_of(path) == entry["sha256"]:
-            good[entry["number"]] = entry
-    return good
+    return {entry["number"]: entry for entry in index["shards"] if shard_intact(folder, entry)}
+
+
+def shard_intact(folder, entry):
+    """True when an index entry names a regular file of the folder itself (no path, no symbolic link) whose
+    SHA-256 is the recorded one."""
+    path = Path(folder) / entry["file"]
+    return (Path(entry["file"]).name == entry["file"] and path.is_file() and not path.is_symlink()
+            and sha256sum(path) == entry["sha256"])
 
 
 # --- reading a folder as one reference -------------------------------------------------------
@@ -183,9 +177,8 @@ class ShardedReference(Mapping):
         check_coverage(index, self.name)
         self._paths, self._sizes = [], []
         for entry in sorted(index["shards"], key=lambda s: s["start"]):
-            path = self.folder / str(entry["file"])
-            if Path(entry["file"]).name != entry["file"] or path.is_symlink() or not path.is_file() \
-                    or sha256_of(path) != entry["sha256"]:
+            path = self.folder / entry["file"]
+            if not shard_intact(self.folder, entry):
                 raise InputError(f"{self.name}: shard {shown(str(entry['file']))} is missing or does not match its "
                                  "SHA-256 in the index; rerun the command with --resume to rewrite it")
             self._paths.append(path)
