@@ -1,12 +1,15 @@
 # The two commands a new user needs: `make demo` and `make test`. Each creates .venv and installs what it needs.
 #   make demo       explain a few generated images with the embedded model -> demo.png
-#   make test       the layering contracts (lint-imports), then every test, the slow ones and the lessons too
+#   make test       the layering contracts (lint-imports), then every test, the slow ones and the lessons too;
+#                   it also installs what the cross-checks need (torch, onnx, onnxruntime, safetensors, dask),
+#                   so that they run rather than skip
 #   make test-fast  the tests not marked slow
 #   make lessons    open the lesson notebooks (lessons/) in JupyterLab, installed into .venv on first use
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.test-installed
 
 .PHONY: demo test test-fast lint lessons clean
 
@@ -16,13 +19,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,lessons]'
 	touch $(STAMP)
 
+# The cross-checks' packages: optional extras of fbi_ref, needed by the tests only (torch 2.13.0 is a CPU wheel).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dask,crosscheck]'
+	$(PY) -m pip install --quiet torch==2.13.0 || echo "make: torch is not installable here; its cross-checks will skip"
+	touch $(TEST_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/fbi-ref demo
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
-test: lint
+test: lint $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -2,7 +2,7 @@
 compare` by default, in float32 and float64, on references of the embedded Shapes model and of the Keras-written
 fixture model; and each bug planted in it must fail at the first array where it goes wrong.
 
-Skipped without torch; `.ci/run` installs torch==2.13.0, so CI runs them.
+Skipped without torch; `make test` installs torch==2.13.0, so CI runs them.
 """
 import json
 
