@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 import fbi_ref
+from fbi_ref.methods import catalog, traversal
 from fbi_ref.nn.architectures import random_weights, vgg16
 from fbi_ref.nn.model import Model
 from fbi_ref.nn.network import Conv2D, Dense
@@ -127,9 +128,7 @@ def cold_start(weights, folder):
 
 
 def profile(model, x):
-    """Seconds per layer: forward, and FBI's backward step (wrapping each rule of the walk in a timer)."""
-    from fbi_ref.methods import tables as methods, traversal
-    from fbi_ref.nn import model as model_module
+    """Seconds per layer: forward, and FBI's backward step (wrapping each rule and hook of the walk in a timer)."""
     rows = {}
 
     def timed(fn, key):
@@ -142,13 +141,15 @@ def profile(model, x):
     a = model.check_input(x)
     for layer in model.layers:
         start = time.perf_counter()
-        a = model_module.layer_forward(layer, a)[1]
+        a = layer.forward(a)[1]
         rows[f"forward {type(layer).__name__}"] = rows.get(f"forward {type(layer).__name__}", 0.0) + time.perf_counter() - start
     fp = model.forward(x)
-    start_fn, rules, _ = methods.backprop_method(model, "fbi", {})
+    start_fn, rules, _ = catalog.walk_rules(model, "fbi", {})
+    label = {"mask": "fbi mask", "topk": "fbi top-k"}
+    hooks = {position: tuple(timed(hook, label[hook.kind]) for hook in decisions)
+             for position, decisions in rules.hooks.items()}
     rules = traversal.Rules(relu=timed(rules.relu, "fbi relu rule"), linear=timed(rules.linear, "fbi conv/dense adjoint"),
-                            pool=timed(rules.pool, "fbi min-replicate unpool"), mask=timed(rules.mask, "fbi mask"),
-                            topk=timed(rules.topk, "fbi top-k"))
+                            pool=timed(rules.pool, "fbi min-replicate unpool"), hooks=hooks)
     traversal.walk(model, fp, start_fn(fp.logits, fp.probs, fp.probs.argmax(1)), rules)
     return rows
 

@@ -11,7 +11,8 @@ The package, bottom layer first (pyproject.toml's import-linter contracts enforc
     methods/     one backward walk and per-layer rules; explain()
     io/          files in and out: Keras models, images, arrays, the weights cache
     shapes/      the Shapes data set and the training of the embedded model
-    evaluation/  the benchmark; reference/ reference files; figures/ matplotlib figures
+    figures/     matplotlib figures
+    evaluation/  the benchmark; reference/ reference files
     cli/         the `fbi-ref` command line
 """
 import importlib

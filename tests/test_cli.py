@@ -6,9 +6,11 @@ traceback would); a few run the real console entry point in a subprocess.
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -344,3 +346,35 @@ def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(bad_files, 
         result = run(*args)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.02, 0.1, 0.2, 0.3, 0.5, 0.8])
+def test_ctrl_c_at_any_moment_of_start_up_is_one_line_and_exit_130(small, image, tmp_path, delay):
+    command = [sys.executable, "-m", "fbi_ref.cli", "explain", image, "--model", small, "--out", tmp_path]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=120)
+    if "_explain.png" in out:  # the work was done before the signal came (0), or it came during the
+        assert child.returncode in (0, -signal.SIGINT) and err == ""  # interpreter's exit, which it ends silently
+        return
+    assert child.returncode == 130 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fbi-ref") and "interrupted" in err
+
+
+def test_methods_lists_every_method_and_option_from_the_records(capsys):
+    from fbi_ref.methods.catalog import METHODS
+    code, out, err = call(capsys, "methods")
+    assert code == 0 and err == ""
+    for name, record in METHODS.items():
+        assert f"{name} ({record.label};" in out
+        for option in record.options:
+            assert f"  {option.name:<14} = {option.default!s:<14}" in out, (name, option.name)
+    code, out, err = call(capsys, "methods", "fbi", "--json")
+    records = json.loads(out)["methods"]
+    assert code == 0 and [r["name"] for r in records] == ["fbi"]
+    assert [o["name"] for o in records[0]["options"]] == [o.name for o in METHODS["fbi"].options]
+    assert records[0]["options"][3]["choices"] == ["maxmin", "onehot", "logits", "contrast"]
+    code, out, err = call(capsys, "methods", "nope")
+    assert code == 2 and out == "" and "unknown method 'nope'" in err and err.count("\n") == 1

@@ -253,12 +253,6 @@ def test_the_disc_is_strictly_within_15_pixels_of_the_point():
     assert not voc.is_hit(mask, (30, 30))
 
 
-def test_bilinear_resizing_matches_half_pixel_centres():
-    m = np.array([[0.0, 1.0], [2.0, 3.0]])
-    r = voc.resize_bilinear(m, (4, 4))
-    assert np.allclose(r[0], [0, 0.25, 0.75, 1]) and np.allclose(r[:, 0], [0, 0.5, 1.5, 2])
-
-
 def annotation(box, size=64):
     """A VOC annotation of one circle with `box` (xmin, ymin, xmax, ymax) in a size x size image."""
     x0, y0, x1, y1 = box

@@ -9,7 +9,6 @@ import pytest
 
 import fbi_ref
 from fbi_ref.nn.architectures import vgg16
-from fbi_ref.nn.model import output_shape
 
 from fbi_ref.cli import main
 from fbi_ref.shapes.voc import write_voc
@@ -49,7 +48,7 @@ def activation_floats(arch):
     """The floats of one image's forward pass: the input and every layer's output."""
     shape, total = arch.input_shape, int(np.prod(arch.input_shape))
     for layer in arch.layers:
-        shape = output_shape(layer, shape)
+        shape = layer.output_shape(shape)
         total += int(np.prod(shape))
     return total
 

@@ -9,8 +9,11 @@ import subprocess
 import sys
 import termios
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import re
 
 import pytest
 
@@ -147,7 +150,7 @@ def test_progress_bar_goes_to_stderr_only_when_it_is_a_terminal(server, tmp_path
 
 def assert_download_error(url, folder, *words):
     """download(url) into `folder` fails with a one-line DownloadError and leaves no file."""
-    with pytest.raises(DownloadError) as info:
+    with pytest.raises(DownloadError, match=re.escape(words[0]) if words else url) as info:
         download(url, folder / "tiny.h5", md5=PAYLOAD_MD5, progress=False)
     message = str(info.value)
     assert "\n" not in message
@@ -158,7 +161,7 @@ def assert_download_error(url, folder, *words):
 
 
 def test_wrong_md5_leaves_nothing(server, tmp_path):
-    with pytest.raises(DownloadError) as info:
+    with pytest.raises(DownloadError, match="checksum mismatch") as info:
         download(server.url("/files/tiny.h5"), tmp_path / "tiny.h5", md5="0" * 32, progress=False)
     message = str(info.value)
     assert "checksum mismatch" in message and "0" * 32 in message and PAYLOAD_MD5 in message
@@ -168,7 +171,7 @@ def test_wrong_md5_leaves_nothing(server, tmp_path):
 def test_wrong_md5_keeps_the_previous_file(server, tmp_path):
     dest = tmp_path / "tiny.h5"
     dest.write_bytes(b"old but good")
-    with pytest.raises(DownloadError):
+    with pytest.raises(DownloadError, match="checksum mismatch"):
         download(server.url("/files/tiny.h5"), dest, md5="0" * 32, progress=False)
     assert dest.read_bytes() == b"old but good"
     assert files_in(tmp_path) == ["tiny.h5"]
@@ -240,13 +243,13 @@ def test_url_override(server, home, monkeypatch):
 def test_failed_fetch_leaves_cache_empty(server, home, monkeypatch):
     monkeypatch.setitem(fetch.KNOWN_WEIGHTS, "tiny",
                         KnownFile(server.url("/drop/tiny.h5"), PAYLOAD_MD5))
-    with pytest.raises(DownloadError):
+    with pytest.raises(DownloadError, match="tiny.h5"):
         fetch_weights("tiny", progress=False)
     assert files_in(weights_dir()) == [] and cached_weights("tiny") is None
 
 
 def test_missing_weights_message(home):
-    with pytest.raises(ModelFileError) as info:
+    with pytest.raises(ModelFileError, match="fbi-ref weights fetch vgg16") as info:
         weights_path("vgg16")
     message = str(info.value)
     assert "\n" not in message
@@ -287,3 +290,98 @@ def test_md5sum_and_verify(tmp_path):
     assert verify(path, PAYLOAD_MD5) and verify(path, PAYLOAD_MD5.upper())
     assert not verify(path, "0" * 32)
     assert not verify(tmp_path / "missing.bin", PAYLOAD_MD5)
+
+
+# --- a deadline, stale temporary files, honest counts -------------------------------------------------
+
+class Trickle(BaseHTTPRequestHandler):
+    """/slow: 1 byte every 0.3 s of a promised 1000; /stall: 100 kB, then nothing."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000" if self.path == "/slow" else "200000")
+        self.end_headers()
+        try:
+            if self.path == "/slow":
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            else:
+                self.wfile.write(b"y" * 100_000)
+                self.wfile.flush()
+                time.sleep(5)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        """Quiet."""
+
+
+@pytest.fixture
+def trickle(monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_trickling_server_is_stopped_by_the_deadline(trickle, tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(DownloadError, match="too slow"):
+        fetch.download(f"{trickle}/slow", tmp_path / "w.h5", progress=False, timeout=5, deadline=1.5)
+    assert time.perf_counter() - started < 4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stall_reports_the_bytes_that_did_arrive(trickle, tmp_path):
+    with pytest.raises(DownloadError, match="after 100000 of 200000 bytes"):
+        fetch.download(f"{trickle}/stall", tmp_path / "w.h5", progress=False, timeout=1)
+
+
+def test_the_next_download_removes_the_parts_that_killed_downloads_left(tmp_path):
+    dest = tmp_path / "w.h5"
+    stale = tmp_path / ".w.h5.dead0001.part"
+    stale.write_bytes(b"half a file")
+    live = tmp_path / ".w.h5.live0002.part"
+    live.write_bytes(b"being written")
+    with open(live, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)  # a download still running holds its lock
+        removed = fetch.remove_stale_parts(dest)
+    assert removed == [stale] and not stale.exists() and live.exists()
+
+
+class SlowHeaders(BaseHTTPRequestHandler):
+    """Sends the status line, then one header line a second, for ever."""
+
+    def do_GET(self):
+        try:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            for i in range(1000):
+                self.wfile.write(f"X-Slow-{i}: yes\r\n".encode())
+                self.wfile.flush()
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        """Quiet."""
+
+
+def test_the_deadline_holds_while_the_headers_trickle_in(tmp_path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowHeaders)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(DownloadError, match="too slow"):
+            fetch.download(f"http://127.0.0.1:{server.server_port}/x", tmp_path / "w.h5", progress=False,
+                                   timeout=5, deadline=1.5)
+        assert time.perf_counter() - started < 4
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,11 +1,16 @@
-"""The NumPy forward pass reproduces Keras's own numbers on every Keras-written fixture file."""
+"""The NumPy forward pass reproduces Keras's own numbers on every Keras-written fixture file; the Model keeps what
+belongs to it (its FBI defaults) through every model derived from it."""
 import numpy as np
 import pytest
 
 import fbi_ref
-from fbi_ref.nn.architectures import random_weights, vgg16
 from fbi_ref.errors import InputError
+from fbi_ref.evaluation import benchmark
 from fbi_ref.io.keras_files import write_keras_weights
+from fbi_ref.methods.explain import explain
+from fbi_ref.nn.architectures import random_weights, vgg16
+
+from .strategies import randn, tiny_model
 
 FILES = ["small_vgg_keras1_style.h5", "small_vgg_tfk2_weights.h5", "small_vgg_tfk2_full.h5",
          "small_vgg_k3_legacy_full.h5", "small_vgg_tfk2.weights.h5", "small_vgg_k3.weights.h5", "small_vgg_k3.keras"]
@@ -69,3 +74,13 @@ def test_float64_copy_computes_the_same_in_double_precision(keras_fixtures, refe
     fp = model.forward(reference["x"].astype(np.float64))
     assert fp.logits.dtype == np.float64
     np.testing.assert_allclose(fp.logits, reference["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_astype_and_the_randomised_models_keep_the_fbi_defaults():
+    model = tiny_model(0, dtype=np.float32)
+    model.fbi_defaults = {"k": 0.25, "tau": 0.05, "tau_mode": "relative"}
+    assert model.astype(np.float64).fbi_defaults == model.fbi_defaults
+    for _, randomised in benchmark.cascade(model, seed=1):
+        assert randomised.fbi_defaults == model.fbi_defaults and randomised.class_names == model.class_names
+    x = randn(1, 1, 9, 9, 3)
+    assert explain(model.astype(np.float64), x, "fbi").options["tau_mode"] == "relative"

@@ -7,6 +7,7 @@ import os
 import resource
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,14 @@ def limited():
 @pytest.mark.slow
 def test_fuzzing_finds_no_untyped_error_no_warning_and_stays_within_the_memory_budget(tmp_path):
     env = {**os.environ, "FUZZ_EXAMPLES": str(EXAMPLES), "NUMBA_NUM_THREADS": "2"}
+    report = tmp_path / "fuzz.xml"
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::RuntimeWarning",
-                             str(FUZZ)], capture_output=True, text=True, timeout=1800, env=env, preexec_fn=limited,
-                            cwd=tmp_path)
+                             f"--junitxml={report}", str(FUZZ)], capture_output=True, text=True, timeout=1800, env=env,
+                            preexec_fn=limited, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "7 passed" in result.stdout, result.stdout[-2000:]
+    suite = ET.parse(report).getroot().find("testsuite")
+    counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
+    assert counts["tests"] > 0 and counts["failures"] == counts["errors"] == counts["skipped"] == 0, counts
 
 
 def test_the_memory_limit_really_stops_a_large_allocation():

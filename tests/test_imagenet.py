@@ -53,7 +53,7 @@ def test_class_index(query, index):
 @pytest.mark.parametrize("name, wnids", [("crane", ["n02012849", "n03126707"]),
                                          ("maillot", ["n03710637", "n03710721"])])
 def test_ambiguous_names_ask_for_a_wnid(name, wnids):
-    with pytest.raises(InputError) as info:
+    with pytest.raises(InputError, match=wnids[0]) as info:
         class_index(name)
     assert all(w in str(info.value) for w in wnids)
 
@@ -73,10 +73,11 @@ def test_decode_predictions_like_keras():
     assert second[0] == ("n01440764", "tench", 1.0) and len(second) == 3
 
 
-@pytest.mark.parametrize("probs, top", [
-    (np.zeros(1000), 5), (np.zeros((1, 10)), 5), (np.full((1, 1000), np.nan), 5),
-    (np.zeros((1, 1000)), 0), (np.zeros((1, 1000)), 1001),
+@pytest.mark.parametrize("probs, top, says", [
+    (np.zeros(1000), 5, "must be a .N, 1000. numeric array"), (np.zeros((1, 10)), 5, "must be a .N, 1000. numeric"),
+    (np.full((1, 1000), np.nan), 5, "NaN or infinite"), (np.zeros((1, 1000)), 0, "top must be an integer in 1..1000"),
+    (np.zeros((1, 1000)), 1001, "top must be an integer in 1..1000"),
 ])
-def test_decode_predictions_bad_input(probs, top):
-    with pytest.raises(InputError):
+def test_decode_predictions_bad_input(probs, top, says):
+    with pytest.raises(InputError, match=says):
         decode_predictions(probs, top)

@@ -1,4 +1,5 @@
 """Image loading and caffe preprocessing: Keras's own outputs, every Pillow mode, every error."""
+import re
 import warnings
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 from PIL import Image
 
 from fbi_ref.errors import ImageError, InputError
-from fbi_ref.io.images import (CAFFE_BGR_MEAN, deprocess_caffe, load_image_rgb, preprocess_caffe,
-                            preprocess_image)
+from fbi_ref.io.images import deprocess_caffe, load_image_rgb, preprocess_caffe, preprocess_image
+from fbi_ref.nn.preprocessing import CAFFE_MEAN_BGR
 
 FIXTURES = [("50x37", (32, 32)), ("300x240", (224, 224))]
 INTERPOLATIONS = ["nearest", "bilinear"]
@@ -160,7 +161,7 @@ def test_every_interpolation_name_gives_rgb_float32(keras_fixtures):
 
 def assert_image_error(path, *words):
     """load_image_rgb(path) raises a one-line ImageError naming the file and containing `words`."""
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ImageError, match=re.escape(str(path))) as info:
         load_image_rgb(path, (8, 8))
     message = str(info.value)
     assert "\n" not in message and str(path) in message
@@ -236,7 +237,7 @@ def test_input_shape_none_keeps_size(keras_fixtures):
 
 def test_preprocess_swaps_to_bgr_then_subtracts_the_mean():
     red = np.array([[[255, 0, 0]]], np.uint8)  # (1, 1, 3)
-    expected = np.float32([0, 0, 255]) - CAFFE_BGR_MEAN
+    expected = np.float32([0, 0, 255]) - CAFFE_MEAN_BGR
     np.testing.assert_array_equal(preprocess_caffe(red)[0, 0], expected)
 
 
@@ -259,22 +260,22 @@ def test_deprocess_clip():
     assert deprocess_caffe(x, clip=True).max() == 255
 
 
-BAD_ARRAYS = [
-    ("last axis", np.zeros((4, 4, 4))),
-    ("two axes", np.zeros((4, 3))),
-    ("empty", np.zeros((0, 4, 3))),
-    ("complex", np.zeros((2, 2, 3), np.complex64)),
-    ("bool", np.zeros((2, 2, 3), bool)),
-    ("strings", np.full((2, 2, 3), "a")),
-    ("nan", np.full((2, 2, 3), np.nan)),
-    ("inf", np.full((2, 2, 3), -np.inf)),
-    ("overflows float32", np.full((2, 2, 3), 1e300)),
+BAD_ARRAYS = [  # (what is wrong, the array, what the message says)
+    ("last axis", np.zeros((4, 4, 4)), "must have shape"),
+    ("two axes", np.zeros((4, 3)), "must have shape"),
+    ("empty", np.zeros((0, 4, 3)), "must have shape"),
+    ("complex", np.zeros((2, 2, 3), np.complex64), "must hold real numbers"),
+    ("bool", np.zeros((2, 2, 3), bool), "must hold real numbers"),
+    ("strings", np.full((2, 2, 3), "a"), "must hold real numbers"),
+    ("nan", np.full((2, 2, 3), np.nan), "NaN or infinite"),
+    ("inf", np.full((2, 2, 3), -np.inf), "NaN or infinite"),
+    ("overflows float32", np.full((2, 2, 3), 1e300), "NaN or infinite"),
 ]
 
 
 @pytest.mark.parametrize("func", [preprocess_caffe, deprocess_caffe])
-@pytest.mark.parametrize("name, array", BAD_ARRAYS, ids=[name for name, _ in BAD_ARRAYS])
-def test_bad_arrays(func, name, array):
-    with pytest.raises(InputError) as info:
+@pytest.mark.parametrize("name, array, says", BAD_ARRAYS, ids=[name for name, _, _ in BAD_ARRAYS])
+def test_bad_arrays(func, name, array, says):
+    with pytest.raises(InputError, match=says) as info:
         func(array)
     assert "\n" not in str(info.value)

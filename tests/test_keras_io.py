@@ -1,6 +1,7 @@
 """Reading every Keras weights layout, writing the official one, and every way a file can be wrong."""
 import dataclasses
 import json
+import re
 import shutil
 import zipfile
 
@@ -117,7 +118,7 @@ def describe(path) -> list:
 
 def raised(error_type, path, architecture=None) -> str:
     """The message of the error reading `path` raises, checked to be one line that names the file."""
-    with pytest.raises(error_type) as info:
+    with pytest.raises(error_type, match=re.escape(path.name)) as info:
         read_keras_file(path, architecture)
     message = str(info.value)
     assert "\n" not in message and path.name in message

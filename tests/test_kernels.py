@@ -2,7 +2,8 @@
 import numpy as np
 from hypothesis import given, settings
 
-from fbi_ref.nn import kernels, layers as L
+from fbi_ref.nn import kernels
+from fbi_ref.nn.geometry import geometry
 
 from .strategies import conv_case, pool_case, randn, seeds
 
@@ -21,7 +22,7 @@ def run_both(name, *args, out_index=-1):
 @settings(deadline=None, max_examples=15)
 def test_im2col_and_col2im_plain_equals_jitted(case, seed):
     n, hw, c, _, k, strides, padding = case
-    ho, wo, pt, pl = L.geometry(hw, k, strides, padding)
+    ho, wo, pt, pl = geometry(hw, k, strides, padding)
     x = randn(seed, n, *hw, c)
     plain, jit = run_both("im2col", x, *k, *strides, pt, pl, np.full((n, ho, wo, *k, c), np.nan))
     np.testing.assert_array_equal(plain[-1], jit[-1])
@@ -34,7 +35,7 @@ def test_im2col_and_col2im_plain_equals_jitted(case, seed):
 @settings(deadline=None, max_examples=15)
 def test_pool_kernels_plain_equal_jitted(case, seed):
     n, hw, c, pool, strides, padding = case
-    ho, wo, pt, pl = L.geometry(hw, pool, strides, padding)
+    ho, wo, pt, pl = geometry(hw, pool, strides, padding)
     x = np.round(randn(seed, n, *hw, c))
     plain, jit = run_both("maxpool", x, *pool, *strides, pt, pl,
                           np.empty((n, ho, wo, c)), np.empty((n, ho, wo, c), np.int64))

@@ -1,20 +1,20 @@
 """Each method's rule pinned: finite differences, exact reductions between methods, conservation, completeness."""
+import dataclasses
 import inspect
 
 import numpy as np
 import pytest
 
-from fbi_ref.nn import layers as L
-from fbi_ref.nn import naive
-from fbi_ref.methods import rules as R
-from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
-from fbi_ref.methods.multipass import bilinear_matrix, upsample_bilinear
 from fbi_ref.errors import InputError
+from fbi_ref.methods import rules as R
+from fbi_ref.methods.catalog import walk_rules
 from fbi_ref.methods.explain import METHODS, explain
-from fbi_ref.nn.model import Model
-from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten
-from fbi_ref.methods.tables import backprop_method
+from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
 from fbi_ref.methods.traversal import Rules, walk
+from fbi_ref.nn import naive
+from fbi_ref.nn.activations import relu
+from fbi_ref.nn.model import Model
+from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Flatten
 
 from .strategies import randn, tiny_model
 
@@ -197,7 +197,7 @@ def test_each_fbi_option_equals_its_reading_of_the_paper_written_out_by_hand(cha
 def test_fbi_topk_after_relu_scores_the_relu_and_records_the_signal_before_it():
     model, x = tiny_model(11), randn(12, 2, 9, 9, 3)
     options = {"k": 3, "tau": -np.inf, "topk_layers": "all", "topk_order": "after-relu"}
-    start, rules, _ = backprop_method(model, "fbi", options)
+    start, rules, _ = walk_rules(model, "fbi", options)
     fp = model.forward(x)
     target = fp.probs.argmax(axis=1)
     arrived = walk(model, fp, start(fp.logits, fp.probs, target), rules, stop_at="block1_conv2").signal  # (2, 5, 5, 5)
@@ -294,20 +294,13 @@ def test_lrp_epsilon_with_tiny_epsilon_equals_gradient_times_input_on_a_bias_fre
                                explain(model, x, "gradient_x_input").attribution, rtol=1e-6, atol=1e-9)
 
 
-def test_bilinear_upsampling_uses_half_pixel_centres():
-    np.testing.assert_allclose(bilinear_matrix(4, 2), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
-    np.testing.assert_allclose(bilinear_matrix(5, 5), np.eye(5))
-    maps = randn(0, 2, 3, 4)
-    np.testing.assert_allclose(upsample_bilinear(maps, (3, 4)), maps)
-
-
 def test_gradcam_equals_its_formula_on_a_tiny_model():
     rng = np.random.default_rng(0)
     kernel, w = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal((6 * 6 * 4, 5))
     model = Model(Architecture([Conv2D("conv", kernel, np.zeros(4)), Flatten("flatten"),
                                 Dense("predictions", w, np.zeros(5), "softmax")], (6, 6, 3), "cam"))
     x = randn(1, 1, 6, 6, 3)
-    a = L.relu(naive.conv2d(x, kernel, None, (1, 1), "same"))[0]  # (6, 6, 4)
+    a = relu(naive.conv2d(x, kernel, None, (1, 1), "same"))[0]  # (6, 6, 4)
     c = int(np.argmax(a.reshape(-1) @ w))
     alpha = w[:, c].reshape(6, 6, 4).mean(axis=(0, 1))  # d logit_c / dA is column c of w
     expected = np.maximum((a * alpha).sum(-1), 0)  # same size as the input: no upsampling
@@ -365,12 +358,11 @@ def test_targets_and_methods_are_validated():
 
 
 def test_a_releasing_walk_gives_the_same_signal_and_drops_the_activations_behind_it():
-    from fbi_ref.methods import tables as methods, traversal
     model, x = tiny_model(70), randn(71, 2, 9, 9, 3)
-    start, rules, _ = methods.backprop_method(model, "fbi", {"tau": 0.0})
+    start, rules, _ = walk_rules(model, "fbi", {"tau": 0.0})
     kept, released = model.forward(x), model.forward(x)
-    signal = traversal.walk(model, kept, start(kept.logits, kept.probs, np.array([1, 2])), rules).signal
-    again = traversal.walk(model, released, start(kept.logits, kept.probs, np.array([1, 2])), rules, release=True)
+    signal = walk(model, kept, start(kept.logits, kept.probs, np.array([1, 2])), rules).signal
+    again = walk(model, released, start(kept.logits, kept.probs, np.array([1, 2])), rules, release=True)
     np.testing.assert_array_equal(again.signal, signal)
     assert len(kept.outputs) == len(model.layers) and released.outputs == {} and released.switches == {}
 
@@ -385,3 +377,104 @@ def test_targets_and_options_are_checked_before_any_work_and_an_iterator_target_
         explain(model, x, "fbi", target=[0, 99])
     e = explain(model, x, "gradient", target=(t for t in [1, 2]))
     assert e.target.tolist() == [1, 2]
+
+
+# --- FBI does not depend on how the file splits a layer and its ReLU ----------------------------------
+
+def unfused(model):
+    """The same network with every fused ReLU split off into an Activation('relu') layer of its own."""
+    layers = []
+    for layer in model.layers:
+        if isinstance(layer, (Conv2D, Dense)) and layer.activation == "relu":
+            layers += [dataclasses.replace(layer, activation="linear"), Activation(f"{layer.name}_relu", "relu")]
+        else:
+            layers.append(layer)
+    return model.with_layers(layers)
+
+
+FBI_VARIANTS = [{}, {"topk_score": "forward"}, {"topk_score": "product"}, {"topk_layers": "all"},
+                {"topk_layers": "all", "topk_score": "forward"}, {"unpool": "switch"}, {"unpool": "replicate"},
+                {"start": "onehot", "dense_bias": "ignore"}, {"conv_bias": "subtract"}, {"mask_image": False},
+                {"tau_mode": "relative", "tau": 0.1}, {"k": 2, "topk_layers": "all", "topk_score": "product"},
+                {"start": "contrast"}, {"start_from": "probs"}, {"start": "logits", "start_relu": True},
+                {"dense_bias": "subtract-support", "conv_bias": "subtract-support"}, {"unpool_min": "pooled"},
+                {"mask_pools": True, "tau": 0.05}, {"mask_dense": False, "tau": 0.05}, {"topk_position": "pool"}, {"topk_position": "pool", "topk_layers": "all"},
+                {"topk_sum": "absolute"}, {"topk_order": "after-relu", "topk_layers": "all", "tau": -np.inf},
+                {"topk_order": "after-relu", "topk_position": "pool", "topk_layers": "all", "mask_pools": True}]
+
+
+@pytest.mark.parametrize("options", FBI_VARIANTS, ids=[str(o) for o in FBI_VARIANTS])
+def test_fbi_is_the_same_on_a_model_and_its_unfused_twin(options):
+    fused = tiny_model(31)
+    split = unfused(fused)
+    x = randn(32, 3, 9, 9, 3)
+    np.testing.assert_allclose(split.forward(x).logits, fused.forward(x).logits, atol=1e-12)
+    settings = {"k": 0.5, "tau": 0.0, **options}
+    a = explain(fused, x, "fbi", **settings)
+    b = explain(split, x, "fbi", **settings)
+    assert a.attribution.any()
+    np.testing.assert_array_equal(b.attribution, a.attribution)
+
+
+def test_the_unfused_twin_really_puts_the_relu_in_its_own_layer():
+    split = unfused(tiny_model(31))
+    assert [type(layer).__name__ for layer in split.layers[:3]] == ["Conv2D", "Activation", "Conv2D"]
+    assert split.layers[0].activation == "linear"
+
+
+# --- the walk knows no method: rules and hooks are the method's table --------------------------------------
+
+def test_a_hook_applies_at_its_position_and_its_support_is_recorded():
+    """A method of a few lines: the gradient with one channel of block1_conv2 switched off by a hook."""
+    model, x = tiny_model(80), randn(81, 2, 9, 9, 3)
+    fp = model.forward(x)
+    target = fp.probs.argmax(axis=1)
+    start = R.start_onehot(fp.logits, fp.probs, target)
+
+    def channel_off(g, a):
+        kept = np.broadcast_to(np.arange(g.shape[-1]) != 2, g.shape)
+        return g * kept, kept
+    rules = Rules(relu=R.relu_gradient, linear=R.linear_adjoint, pool=R.pool_switch,
+                  hooks={"block1_conv2": (channel_off,)})
+    w = walk(model, fp, start, rules, record=True)
+    plain = walk(model, fp, start, Rules(relu=R.relu_gradient, linear=R.linear_adjoint, pool=R.pool_switch),
+                 record=True)
+    assert list(w.support) == ["block1_conv2"] and not w.support["block1_conv2"][..., 2].any()
+    np.testing.assert_array_equal(w.backward["block1_conv2"][..., 2], 0)
+    np.testing.assert_array_equal(w.backward["block1_conv2"][..., :2], plain.backward["block1_conv2"][..., :2])
+    assert not np.array_equal(w.signal, plain.signal)
+    # the walk below the hook is the gradient of the logit through the other channels only
+    g = R.relu_gradient(w.backward["block1_conv2"], fp.outputs["block1_conv2"])
+    below = walk(model, fp, g, rules, start_at="block1_conv2").signal
+    np.testing.assert_array_equal(below, w.signal)
+
+
+def test_a_walk_from_inside_the_network_is_the_tail_of_the_whole_walk():
+    model, x = tiny_model(82), randn(83, 2, 9, 9, 3)
+    fp = model.forward(x)
+    start, rules, _ = walk_rules(model, "guided_backprop", {})
+    whole = walk(model, fp, start(fp.logits, fp.probs, fp.probs.argmax(axis=1)), rules, record=True)
+    for name in ("fc1", "block2_conv1", "block1_conv2"):
+        g = rules.relu(whole.backward[name], fp.outputs[name])  # w.r.t. that layer's pre-activation
+        np.testing.assert_array_equal(walk(model, fp, g, rules, start_at=name).signal, whole.signal)
+
+
+def test_fbi_places_its_decisions_as_hooks_at_named_positions():
+    model = tiny_model(84)
+    _, rules, _ = walk_rules(model, "fbi", {"mask_pools": True, "topk_layers": "all"})
+    kinds = {position: [d.kind for d in decisions] for position, decisions in rules.hooks.items()}
+    assert kinds == {"input": ["mask"], "block1_conv1": ["mask", "topk"], "block1_conv2": ["mask", "topk"],
+                     "block1_pool": ["mask"], "block2_conv1": ["mask", "topk"], "flatten": ["mask"], "fc1": ["mask"]}
+    _, rules, _ = walk_rules(model, "fbi", {"mask_image": False, "mask_dense": False})
+    assert set(rules.hooks) == {"block1_conv1", "block1_pool", "block2_conv1"}
+
+
+def test_every_methods_record_checks_its_own_defaults_and_refuses_unknown_model_defaults():
+    from fbi_ref.methods.catalog import METHODS as RECORDS
+    model = tiny_model(85)
+    for name, record in RECORDS.items():
+        used = record.checked(model, {})
+        assert list(used) == [option.name for option in record.options], name
+    model.fbi_defaults = {"k": 0.25, "nope": 1}
+    with pytest.raises(InputError, match="takes no option 'nope' \\(the model tiny's defaults\\)"):
+        explain(model, randn(0, 1, 9, 9, 3), "fbi")

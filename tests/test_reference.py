@@ -3,6 +3,7 @@ import json
 import re
 import runpy
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from fbi_ref.io.arrays import load_npz, write_npz
 from fbi_ref.reference.build import build_reference
 from fbi_ref.reference.compare import compare, format_comparison
 from fbi_ref.errors import InputError
+
+from .cli_helpers import cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 FEW = ("fbi", "guided_backprop", "gradcam")
@@ -421,3 +424,19 @@ def test_the_documented_pytorch_guided_backprop_check_works(model_path, keras_fi
         runpy.run_path(str(script), run_name="__main__")
         assert main(["compare", str(ref), str(tmp_path / "torch.npz")]) == expected  # as documented: defaults
     assert "first divergence: act/flatten at image" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_compare_on_structured_arrays_says_they_differ(tmp_path, capsys):
+    write_npz(tmp_path / "a.npz", {"v": np.zeros(3)})
+    write_npz(tmp_path / "b.npz", {"v": np.zeros(3, dtype=[("a", "<f8")])})
+    code, out, err = cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "b.npz")
+    assert code == 1 and err == "" and "FAIL" in out
+
+
+def test_a_reference_with_infinities_never_passes(tmp_path, capsys):
+    write_npz(tmp_path / "a.npz", {"v": np.array([1.0, np.inf])})
+    write_npz(tmp_path / "b.npz", {"v": np.array([1.0, 2.0])})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, out, err = cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "b.npz")
+    assert code == 1 and err == ""

@@ -194,10 +194,12 @@ def test_classes_are_balanced(kind):
 
 # --- bad input ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs", [
-    dict(n=-1, seed=0), dict(n=2.5, seed=0), dict(n=True, seed=0), dict(n=2, seed=-1), dict(n=2, seed="0"),
-    dict(n=2, seed=0, kind="triple"), dict(n=2, seed=0, size=MIN_SIZE - 1), dict(n=2, seed=0, size=64.0),
+@pytest.mark.parametrize("kwargs, says", [
+    (dict(n=-1, seed=0), "n must be >= 0"), (dict(n=2.5, seed=0), "n must be an integer"),
+    (dict(n=True, seed=0), "n must be an integer"), (dict(n=2, seed=-1), "seed must be >= 0"),
+    (dict(n=2, seed="0"), "seed must be an integer"), (dict(n=2, seed=0, kind="triple"), "kind must be one of"),
+    (dict(n=2, seed=0, size=MIN_SIZE - 1), f"size must be >= {MIN_SIZE}"), (dict(n=2, seed=0, size=64.0), "size must be an integer"),
 ])
-def test_bad_arguments_raise_input_error(kwargs):
-    with pytest.raises(InputError):
+def test_bad_arguments_raise_input_error(kwargs, says):
+    with pytest.raises(InputError, match=says):
         generate(**kwargs)

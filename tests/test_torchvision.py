@@ -14,8 +14,9 @@ import pytest
 
 import fbi_ref
 from fbi_ref.errors import ArchitectureError, InputError, ModelFileError
-from fbi_ref.io.torch_files import chw_rows_to_hwc, fold_batch_norm, torchvision_state_dict, torchvision_vgg
+from fbi_ref.io.torch_files import BN_EPS, chw_rows_to_hwc, torchvision_state_dict, torchvision_vgg
 from fbi_ref.nn.preprocessing import CAFFE, TORCHVISION, preprocessing
+from fbi_ref.nn.weights import fold_batch_norm
 
 torch = pytest.importorskip("torch")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -156,7 +157,7 @@ def test_batch_norm_folding_is_eval_mode_batch_norm():
         x = torch.randn(2, 3, 6, 6)
         expected = bn(conv(x))
         w, b = fold_batch_norm(conv.weight.numpy(), conv.bias.numpy(),
-                               [t.numpy() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)])
+                               *[t.numpy() for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)], BN_EPS, axis=0)
         folded = torch.nn.functional.conv2d(x, torch.from_numpy(w), torch.from_numpy(b), padding=1)
     np.testing.assert_allclose(folded.numpy(), expected.numpy(), rtol=1e-5, atol=1e-5)
 
@@ -186,7 +187,7 @@ def test_a_1000_class_vgg_from_a_path_gets_imagenet_names(tmp_path):
 def test_preprocessing_can_be_overridden(tmp_path):
     safetensors_numpy.save_file(small().state_dict_numpy(), str(tmp_path / "v.safetensors"))
     caffe = fbi_ref.load_model(tmp_path / "v.safetensors", preprocessing="caffe")
-    assert caffe.preprocessing is CAFFE and caffe.fbi_defaults["tau_mode"] == "absolute"  # the paper's, for caffe
+    assert caffe.preprocessing is CAFFE and caffe.fbi_defaults == {}  # FBI's own defaults (the paper's), for caffe
     with pytest.raises(InputError, match="unknown preprocessing 'bgr'"):
         fbi_ref.load_model(tmp_path / "v.safetensors", preprocessing="bgr")
     assert preprocessing("torchvision") is TORCHVISION

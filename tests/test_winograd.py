@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fbi_ref.nn import conv, layers as L, winograd as W
+from fbi_ref.nn import conv, winograd as W
+from fbi_ref.nn.memory import scratch
 from fbi_ref.errors import InputError
 from fbi_ref.nn.network import Conv2D
 
@@ -26,11 +27,11 @@ def test_winograd_forward_and_adjoint_equal_im2col(shape, seed):
     x, kernel, bias = randn(seed, n, h, w, c), randn(seed + 1, 3, 3, c, o), randn(seed + 2, o)
     layer = layer_of(kernel, bias)
     with conv.use("winograd"):
-        z = conv.forward(layer, x)
+        z = layer.pre_activation(x)
         g = randn(seed + 3, *z.shape)
-        back = conv.adjoint(layer, g, (h, w))
-    np.testing.assert_allclose(z, L.conv2d_forward(x, kernel, bias), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(back, L.conv2d_adjoint(g, kernel, (h, w)), rtol=1e-12, atol=1e-12)
+        back = layer.adjoint(g, x)
+    np.testing.assert_allclose(z, conv.conv2d_forward(x, kernel, bias), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(back, conv.conv2d_adjoint(g, kernel, (h, w)), rtol=1e-12, atol=1e-12)
     # and so, the adjoint identity holds on the Winograd path too
     assert np.isclose(np.vdot(z - bias, g), np.vdot(x, back), rtol=1e-10)
 
@@ -70,8 +71,8 @@ def test_winograd_matches_im2col_in_float32_to_rounding():
     kernel = (randn(1, 3, 3, 64, 32) * np.sqrt(2 / 576)).astype(np.float32)
     layer = layer_of(kernel, np.zeros(32, np.float32))
     with conv.use("winograd"):
-        fast = conv.forward(layer, x)
-    exact = L.conv2d_forward(x.astype(np.float64), kernel.astype(np.float64), None)
+        fast = layer.pre_activation(x)
+    exact = conv.conv2d_forward(x.astype(np.float64), kernel.astype(np.float64), None)
     assert np.abs(fast - exact).max() <= 1e-5 * np.abs(exact).max()
 
 
@@ -87,18 +88,18 @@ def test_cached_kernels_follow_the_kernel_array():
     model = tiny_model(42, dtype=np.float32)
     layer = model.layers[1]  # 3x3 stride-1 'same'
     assert W.applies(layer.kernel.shape, layer.strides, layer.padding)
-    first = conv.transformed(layer)
-    assert conv.transformed(layer) is first  # computed once
+    first = layer.winograd_kernel()
+    assert layer.winograd_kernel() is first  # computed once
     with pytest.raises(ValueError, match="read-only"):
         layer.kernel[0, 0, 0, 0] = 1.0  # in-place edits would leave the cache stale: refused
     layer.kernel = layer.kernel * 2
-    np.testing.assert_allclose(conv.transformed(layer), 2 * first, rtol=1e-6)
+    np.testing.assert_allclose(layer.winograd_kernel(), 2 * first, rtol=1e-6)
 
 
 def test_winograd_refuses_convolutions_it_cannot_compute():
     layer = dataclasses.replace(tiny_model(0).layers[0])  # 4x4 stride 2
     with conv.use("winograd"), pytest.raises(InputError, match="3x3 stride-1"):
-        conv.forward(layer, randn(0, 1, 9, 9, 3))
+        layer.pre_activation(randn(0, 1, 9, 9, 3))
     with pytest.raises(InputError, match="algorithm"):
         with conv.use("fft"):
             pass
@@ -107,11 +108,11 @@ def test_winograd_refuses_convolutions_it_cannot_compute():
 def test_chunks_of_tiles_give_the_same_result_as_one_chunk(monkeypatch):
     x, kernel, bias = randn(50, 2, 7, 9, 3), randn(51, 3, 3, 3, 4), randn(52, 4)
     u = W.transform_kernel(kernel)
-    whole = W.conv3x3(x, u, bias, L.scratch)
+    whole = W.conv3x3(x, u, bias, scratch)
     g = randn(53, 2, 7, 9, 4)
-    back = W.conv3x3(g, W.adjoint_transformed(u), None, L.scratch)  # the adjoint, through the views
+    back = W.conv3x3(g, W.adjoint_transformed(u), None, scratch)  # the adjoint, through the views
     monkeypatch.setattr(W, "TILES_BUDGET_BYTES", 16 * 4 * 8 * 7)  # 7 tiles per chunk: 40 tiles in 6 chunks
-    np.testing.assert_array_equal(W.conv3x3(x, u, bias, L.scratch), whole)
-    np.testing.assert_array_equal(W.conv3x3(g, W.adjoint_transformed(u), None, L.scratch), back)
-    np.testing.assert_allclose(whole, L.conv2d_forward(x, kernel, bias), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(back, L.conv2d_adjoint(g, kernel, (7, 9)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(W.conv3x3(x, u, bias, scratch), whole)
+    np.testing.assert_array_equal(W.conv3x3(g, W.adjoint_transformed(u), None, scratch), back)
+    np.testing.assert_allclose(whole, conv.conv2d_forward(x, kernel, bias), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(back, conv.conv2d_adjoint(g, kernel, (7, 9)), rtol=1e-12, atol=1e-12)

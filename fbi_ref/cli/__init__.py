@@ -2,7 +2,7 @@
 
 program.py parses the command line and turns errors into one line and an exit code; args.py holds what the
 commands share; each command group has its module: figure_commands.py (demo, explain, layers, sweep),
-weights.py, reference.py (reference, compare), evaluate.py; stream.py runs explain and reference in
+methods.py, weights.py, reference.py (reference, compare), evaluate.py; stream.py runs explain and reference in
 resumable batches (locally or on Dask), voc.py is evaluate's pointing game on a VOC-style folder.
 `python -m fbi_ref.cli` runs __main__.py.
 

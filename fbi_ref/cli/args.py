@@ -14,8 +14,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fbi_ref.errors import InputError, ModelFileError
-from fbi_ref.io.paths import output_file, shown
-from fbi_ref.methods.explain import METHODS
+from fbi_ref.io import weights_cache, zoo
+from fbi_ref.io.paths import input_file, output_file, shown
+from fbi_ref.methods.catalog import METHODS
 
 IMPORTED = time.time()
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -131,6 +132,10 @@ def option_value(text):
     method, dot, name = key.partition(".")
     if not (sep and dot and name) or method not in METHODS:
         _bad(f"expected METHOD.NAME=VALUE with a method from {', '.join(METHODS)}, got {text!r}")
+    options = [option.name for option in METHODS[method].options]
+    if name not in options:
+        _bad(f"method {method!r} takes no option {name!r} (its options: {', '.join(options) or 'none'}; "
+             f"`fbi-ref methods {method}` describes them)")
     words = {"true": True, "false": False, "none": None}
     if raw.lower() in words:
         return method, name, words[raw.lower()]
@@ -179,7 +184,8 @@ def add_tau_mode(parser):
 def add_options(parser):
     """--option METHOD.NAME=VALUE for any method option (docs/methods.md lists them)."""
     parser.add_argument("--option", type=option_value, action="append", default=[], metavar="METHOD.NAME=VALUE",
-                        help="a method option, repeatable, e.g. integrated_gradients.steps=16 or fbi.unpool=switch")
+                        help="a method option, repeatable, e.g. integrated_gradients.steps=16 or fbi.unpool=switch "
+                             "(`fbi-ref methods` lists every option, its default and its allowed values)")
 
 
 def method_options(args, methods):
@@ -280,11 +286,10 @@ def bar(args, items, desc, unit):
 
 def load_model(name):
     """fbi_ref.load_model, with a clearer message for the embedded Shapes model before it exists."""
-    from fbi_ref.io.zoo import EMBEDDED_DIR, embedded_models, load_model as load
-    if name == "shapes" and "shapes" not in embedded_models():
-        raise ModelFileError(f"the embedded 'shapes' model is not in {EMBEDDED_DIR} yet (shapes.h5 + shapes.json): "
+    if name == "shapes" and "shapes" not in zoo.embedded_models():
+        raise ModelFileError(f"the embedded 'shapes' model is not in {zoo.EMBEDDED_DIR} yet (shapes.h5 + shapes.json): "
                              "train it with `python -m fbi_ref.shapes.train --out weights/`, or pass --model PATH")
-    return load(name)
+    return zoo.load_model(name)
 
 
 LIST_SUFFIXES = {".txt", ".lst"}
@@ -312,7 +317,6 @@ def image_files(paths):
 
 def list_file(path):
     """The image paths a list file names (each must exist), in its order."""
-    from fbi_ref.io.paths import input_file
     path = input_file(path, "list file")
     if path.stat().st_size > MAX_LIST_BYTES:
         raise InputError(f"{shown(path)}: a list file of {path.stat().st_size:,} bytes, more than {MAX_LIST_BYTES:,}")
@@ -360,11 +364,9 @@ def figure_path(path, inputs=()):
 
 def model_file(name):
     """The file a --model name or path stands for (a known name's cached file, an embedded model's), or None."""
-    from fbi_ref.io import weights_cache
-    from fbi_ref.io.zoo import embedded_models
     if name in weights_cache.KNOWN_WEIGHTS:
         return weights_cache.cached_weights(name)
-    embedded = embedded_models()
+    embedded = zoo.embedded_models()
     return embedded[name] if name in embedded else Path(os.path.expanduser(name))  # as load_model reads it
 
 

@@ -17,6 +17,7 @@ from fbi_ref.io.arrays import write_npz
 from fbi_ref.io.paths import output_file, shown
 from fbi_ref.io.images import preprocess_caffe, preprocess_image
 from fbi_ref.methods.explain import explain
+from fbi_ref.shapes import CLASSES, generate
 
 DEMO_METHODS = ("fbi", "guided_backprop", "deconvnet", "gradient", "gradcam")
 MAX_MAPS = 16  # per row of the layers figure: VGG16's walk has 23 rows
@@ -42,7 +43,6 @@ def inputs_of(args, images=()):
 def run_demo(args):
     """Shapes images explained by the embedded model, one row per image, one column per method."""
     from fbi_ref.figures import comparison_figure  # matplotlib: imported only by the commands that draw
-    from fbi_ref.shapes import CLASSES, generate
     out = figure_path(args.out, inputs_of(args))
     model = load_model(args.model)
     height, width, _ = model.input_shape

@@ -7,17 +7,18 @@
     fbi-ref weights fetch vgg16                   # download the official Keras weights into the cache
     fbi-ref reference --model vgg16 --images cat.jpg --out ref.npz
     fbi-ref compare ref.npz mine.npz              # which array differs first
+    fbi-ref methods fbi                           # a method's options: defaults and allowed values
 
 Exit codes: 0 success; 1 a check failed (compare, weights verify); 2 bad arguments or files, reported in
 one line on stderr. The commands live beside this module: figure_commands.py (demo, explain, layers, sweep),
-weights.py, reference.py (reference, compare) and evaluate.py.
+methods.py, weights.py, reference.py (reference, compare) and evaluate.py.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from fbi_ref.cli import evaluate, figure_commands, reference, weights
+from fbi_ref.cli import evaluate, figure_commands, methods, reference, weights
 from fbi_ref.cli.args import OneLineParser, UsageError, announce_compiling, command_parser, silence_stdout
 from fbi_ref.errors import FbiRefError
 from fbi_ref.io.paths import shown
@@ -40,7 +41,7 @@ def build_parser():
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for commands in (figure_commands, weights, reference, evaluate):
+    for commands in (figure_commands, methods, weights, reference, evaluate):
         commands.register(sub, command_parser)
     return parser
 

@@ -11,6 +11,7 @@ once its files are complete, with their SHA-256, and --resume skips exactly thos
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import sys
@@ -18,8 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from fbi_ref.cli.args import output_folder, process_age, say
+from fbi_ref.cli.args import int_between, output_folder, process_age, say
 from fbi_ref.errors import InputError
 from fbi_ref.evaluation.scheduler import dask_distributed, run_batches, scheduler, worker_model
 from fbi_ref.evaluation.workers import cpu_count
@@ -27,6 +29,8 @@ from fbi_ref.io.arrays import write_npz
 from fbi_ref.io.images import preprocess_image
 from fbi_ref.io.paths import shown, write_atomically, write_text
 from fbi_ref.io.weights_cache import md5sum, sha256sum
+from fbi_ref.methods.explain import explain
+from fbi_ref.nn.activations import softmax
 from fbi_ref.reference import shards
 from fbi_ref.reference.build import build_reference, plain, stable_json
 
@@ -38,7 +42,6 @@ SHARD_FILE = re.compile(r"shard-\d{5}\.npz")
 
 def add_batch_options(parser, batch_default):
     """--batch-size, --jobs, --threads, --scheduler and --resume."""
-    from fbi_ref.cli.args import int_between
     parser.add_argument("--batch-size", type=int_between(1, 1024), default=None, metavar="N",
                         help=f"images per batch: a task, a shard (default {batch_default})")
     parser.add_argument("--jobs", type=int_between(1, 256), default=1, metavar="N",
@@ -86,7 +89,6 @@ def spans(n, size):
 
 def progress(args, total, done, desc):
     """A progress bar over images, with rate and ETA (on a terminal, unless --quiet)."""
-    from tqdm.auto import tqdm
     return tqdm(total=total, initial=done, desc=desc, unit="image", disable=True if args.quiet else None,
                 leave=False, dynamic_ncols=True)
 
@@ -177,10 +179,7 @@ def start_folder(folder, run, images, size, resume):
 def explain_batch(spec, x, names, methods, target, options, save_npz):
     """Explain one batch x (B, H, W, C) with every method and draw each image's figure (PNG bytes): a list of
     per-image records {png, arrays, prediction, started, seconds}."""
-    import io
-
-    from fbi_ref.figures import explanation_figure, prediction_text, save
-    from fbi_ref.methods.explain import explain
+    from fbi_ref.figures import explanation_figure, prediction_text, save  # matplotlib: only where a figure is drawn
     model = worker_model(spec)
     started = process_age()
     explained = {m: explain(model, x, m, target=target, **options[m]) for m in methods}
@@ -204,7 +203,6 @@ def _row(e, i):
 
 def explanation_arrays(x, explanations, model, name):
     """x, logits, probs, target, attr/<method>, heatmap/<method> and a meta record: explain's .npz."""
-    from fbi_ref.nn.layers import softmax
     first = next(iter(explanations.values()))
     arrays = {"x": x, "logits": first.logits, "probs": softmax(first.logits), "target": first.target}
     arrays.update({f"attr/{m}": e.attribution for m, e in explanations.items()})

@@ -20,7 +20,7 @@ from fbi_ref.errors import InputError
 from fbi_ref.evaluation import metrics as M
 from fbi_ref.evaluation import selection
 from fbi_ref.evaluation.workers import cpu_count, cpu_time, run_tasks, thread_limit
-from fbi_ref.io.zoo import PAPER_FBI_DEFAULTS, load_model
+from fbi_ref.io.zoo import load_model
 from fbi_ref.methods import options as check
 from fbi_ref.methods.explain import explain
 from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
@@ -33,7 +33,6 @@ from fbi_ref.shapes.train import preprocess_uint8, shapes_architecture
 TEST_SEED = 30_000            # the held-out test images (training used seed 0, train.py's accuracy check 10_000)
 VALIDATION_SEED = 20_000      # the images FBI's settings and the centre baseline's sigma are chosen on
 RANDOMISATION_SEED = 4_242    # the fresh weights of the cascading randomisation
-PAPER_FBI = PAPER_FBI_DEFAULTS  # k = 50 %, tau = 10 (absolute): the paper's values for VGG16
 SANITY_THRESHOLD = 0.5        # randomisation: rho after the dense layers are random must be below this
 # The rows: FBI three ways (chosen by the rule; the paper's readings with k and tau tuned; the paper's k and
 # tau), the other methods (Grad-CAM also one block lower), and two controls that look at nothing.
@@ -380,12 +379,13 @@ def randomisation(model, rows, data, maps, settings):
 
 
 def fbi_rows(model, settings, selection_result):
-    """The options of the three FBI rows: chosen by the rule, the paper's readings tuned, the paper's."""
+    """The options of two FBI rows: chosen by the rule, and the paper's readings with k and tau tuned (the third,
+    `fbi_paper`, is FBI's defaults: the paper's readings with its k = 50 % and tau = 10)."""
     if selection_result is not None:
-        return selection_result["chosen"], selection_result["paper_readings"], dict(PAPER_FBI)
+        return selection_result["chosen"], selection_result["paper_readings"]
     own = {**FBI_DEFAULTS, **model.fbi_defaults, **settings.fbi}
     readings = {**FBI_DEFAULTS, **{k: own[k] for k in ("k", "tau", "tau_mode")}}
-    return own, readings, dict(PAPER_FBI)
+    return own, readings
 
 
 def benchmark_rows(names, settings, fbi, readings, sigma):
@@ -396,7 +396,7 @@ def benchmark_rows(names, settings, fbi, readings, sigma):
         if name == "fbi_paper_readings":
             return Row(name, "fbi", dict(readings))
         if name == "fbi_paper":
-            return Row(name, "fbi", {**FBI_DEFAULTS, **PAPER_FBI})
+            return Row(name, "fbi", dict(FBI_DEFAULTS))
         if name == "gradcam_block4":
             return Row(name, "gradcam", {"layer": settings.gradcam_fine_layer})
         if name == "centre":
@@ -471,7 +471,7 @@ def _evaluate(model, settings, names):
     if settings.sweep and any(name.startswith("fbi") for name in names):
         chosen = results["selection"] = selection.choose_fbi(model, val, settings)
         lap("validation")
-    fbi, readings, _ = fbi_rows(model, settings, chosen)
+    fbi, readings = fbi_rows(model, settings, chosen)
     results["fbi_defaults"] = fbi
     rows = benchmark_rows(names, settings, fbi, readings, sigma)
     data = load_data(model, settings.test_seed, settings.n_test, settings.n_pairs, settings.n_curves, settings)

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from fbi_ref.evaluation import selection
-from fbi_ref.io.paths import write_atomically, write_text
+from fbi_ref.figures.panels import add_colorbar, colormap, new_figure, save, show_map
+from fbi_ref.io.paths import write_text
+from fbi_ref.methods.fbi import DEFAULTS
 
 # (results key, column title, better: +1 higher, -1 lower, 0 no ranking) of the test tables. The wrong-class
 # columns are controls, not ranked: an empty map "wins" them; the drops from the true class are what counts.
@@ -134,7 +136,6 @@ def round_table(round_):
 
 def selection_text(sel):
     """The selection's sections: the rule, the sweep, every round, the choice."""
-    from fbi_ref.methods.fbi import DEFAULTS
     parts = ["## FBI's settings, chosen on the validation set", "", f"The rule (stated before the run): {sel['rule']}.",
              "", "### k × τ with the paper's readings", "", sweep_table(sel["sweep"], sel["paper_readings"]), ""]
     for i, round_ in enumerate(sel["rounds"], start=1):
@@ -239,7 +240,6 @@ def write_report(results, examples, out):
 
 def report_text(results):
     """The Markdown report of a run, from its results (as returned, or as read back from results.json)."""
-    from fbi_ref.methods.fbi import DEFAULTS
     main = main_table(results)
     c = results["centre"]
     sigmas = [float(s) for s in c["validation_mass"]]  # (keys: strings once read back from JSON)
@@ -283,53 +283,18 @@ def write_selection(sel, settings, command, out):
     plot_selection(sel, out / "selection.png")
 
 
-def save_png(plt, fig, path):
-    """Write a figure as PNG atomically (never onto a symlink or special file) and close it."""
-    try:
-        write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
-
-
-class _Figures:
-    """What the plots here need of matplotlib.pyplot (subplots, close, get_cmap), without pyplot: figures are
-    built on their own Agg canvas, so that writing a report never switches a notebook's backend."""
-
-    @staticmethod
-    def subplots(*args, **kwargs):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=kwargs.pop("figsize", None))
-        FigureCanvasAgg(fig)
-        return fig, fig.subplots(*args, **kwargs)
-
-    @staticmethod
-    def close(fig):
-        """Nothing to do: a Figure made here is not registered with pyplot."""
-
-    @staticmethod
-    def get_cmap(name):
-        import matplotlib
-        return matplotlib.colormaps[name]
-
-
-def pyplot():
-    """The figure factory of the report's plots (see _Figures)."""
-    return _Figures
-
-
-def line_style(names, plt):
+def line_style(names):
     """{name: plot kwargs}: a distinct colour per method (tab20), FBI rows drawn thicker."""
-    colours = plt.get_cmap("tab20").colors
+    colours = colormap("tab20").colors
     return {name: {"color": colours[i % len(colours)], "lw": 2.2 if name.startswith("fbi") else 1.0}
             for i, name in enumerate(names)}
 
 
 def plot_curves(results, path):
     """Mean deletion and insertion curves per method."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4))
-    style = line_style(results["rows"], plt)
+    fig = new_figure((12.5, 4))
+    axes = fig.subplots(1, 2)
+    style = line_style(results["rows"])
     for ax, key in zip(axes, ("deletion", "insertion")):
         for name in results["rows"]:
             curve = results["metrics"][name][f"{key}_curve"]
@@ -340,15 +305,15 @@ def plot_curves(results, path):
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save(fig, path)
 
 
 def plot_randomisation(results, path):
     """Spearman correlation after each cascade step, per method."""
-    plt = pyplot()
     r = results["randomisation"]
-    fig, ax = plt.subplots(figsize=(12.5, 4.5))
-    style = line_style(results["rows"], plt)
+    fig = new_figure((12.5, 4.5))
+    ax = fig.subplots()
+    style = line_style(results["rows"])
     for name in r["rho"]:
         ax.plot(range(len(r["layers"])), r["rho"][name], marker="o", ms=3, label=name, **style[name])
     ax.set_xticks(range(len(r["layers"])), r["layers"], rotation=60, ha="right", fontsize=8)
@@ -358,31 +323,31 @@ def plot_randomisation(results, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save(fig, path)
 
 
 def plot_selection(sel, path):
     """Left: the score over the k x tau grid (the paper's readings); right: the first round's change of
     mass and of class-conditional pointing for every one-option change (the ablation)."""
-    plt = pyplot()
     rows = sel["sweep"]
     ks, taus = sorted({r["options"]["k"] for r in rows}), sorted({r["options"]["tau"] for r in rows})
     grid = np.full((len(ks), len(taus)), np.nan)
     for r in rows:
         grid[ks.index(r["options"]["k"]), taus.index(r["options"]["tau"])] = r["score"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1, 1.6]})
+    fig = new_figure((14, 5.5))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.6]})
     im = left.imshow(grid, cmap="viridis", aspect="auto")
     left.set_xticks(range(len(taus)), [f"{t:g}" for t in taus])
     left.set_yticks(range(len(ks)), [f"{k:g}" for k in ks])
     left.set_xlabel(f"τ ({rows[0]['options']['tau_mode']})")
     left.set_ylabel("k")
     left.set_title("score with the paper's readings (validation)")
-    fig.colorbar(im, ax=left, label="score")
+    add_colorbar(left, im, "score")
     if not sel["rounds"]:
         right.axis("off")
         right.set_title("no round of option changes (--rounds 0)")
         fig.tight_layout()
-        save_png(plt, fig, path)
+        save(fig, path)
         return
     first = sel["rounds"][0]
     base = first["from"]
@@ -397,52 +362,41 @@ def plot_selection(sel, path):
     right.set_title("round 1: each option changed alone (blue: the score rises)")
     right.grid(alpha=0.3)
     fig.tight_layout()
-    save_png(plt, fig, path)
-
-
-def show_map(fig, ax, heat):
-    """A heat map (H, W) with its colour bar: inferno from 0 for a map without negative values, a diverging
-    map symmetric about 0 for a signed one (one encoding per kind, said by the bar's label)."""
-    bound = max(float(np.abs(heat).max()), 1e-12)
-    signed = float(heat.min()) < 0
-    image = ax.imshow(heat, cmap="seismic" if signed else "inferno", vmin=-bound if signed else 0, vmax=bound)
-    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
-    bar.ax.tick_params(labelsize=5)
-    bar.set_label("signed" if signed else "≥ 0", fontsize=5)
+    save(fig, path)
 
 
 def plot_examples(examples, path):
     """The first test images with their mask outline, and each method's heat map with its colour bar."""
-    plt = pyplot()
     names, n = list(examples["maps"]), len(examples["images"])
-    fig, axes = plt.subplots(n, len(names) + 1, figsize=(1.5 * (len(names) + 1), 1.6 * n), squeeze=False)
+    fig = new_figure((1.5 * (len(names) + 1), 1.6 * n))
+    axes = fig.subplots(n, len(names) + 1, squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(examples["images"][i])
         axes[i, 0].contour(examples["masks"][i], levels=[0.5], colors="yellow", linewidths=0.8)
         for j, name in enumerate(names, start=1):
-            show_map(fig, axes[i, j], examples["maps"][name][i])
+            show_map(axes[i, j], examples["maps"][name][i], colorbar=True, fontsize=5)
             axes[i, j].contour(examples["masks"][i], levels=[0.5], colors="cyan", linewidths=0.5)
             if i == 0:
                 axes[i, j].set_title(name, fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save(fig, path)
 
 
 def plot_pairs(pairs, path):
     """Pair images, and for a few rows the heat map explaining each object's class (outlines: yellow the
     asked object, cyan the other): a class-sensitive map moves with the class asked."""
-    plt = pyplot()
     names, n = list(pairs["maps"]), len(pairs["images"])
-    fig, axes = plt.subplots(n, 1 + 2 * len(names), figsize=(1.45 * (1 + 2 * len(names)), 1.6 * n), squeeze=False)
+    fig = new_figure((1.45 * (1 + 2 * len(names)), 1.6 * n))
+    axes = fig.subplots(n, 1 + 2 * len(names), squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(pairs["images"][i])
         for j, name in enumerate(names):
             for side, (asked, other) in enumerate(((pairs["masks"], pairs["other_masks"]),
                                                    (pairs["other_masks"], pairs["masks"]))):
                 ax = axes[i, 1 + 2 * j + side]
-                show_map(fig, ax, pairs["maps"][name][side][i])
+                show_map(ax, pairs["maps"][name][side][i], colorbar=True, fontsize=5)
                 ax.contour(asked[i], levels=[0.5], colors="yellow", linewidths=0.8)
                 ax.contour(other[i], levels=[0.5], colors="cyan", linewidths=0.8)
                 if i == 0:
@@ -450,4 +404,4 @@ def plot_pairs(pairs, path):
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save(fig, path)

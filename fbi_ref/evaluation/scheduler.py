@@ -20,7 +20,8 @@ import logging
 import os
 
 from fbi_ref.errors import InputError
-from fbi_ref.evaluation.workers import _run_limited, stream_tasks, worker_threads
+from fbi_ref.evaluation.workers import run_limited, stream_tasks, worker_threads
+from fbi_ref.io.zoo import load_model
 
 DASK_EXTRA = "pip install 'fbi_ref[dask]'"
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before saying it does not answer
@@ -82,7 +83,7 @@ def run_batches(fn, tasks, client=None, jobs=1, threads=1, window=None):
     pending = {}
 
     def submit(i, task):
-        future = client.submit(_run_limited, fn, threads, task, pure=False)
+        future = client.submit(run_limited, fn, threads, task, pure=False)
         pending[future.key] = i
         return future
 
@@ -112,7 +113,6 @@ def _take(iterator, n):
 @functools.lru_cache(maxsize=2)
 def _cached_model(spec, stamp):
     """The model `spec` names, loaded once per process for one state (`stamp`) of its file."""
-    from fbi_ref.io.zoo import load_model
     return load_model(spec)
 
 

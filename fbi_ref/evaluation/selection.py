@@ -21,31 +21,16 @@ import numpy as np
 
 from fbi_ref.evaluation import metrics as M
 from fbi_ref.evaluation.workers import run_tasks
-from fbi_ref.methods.explain import HEATMAP_REDUCTION, heatmap
-from fbi_ref.methods.fbi import DEFAULTS
-from fbi_ref.methods.tables import backprop_method
+from fbi_ref.methods.catalog import METHODS, heatmap, walk_rules
+from fbi_ref.methods.fbi import DEFAULTS, OPTIONS
 from fbi_ref.methods.traversal import walk
 
 MIN_GAIN = 0.01      # a change must raise the validation score by this much to be taken (smaller: noise)
 MAX_ROUNDS = 4
-# Every FBI option's values (the paper's reading first), for the ablation; k and tau come from the sweep grid.
-OPTION_VALUES = {
-    "start": ("maxmin", "onehot", "logits", "contrast"),
-    "start_from": ("logits", "probs"),
-    "start_relu": (False, True),
-    "dense_bias": ("subtract", "subtract-support", "ignore"),
-    "conv_bias": ("ignore", "subtract", "subtract-support"),
-    "unpool": ("min-replicate", "replicate", "switch"),
-    "unpool_min": ("input", "pooled"),
-    "topk_score": ("backward", "forward", "product"),
-    "topk_sum": ("signed", "absolute"),
-    "topk_position": ("conv", "pool"),
-    "topk_order": ("before-relu", "after-relu"),
-    "topk_layers": ("top", "all"),
-    "mask_image": (True, False),
-    "mask_pools": (False, True),
-    "mask_dense": (True, False),
-}
+# Every FBI option's values from its record (the paper's reading first), for the ablation; k, tau and tau_mode
+# come from the sweep grid.
+SWEPT = ("k", "tau", "tau_mode")
+OPTION_VALUES = {option.name: option.choices for option in OPTIONS if option.choices and option.name not in SWEPT}
 
 
 def score(m):
@@ -88,11 +73,11 @@ def forward_passes(model, x, batch_size):
 
 def fbi_maps(model, passes, targets, options, batch_size):
     """FBI heat maps (N, H, W) for targets, walked back through the given forward passes."""
-    start, rules, _ = backprop_method(model, "fbi", options)
+    start, rules, _ = walk_rules(model, "fbi", options)
     maps = []
     for i, fp in enumerate(passes):
         t = targets[i * batch_size:(i + 1) * batch_size]
-        maps.append(heatmap(walk(model, fp, start(fp.logits, fp.probs, t), rules).signal, HEATMAP_REDUCTION["fbi"]))
+        maps.append(heatmap(walk(model, fp, start(fp.logits, fp.probs, t), rules).signal, METHODS["fbi"].reduction))
     return np.concatenate(maps)
 
 

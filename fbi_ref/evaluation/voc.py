@@ -29,10 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from fbi_ref.errors import InputError
 from fbi_ref.evaluation.metrics import bootstrap_interval
+from fbi_ref.evaluation.scheduler import run_batches, worker_model
+from fbi_ref.io.images import preprocess_image
 from fbi_ref.io.paths import input_file, shown
+from fbi_ref.methods.explain import explain
+from fbi_ref.nn.geometry import resize_bilinear
 
 TOLERANCE = 15            # pixels of the original image, TorchRay's default
 MAX_XML_BYTES = 1 * 2**20  # a VOC annotation is about 1 kB
@@ -210,30 +215,10 @@ def class_mask(annotation, class_name):
     return mask
 
 
-def resize_bilinear(heatmap, size):
-    """A map (h, w) resized to size (H, W) by bilinear interpolation with half-pixel centres
-    (PyTorch's interpolate(mode='bilinear', align_corners=False)), as float64 (H, W)."""
-    h, w = heatmap.shape
-    rows, cols = _taps(h, size[0]), _taps(w, size[1])
-    m = np.asarray(heatmap, dtype=np.float64)
-    (r0, r1, fr), (c0, c1, fc) = rows, cols
-    top = m[r0][:, c0] * (1 - fc) + m[r0][:, c1] * fc      # (H, W)
-    bottom = m[r1][:, c0] * (1 - fc) + m[r1][:, c1] * fc   # (H, W)
-    return top * (1 - fr[:, None]) + bottom * fr[:, None]
-
-
-def _taps(n_in, n_out):
-    """For each output index: the two input indices and the weight of the second (align_corners=False)."""
-    pos = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)  # (n_out,)
-    lo = np.minimum(np.floor(pos).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    return lo, hi, pos - lo
-
-
 def peak_point(heatmap, size):
     """(row, col) of the maximum of a map (h, w) resized to the original image's size (H, W): the first in
     row-major order."""
-    resized = resize_bilinear(heatmap, size)  # (H, W)
+    resized = resize_bilinear(np.asarray(heatmap, dtype=np.float64)[None], size)[0]  # (H, W)
     return np.unravel_index(int(np.argmax(resized)), resized.shape)
 
 
@@ -297,8 +282,6 @@ def pointing_batch(spec, x, targets, sizes, methods, options):
     x: (B, H, W, C) the pairs' images, preprocessed; targets: (B,) the classes; sizes: [(H_i, W_i)] the
     original sizes. The model is loaded once per worker (scheduler.worker_model).
     """
-    from fbi_ref.evaluation.scheduler import worker_model
-    from fbi_ref.methods.explain import explain
     model = worker_model(spec)
     out = {}
     for method in methods:
@@ -314,10 +297,6 @@ def pointing_game(spec, data, pairs, methods, options=None, batch_size=16, clien
                   progress=False):
     """Every method's hit (1/0) on every pair: {method: (P,) float}, explaining the pairs batch by batch (on
     `client`'s Dask workers, or `jobs` local processes)."""
-    from tqdm.auto import tqdm
-
-    from fbi_ref.evaluation.scheduler import run_batches, worker_model
-    from fbi_ref.io.images import preprocess_image
     model = worker_model(spec)
     shape, rule = model.input_shape, model.preprocessing
     spans = [(i, min(i + batch_size, len(pairs))) for i in range(0, len(pairs), batch_size)]

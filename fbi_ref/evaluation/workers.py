@@ -18,6 +18,7 @@ import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 
+import numba
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -32,7 +33,6 @@ def cpu_count():
 @contextlib.contextmanager
 def thread_limit(n):
     """Within the block, BLAS and numba's parallel kernels use at most n threads in this process."""
-    import numba
     before = numba.get_num_threads()
     numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
     try:
@@ -42,7 +42,7 @@ def thread_limit(n):
         numba.set_num_threads(before)
 
 
-def _run_limited(fn, threads, args):
+def run_limited(fn, threads, args):
     """fn(*args) with `threads` threads (what a worker runs)."""
     with thread_limit(threads):
         return fn(*args)
@@ -59,20 +59,20 @@ def run_tasks(fn, tasks, settings, desc, costs=None):
     results = [None] * len(tasks)
     with tqdm(total=len(tasks), desc=desc, disable=None if settings.progress else True) as bar:  # None: terminal only
         if _client is not None:
-            futures = [_client.submit(_run_limited, fn, settings.threads, tasks[i], pure=False) for i in order]
+            futures = [_client.submit(run_limited, fn, settings.threads, tasks[i], pure=False) for i in order]
             for i, future in zip(order, futures):
                 results[i] = future.result()
                 bar.update()
             return results
         if settings.jobs <= 1:
             for i in order:
-                results[i] = _run_limited(fn, settings.threads, tasks[i])
+                results[i] = run_limited(fn, settings.threads, tasks[i])
                 bar.update()
             return results
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: numba's threads do not fork
         jobs = max(1, min(settings.jobs, len(tasks)))
         with worker_threads(settings.threads), ProcessPoolExecutor(jobs, mp_context=context) as pool:
-            futures = {pool.submit(_run_limited, fn, settings.threads, tasks[i]): i for i in order}
+            futures = {pool.submit(run_limited, fn, settings.threads, tasks[i]): i for i in order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
@@ -88,7 +88,7 @@ def stream_tasks(fn, tasks, jobs, threads, window=None):
     """
     if jobs <= 1:
         for i, task in enumerate(tasks):
-            yield i, _run_limited(fn, threads, task)
+            yield i, run_limited(fn, threads, task)
         return
     window = window or 2 * jobs
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: numba's threads do not fork
@@ -97,7 +97,7 @@ def stream_tasks(fn, tasks, jobs, threads, window=None):
     try:
         pending, queue = {}, iter(enumerate(tasks))
         for i, task in queue:
-            pending[pool.submit(_run_limited, fn, threads, task)] = i
+            pending[pool.submit(run_limited, fn, threads, task)] = i
             if len(pending) >= window:
                 break
         while pending:
@@ -105,7 +105,7 @@ def stream_tasks(fn, tasks, jobs, threads, window=None):
             for future in done:
                 yield pending.pop(future), future.result()
             for i, task in queue:  # refill the window
-                pending[pool.submit(_run_limited, fn, threads, task)] = i
+                pending[pool.submit(run_limited, fn, threads, task)] = i
                 if len(pending) >= window:
                     break
     finally:  # Ctrl-C or an error: stop at once, do not wait for the batches in flight

@@ -9,44 +9,25 @@ How attributions are shown (DISPLAY says which way for each method):
 - 'image', the usual "guided backprop image": the (H, W, 3) attribution, its channels flipped from the
   model's BGR to RGB, centred at its mean, divided by its standard deviation, times 0.1, plus 0.5, clipped
   to [0, 1]. Mid-grey is the mean (about zero); one standard deviation is a tenth of the colour range.
-- 'signed': the heat map (explain.HEATMAP_REDUCTION) in a diverging colour map centred at zero, with
+- 'signed': the heat map (the method's reduction, methods/catalog.py) in a diverging colour map centred at zero, with
   symmetric limits +-max|value|: red positive, blue negative, white zero.
 - 'overlay': the non-negative heat map (Grad-CAM) in 'jet' over the input, half transparent.
 Inputs are shown as the RGB image (fbi_ref.deprocess_caffe); supports as outlines (a contour at 0.5).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-from matplotlib.figure import Figure
 
+from fbi_ref.figures.panels import (CELL, OVERLAY_CMAP, SUPPORT_COLOR, add_colorbar, clean, new_figure,
+                                    show_heatmap, show_signed)
 from fbi_ref.io.images import deprocess
+from fbi_ref.methods.catalog import METHODS, heatmap
+from fbi_ref.nn.activations import softmax
 from fbi_ref.nn.preprocessing import CAFFE
-from fbi_ref.io.paths import write_atomically
-from fbi_ref.methods.explain import HEATMAP_REDUCTION, heatmap
-from fbi_ref.nn.layers import softmax
 
-METHOD_LABELS = {
-    "fbi": "FBI", "gradient": "Gradient", "gradient_x_input": "Gradient × input", "deconvnet": "DeconvNet",
-    "guided_backprop": "Guided backprop", "lrp_epsilon": "LRP-ε", "lrp_zplus": "LRP-z⁺", "gradcam": "Grad-CAM",
-    "guided_gradcam": "Guided Grad-CAM", "integrated_gradients": "Integrated gradients",
-    "smoothgrad": "SmoothGrad", "occlusion": "Occlusion",
-}
-DISPLAY = {
-    "fbi": "image", "gradient": "image", "deconvnet": "image", "guided_backprop": "image",
-    "smoothgrad": "image", "guided_gradcam": "image",
-    "gradient_x_input": "signed", "integrated_gradients": "signed", "lrp_epsilon": "signed",
-    "lrp_zplus": "signed", "occlusion": "signed",
-    "gradcam": "overlay",
-}
+METHOD_LABELS = {name: method.label for name, method in METHODS.items()}  # from the methods' records
+DISPLAY = {name: method.display for name, method in METHODS.items()}
 GRADIENT_IMAGE_SCALE = 0.1  # one standard deviation = a tenth of the colour range (the Keras examples' choice)
-SIGNED_CMAP = "RdBu_r"
-HEAT_CMAP = "inferno"
-OVERLAY_CMAP = "jet"
-SUPPORT_COLOR = "lime"
-CELL = 2.2  # inches per panel
-DPI = 100
 FOOTNOTE = ("gradient images: attribution (channels in RGB order) centred at its mean, / std, × 0.1, + 0.5 (grey ≈ 0); "
             "signed maps: red > 0 > blue, limits ±max|v|; Grad-CAM: jet over the input")
 
@@ -72,53 +53,19 @@ def gradient_image(attribution, preprocessing=CAFFE):
     return np.clip(a / (std if std > 0 else 1.0) * GRADIENT_IMAGE_SCALE + 0.5, 0.0, 1.0)
 
 
-def symmetric_limits(values):
-    """(-m, m) with m = max|values| (1 when everything is zero, so the colour bar stays readable)."""
-    m = float(np.nanmax(np.abs(values))) if np.size(values) else 0.0
-    return (-m, m) if m > 0 else (-1.0, 1.0)
-
-
 # --- one panel -------------------------------------------------------------------------------
-
-def _clean(ax, title=None):
-    """No ticks; an optional title."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=9)
-
 
 def show_input(ax, x, title=None, preprocessing=CAFFE):
     """Draw a preprocessed image (H, W, 3) as RGB."""
     im = ax.imshow(input_rgb(x, preprocessing), interpolation="nearest")
-    _clean(ax, title)
+    clean(ax, title)
     return im
 
 
 def show_gradient_image(ax, attribution, title=None, preprocessing=CAFFE):
     """Draw an (H, W, 3) attribution as a gradient image (see gradient_image)."""
     im = ax.imshow(gradient_image(attribution, preprocessing), interpolation="nearest")
-    _clean(ax, title)
-    return im
-
-
-def show_signed(ax, values, title=None, colorbar=False, limits=None, aspect="equal"):
-    """Draw a 2-D map in a diverging colour map centred at zero, limits symmetric (or the given ones)."""
-    lo, hi = limits or symmetric_limits(values)
-    im = ax.imshow(values, cmap=SIGNED_CMAP, vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
-    _clean(ax, title)
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, shrink=0.8)
-    return im
-
-
-def show_heatmap(ax, values, title=None, colorbar=False):
-    """Draw a non-negative 2-D map from 0 to its maximum in a sequential colour map."""
-    top = float(np.max(values)) if np.size(values) else 0.0
-    im = ax.imshow(values, cmap=HEAT_CMAP, vmin=0.0, vmax=top if top > 0 else 1.0, interpolation="nearest")
-    _clean(ax, title)
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, shrink=0.8)
+    clean(ax, title)
     return im
 
 
@@ -128,9 +75,9 @@ def show_overlay(ax, x, values, title=None, colorbar=False, alpha=0.5, preproces
     top = float(np.max(values)) if np.size(values) else 0.0
     im = ax.imshow(values, cmap=OVERLAY_CMAP, alpha=alpha, vmin=0.0, vmax=top if top > 0 else 1.0,
                    interpolation="bilinear")
-    _clean(ax, title)
+    clean(ax, title)
     if colorbar:
-        ax.figure.colorbar(im, ax=ax, shrink=0.8)
+        add_colorbar(ax, im)
     return im
 
 
@@ -148,7 +95,7 @@ def show_attribution(ax, method, x, attribution, title=None, colorbar=False, pre
     style = DISPLAY.get(method, "signed")
     if style == "image" and attribution.shape[-1] == 3:
         return show_gradient_image(ax, attribution, title, preprocessing)
-    values = heatmap(attribution[None], HEATMAP_REDUCTION.get(method, "sum"))[0]  # (H, W)
+    values = heatmap(attribution[None], METHODS[method].reduction if method in METHODS else "sum")[0]  # (H, W)
     if style == "overlay":
         return show_overlay(ax, x, values, title, colorbar, preprocessing=preprocessing)
     return show_signed(ax, values, title, colorbar)
@@ -158,7 +105,7 @@ def show_attribution(ax, method, x, attribution, title=None, colorbar=False, pre
 
 def _single(draw, title):
     """A one-panel figure drawn by draw(ax)."""
-    fig = Figure(figsize=(CELL * 1.6, CELL * 1.4), dpi=DPI, layout="constrained")
+    fig = new_figure((CELL * 1.6, CELL * 1.4), layout="constrained")
     ax = fig.add_subplot()
     draw(ax)
     if title:
@@ -189,18 +136,6 @@ def plot_overlay(x, values, title=None):
 def plot_support(x, mask, title=None):
     """The input x (H, W, 3) with the outline of a binary (H, W) support."""
     return _single(lambda ax: show_support(ax, x, mask), title)
-
-
-def save(fig, path, dpi=DPI):
-    """Write a figure to a file (PNG by the file name's suffix), atomically; returns the path.
-
-    An existing regular file is replaced; a symlink, FIFO, device or folder at `path` is refused (InputError).
-    """
-    if hasattr(path, "write"):  # a file object such as io.BytesIO: matplotlib writes PNG into it
-        fig.savefig(path, dpi=dpi, format="png")
-        return path
-    kind = Path(path).suffix.lstrip(".").lower() or "png"
-    return write_atomically(path, lambda f: fig.savefig(f, dpi=dpi, format=kind))
 
 
 # --- the comparison figure -------------------------------------------------------------------
@@ -241,7 +176,7 @@ def comparison_figure(x, explanations, class_names=None, row_labels=None, title=
     methods = list(explanations)
     first = explanations[methods[0]]
     n = len(x)
-    fig = Figure(figsize=(CELL * (len(methods) + 1), CELL * n + 0.6), dpi=DPI, layout="constrained")
+    fig = new_figure((CELL * (len(methods) + 1), CELL * n + 0.6), layout="constrained")
     axes = fig.subplots(n, len(methods) + 1, squeeze=False)
     for i in range(n):
         show_input(axes[i, 0], x[i], "input" if i == 0 else None, preprocessing)

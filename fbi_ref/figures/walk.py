@@ -5,9 +5,9 @@ Same conventions as explanations.py: each returns a Figure, never shows it.
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from fbi_ref.figures import explanations as F
+from fbi_ref.figures.panels import CELL, clean, new_figure, show_signed, symmetric_limits
 
 GALLERY_CELL = 1.7  # inches per panel: a VGG16 walk has two dozen rows
 
@@ -32,8 +32,7 @@ def layer_gallery(x, explanation, n_maps=4, index=0, class_names=None):
         raise ValueError("layer_gallery needs explain(..., record_layers=True)")
     positions = list(explanation.backward)  # recorded from the top down
     support = explanation.support or {}
-    fig = Figure(figsize=(GALLERY_CELL * (n_maps + 1) + 0.8, GALLERY_CELL * len(positions) + 0.8),
-                 dpi=F.DPI, layout="constrained")
+    fig = new_figure((GALLERY_CELL * (n_maps + 1) + 0.8, GALLERY_CELL * len(positions) + 0.8), layout="constrained")
     grid = fig.add_gridspec(len(positions), 1)
     for row, position in enumerate(positions):
         g = explanation.backward[position][index]
@@ -65,7 +64,7 @@ def _support_panel(ax, kept, g, label):
     plane = shown.mean(axis=-1) if shown.ndim == 3 else shown[None, :].astype(float)
     ax.imshow(plane, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
               aspect="auto" if shown.ndim == 1 else "equal")
-    F._clean(ax, _support_title(kept, g))
+    clean(ax, _support_title(kept, g))
     ax.set_ylabel(label, fontsize=8)
 
 
@@ -74,9 +73,9 @@ def _map_row(fig, cell, position, g, kept, n_maps):
     sub = cell.subgridspec(1, n_maps + 1)
     _support_panel(fig.add_subplot(sub[0]), kept, g, f"{position}\n{'×'.join(map(str, g.shape))}")
     channels = strongest_channels(g, n_maps)
-    limits = F.symmetric_limits(g[..., channels])
+    limits = symmetric_limits(g[..., channels])
     for j, c in enumerate(channels, start=1):
-        F.show_signed(fig.add_subplot(sub[j]), g[..., c], f"map {c}", limits=limits)
+        show_signed(fig.add_subplot(sub[j]), g[..., c], f"map {c}", limits=limits)
 
 
 def _strip_row(fig, cell, position, g, kept):
@@ -84,7 +83,7 @@ def _strip_row(fig, cell, position, g, kept):
     sub = cell.subgridspec(1, 4)
     _support_panel(fig.add_subplot(sub[0]), kept, g, f"{position}\n{g.shape[0]} units")
     ax = fig.add_subplot(sub[1:])
-    F.show_signed(ax, g[None, :], f"backward signal ({g.shape[0]} units)", colorbar=True, aspect="auto")
+    show_signed(ax, g[None, :], f"backward signal ({g.shape[0]} units)", colorbar=True, aspect="auto")
 
 
 def _input_row(fig, cell, x, g, kept, n_maps):
@@ -104,7 +103,7 @@ def sweep_figure(x, attributions, ks, taus, tau_mode="absolute", class_names=Non
     """
     x = np.asarray(x)
     x = x[0] if x.ndim == 4 else x
-    fig = Figure(figsize=(F.CELL * (len(taus) + 1), F.CELL * len(ks) + 0.6), dpi=F.DPI, layout="constrained")
+    fig = new_figure((CELL * (len(taus) + 1), CELL * len(ks) + 0.6), layout="constrained")
     axes = fig.subplots(len(ks), len(taus) + 1, squeeze=False)
     F.show_input(axes[0, 0], x, "input")
     for ax in axes[1:, 0]:

@@ -19,7 +19,6 @@ from PIL import Image
 
 from fbi_ref.errors import ImageError, InputError
 from fbi_ref.io.paths import input_file, shown
-from fbi_ref.nn.layers import CAFFE_MEAN_BGR, preprocess_forward
 from fbi_ref.nn.preprocessing import CAFFE, preprocessing as preprocessing_rule
 
 # The filters keras.utils.load_img accepts, by the same names.
@@ -31,9 +30,6 @@ INTERPOLATIONS = {
     "box": Image.Resampling.BOX,
     "lanczos": Image.Resampling.LANCZOS,
 }
-
-# Per-channel means of the ImageNet training set in BGR order, as keras vgg16.preprocess_input.
-CAFFE_BGR_MEAN = CAFFE_MEAN_BGR
 
 # Greyscale modes holding 16-bit samples ('I' is what Pillow gives 16-bit PGM/PPM files).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -71,25 +67,21 @@ def preprocess_caffe(rgb: np.ndarray) -> np.ndarray:
     """Turn RGB 0..255 images (..., H, W, 3) into VGG inputs (..., H, W, 3) float32.
 
     Exactly keras.applications.vgg16.preprocess_input (mode 'caffe'): swap RGB to BGR,
-    then subtract CAFFE_BGR_MEAN; no scaling. Raises InputError for a non-numeric array,
-    a last axis other than 3, or NaN/inf values.
+    then subtract the ImageNet mean (fbi_ref.nn.preprocessing.CAFFE_MEAN_BGR); no scaling. Raises InputError
+    for a non-numeric array, a last axis other than 3, or NaN/inf values.
     """
-    return preprocess_forward(_checked_image_array(rgb, "rgb"))  # (..., H, W, 3) float32
+    return preprocess(rgb, CAFFE)  # (..., H, W, 3) float32
 
 
 def deprocess_caffe(x: np.ndarray, clip: bool = False) -> np.ndarray:
     """Undo preprocess_caffe: VGG inputs (..., H, W, 3) back to RGB (..., H, W, 3) float32.
 
-    Adds CAFFE_BGR_MEAN back and swaps BGR to RGB. The result is in 0..255 for any
+    Adds the ImageNet mean back and swaps BGR to RGB. The result is in 0..255 for any
     preprocessed image; pass clip=True to clip arrays that left that range (for example
     an input optimised by gradient ascent) before showing them. Raises InputError as
     preprocess_caffe does.
     """
-    bgr = _checked_image_array(x, "x") + CAFFE_BGR_MEAN  # (..., H, W, 3)
-    rgb = np.ascontiguousarray(bgr[..., ::-1])  # (..., H, W, 3)
-    if clip:
-        rgb = np.clip(rgb, 0.0, 255.0)
-    return rgb
+    return deprocess(x, CAFFE, clip)
 
 
 def preprocess(rgb: np.ndarray, preprocessing=CAFFE) -> np.ndarray:
@@ -101,10 +93,7 @@ def preprocess(rgb: np.ndarray, preprocessing=CAFFE) -> np.ndarray:
 def deprocess(x: np.ndarray, preprocessing=CAFFE, clip: bool = False) -> np.ndarray:
     """Undo `preprocess`: the network's inputs (..., H, W, 3) back to RGB 0..255 (..., H, W, 3) float32;
     clip=True clips to 0..255 (for arrays that left the range, e.g. an optimised input) before showing them."""
-    rule = preprocessing_rule(preprocessing)
-    if rule is CAFFE:
-        return deprocess_caffe(x, clip)  # Keras's own arithmetic, bit for bit
-    rgb = rule.inverse(_checked_image_array(x, "x"))  # (..., H, W, 3)
+    rgb = np.ascontiguousarray(preprocessing_rule(preprocessing).inverse(_checked_image_array(x, "x")))  # (..., H, W, 3)
     return np.clip(rgb, 0.0, 255.0) if clip else rgb
 
 

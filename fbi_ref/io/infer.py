@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from fbi_ref.errors import ArchitectureError, UnsupportedLayerError
+from fbi_ref.nn.architectures import named_like_keras
 from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
 
 
@@ -32,8 +33,8 @@ def infer_vgg(named_weights, num_pools: int | None = None) -> Architecture:
         raise ArchitectureError(
             f"cannot tell where the {num_pools} pooling layers go (the weights suggest "
             f"{len(pool_after)}); pass the architecture explicitly")
-    layers = _vgg_convs(convs, pool_after)
-    layers += _vgg_top(denses)
+    layers = named_like_keras(_vgg_convs(convs, pool_after) + _vgg_top(denses))
+    _check_chain(layers)
     return Architecture(layers, _inferred_input_shape(convs, denses, len(pool_after)), "inferred_vgg")
 
 
@@ -71,17 +72,12 @@ def _block_of(name) -> str | None:
 
 
 def _vgg_convs(convs, pool_after: dict) -> list:
-    """Conv and pool layers, checking that each kernel takes the channels the previous one gives."""
-    layers, block, index, channels = [], 1, 1, convs[0][1].shape[2]
+    """Conv and pool layers; those the file does not name are named later."""
+    layers = []
     for i, (name, kernel, bias) in enumerate(convs):
-        name = name or f"block{block}_conv{index}"
-        check_shape(name, "kernel", kernel.shape[:2] + (channels, kernel.shape[3]), kernel.shape)
-        check_shape(name, "bias", kernel.shape[3:], bias.shape)
-        layers.append(Conv2D(name, kernel, bias))
-        channels, index = kernel.shape[3], index + 1
+        layers.append(Conv2D(name or "", kernel, bias))
         if i in pool_after:
-            layers.append(MaxPool2D(pool_after[i] or f"block{block}_pool"))
-            block, index = block + 1, 1
+            layers.append(MaxPool2D(pool_after[i] or ""))
     return layers
 
 
@@ -89,15 +85,20 @@ def _vgg_top(denses) -> list:
     """Flatten, relu dense layers, and a softmax last layer (nothing for a model without top)."""
     if not denses:
         return []
-    layers, features = [Flatten("flatten")], denses[0][1].shape[0]
-    for i, (name, kernel, bias) in enumerate(denses, start=1):
-        last = i == len(denses)
-        name = name or ("predictions" if last else f"fc{i}")
-        check_shape(name, "kernel", (features, kernel.shape[1]), kernel.shape)
-        check_shape(name, "bias", kernel.shape[1:], bias.shape)
-        layers.append(Dense(name, kernel, bias, "softmax" if last else "relu"))
-        features = kernel.shape[1]
-    return layers
+    return [Flatten("flatten")] + [Dense(name or "", kernel, bias, "softmax" if i == len(denses) else "relu")
+                                   for i, (name, kernel, bias) in enumerate(denses, start=1)]
+
+
+def _check_chain(layers) -> None:
+    """Each kernel takes the channels (features) the layer of its type before it gives; each bias fits."""
+    width = {}  # layer type -> the outputs of the last such layer
+    for layer in layers:
+        if not layer.weights:
+            continue
+        ins = width.get(type(layer), layer.kernel.shape[-2])
+        check_shape(layer.name, "kernel", layer.kernel.shape[:-2] + (ins, layer.kernel.shape[-1]), layer.kernel.shape)
+        check_shape(layer.name, "bias", layer.kernel.shape[-1:], layer.bias.shape)
+        width[type(layer)] = layer.kernel.shape[-1]
 
 
 def _inferred_input_shape(convs, denses, num_pools: int) -> tuple:

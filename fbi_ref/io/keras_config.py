@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 
-from fbi_ref.errors import ArchitectureError, ModelFileError, UnsupportedLayerError
-from fbi_ref.nn.architectures import placeholder
+from fbi_ref.errors import ArchitectureError, InputError, ModelFileError, UnsupportedLayerError
+from fbi_ref.nn.activations import ACTIVATIONS
+from fbi_ref.nn.geometry import output_size
 from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
-
-_ACTIVATIONS = ("relu", "softmax", "linear")
+from fbi_ref.nn.weights import placeholder
 
 
 def architecture_from_config(config: dict) -> Architecture:
@@ -161,7 +161,7 @@ def _option(name: str, options: dict, key: str):
 def _activation(name: str, options: dict) -> str:
     """The activation name, which must be one the NumPy model implements."""
     activation = options.get("activation") or "linear"
-    _require(name, activation in _ACTIVATIONS, f"activation {activation}")
+    _require(name, activation in ACTIVATIONS, f"activation {activation}")
     return activation
 
 
@@ -174,16 +174,11 @@ def _padding(name: str, options: dict) -> str:
 
 def _spatial(name: str, shape: tuple, window: tuple, strides: tuple, padding: str) -> tuple:
     """Output (H, W) of a window slid with `strides` under Keras's 'same' or 'valid' rule."""
-    out = []
-    for size, k, s in zip(shape[:2], window, strides):
-        if size is None:
-            out.append(None)
-            continue
-        n = math.ceil(size / s) if padding == "same" else (size - k) // s + 1
-        if n < 1:
-            raise ArchitectureError(f"layer {name}: input {shape[:2]} is smaller than the window {window}")
-        out.append(n)
-    return tuple(out)
+    try:
+        return tuple(None if size is None else output_size(size, k, s, padding)[0]
+                     for size, k, s in zip(shape[:2], window, strides))
+    except InputError:
+        raise ArchitectureError(f"layer {name}: input {shape[:2]} is smaller than the window {window}") from None
 
 
 def _require_image(name: str, class_name: str, shape: tuple) -> None:

@@ -33,7 +33,8 @@ from fbi_ref.errors import ArchitectureError, InputError, ModelFileError, Unsupp
 from fbi_ref.io.infer import check_shape, infer_vgg, kernel_and_bias
 from fbi_ref.io.keras_config import architecture_from_config
 from fbi_ref.io.paths import errors_named, input_file
-from fbi_ref.nn.architectures import is_placeholder, vgg16, vgg19, weighted_layers
+from fbi_ref.nn.architectures import vgg16, vgg19, weighted_layers
+from fbi_ref.nn.weights import is_placeholder
 from fbi_ref.nn.network import Architecture, Conv2D, Dense
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -365,7 +366,7 @@ def write_keras_weights(arch: Architecture, path) -> None:
         _write_attribute_list(h5.attrs, "layer_names", layer_names)
         _write_layer(h5, _INPUT_LAYER, ())
         for layer in arch.layers:
-            weights = (layer.kernel, layer.bias) if isinstance(layer, (Conv2D, Dense)) else ()
+            weights = tuple(getattr(layer, name) for name in layer.weights)
             _write_layer(h5, layer.name, weights)
 
 

@@ -29,8 +29,10 @@ import numpy as np
 from fbi_ref.errors import ArchitectureError, ModelFileError, UnsupportedLayerError
 from fbi_ref.io.keras_files import MAX_MODEL_BYTES
 from fbi_ref.io.paths import errors_named, input_file
-from fbi_ref.io.torch_files import fold_batch_norm
+from fbi_ref.nn.architectures import named_like_keras
+from fbi_ref.nn.geometry import same_padding
 from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.weights import fold_batch_norm
 
 SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "BatchNormalization",
                  "Softmax", "Dropout", "Identity", "Transpose", "Constant", "AveragePool (1 x 1, the identity)")
@@ -281,7 +283,7 @@ def _conv(chain: _Chain, node) -> None:
 
 def _padding(node, size, kernel, strides) -> tuple:
     """('same' | 'valid', (Ho, Wo)) of a Conv or MaxPool; UnsupportedLayerError for any other padding."""
-    same = [_same_pads(n, k, s) for n, k, s in zip(size, kernel, strides)]  # [(before, after)] per axis
+    same = [same_padding(n, k, s)[1:] for n, k, s in zip(size, kernel, strides)]  # [(before, after)] per axis
     auto = _attr(node, "auto_pad", "NOTSET")
     if auto == "VALID":
         pads = [0, 0, 0, 0]
@@ -297,13 +299,6 @@ def _padding(node, size, kernel, strides) -> tuple:
         return "same", tuple(-(-n // s) for n, s in zip(size, strides))
     raise UnsupportedLayerError(f"node {node.name!r} ({node.op_type}): pads {pads} are neither 'valid' nor "
                                 f"TensorFlow's 'same' (the odd cell after) at input {tuple(size)}")
-
-
-def _same_pads(size: int, kernel: int, stride: int) -> tuple:
-    """(before, after) of TensorFlow's 'same' padding on one axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 def _relu(chain: _Chain, node) -> None:
@@ -402,9 +397,8 @@ def _batch_norm(chain: _Chain, node) -> None:
         raise UnsupportedLayerError(f"node {node.name!r}: BatchNormalization in training mode")
     size = last.bias.shape[0]
     stats = [_vector_of(node, _weight(chain, node, i, (1,), "a statistic"), size) for i in range(1, 5)]
-    kernel = np.moveaxis(last.kernel, -1, 0)  # (O, ...): the output axis first, as fold_batch_norm takes it
-    kernel, bias = fold_batch_norm(kernel, last.bias, stats, _attr(node, "epsilon", 1e-5))
-    chain.layers[-1] = replace(last, kernel=np.ascontiguousarray(np.moveaxis(kernel, 0, -1)), bias=bias)
+    kernel, bias = fold_batch_norm(last.kernel, last.bias, *stats, _attr(node, "epsilon", 1e-5))
+    chain.layers[-1] = replace(last, kernel=np.ascontiguousarray(kernel), bias=bias)
 
 
 def _softmax(chain: _Chain, node) -> None:
@@ -438,25 +432,10 @@ _OPS = {"Conv": _conv, "Relu": _relu, "MaxPool": _maxpool, "Flatten": _flatten, 
 
 def _named(layers: list) -> list:
     """The layers with Keras's VGG names; the last dense layer is 'predictions', with a softmax."""
-    named, block, conv, dense, activation = [], 1, 0, 0, 0
-    denses = [i for i, layer in enumerate(layers) if isinstance(layer, Dense)]
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Conv2D):
-            conv += 1
-            name = f"block{block}_conv{conv}"
-        elif isinstance(layer, MaxPool2D):
-            name, block, conv = f"block{block}_pool", block + 1, 0
-        elif isinstance(layer, Dense):
-            dense += 1
-            name = "predictions" if i == denses[-1] else f"fc{dense}"
-            if name == "predictions" and layer.activation == "linear":
-                layer = replace(layer, activation="softmax")  # the logits stay this layer's pre-activation
-        elif isinstance(layer, Activation):
-            activation += 1
-            name = f"activation_{activation}"
-        else:
-            name = layer.name
-        named.append(replace(layer, name=name))
+    named = named_like_keras([replace(layer, name="") for layer in layers])
+    denses = [i for i, layer in enumerate(named) if isinstance(layer, Dense)]
     if not any(isinstance(layer, Conv2D) for layer in named) or not denses:
         raise ArchitectureError("the graph has no Conv or no Gemm/MatMul: not a VGG-style classifier")
+    if named[denses[-1]].activation == "linear":  # the logits stay this layer's pre-activation
+        named[denses[-1]] = replace(named[denses[-1]], activation="softmax")
     return named

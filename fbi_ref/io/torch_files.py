@@ -27,7 +27,9 @@ import numpy as np
 from fbi_ref.errors import ArchitectureError, ModelFileError
 from fbi_ref.io.keras_files import MAX_MODEL_BYTES
 from fbi_ref.io.paths import errors_named, input_file
+from fbi_ref.nn.architectures import named_like_keras
 from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.weights import fold_batch_norm
 
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
 AVGPOOL_SIDE = 7  # torchvision's VGG: AdaptiveAvgPool2d((7, 7))
@@ -155,7 +157,7 @@ def torchvision_vgg(state: dict, name=None) -> Architecture:
     side, top = _classifier_layers(classifier, channels)
     name = name or f"torchvision_vgg{len(convs) + len(top) - 1}{'_bn' if batch_norm else ''}"
     input_side = side * 2 ** sum(pools)
-    return Architecture(layers + top, (input_side, input_side, 3), name,
+    return Architecture(named_like_keras(layers + top), (input_side, input_side, 3), name,
                         extra={"preprocessing": "torchvision"})
 
 
@@ -207,16 +209,14 @@ def _conv_sequence(features: dict) -> tuple:
 
 
 def _feature_layers(features: dict, convs: list, pools: list) -> tuple:
-    """(fbi_ref conv and pool layers with Keras's names, the last conv's channel count)."""
-    layers, channels, block, index_in_block = [], 3, 1, 0
+    """(fbi_ref conv and pool layers, named later, the last conv's channel count)."""
+    layers, channels = [], 3
     for index, pool in zip(convs, pools):
-        index_in_block += 1
         kernel, bias = _conv_weights(features, index, channels)
-        layers.append(Conv2D(f"block{block}_conv{index_in_block}", kernel, bias))
+        layers.append(Conv2D("", kernel, bias))
         channels = kernel.shape[-1]
         if pool:
-            layers.append(MaxPool2D(f"block{block}_pool"))
-            block, index_in_block = block + 1, 0
+            layers.append(MaxPool2D(""))
     return layers, channels
 
 
@@ -230,7 +230,7 @@ def _conv_weights(features: dict, index: int, channels: int) -> tuple:
                                 f"k, k) with k odd (torchvision's VGG: 3 x 3, padding 1)")
     bias = _vector(module, "bias", index, out, default=np.zeros(out, np.float32))
     if index + 1 in features:
-        weight, bias = fold_batch_norm(weight, bias, _batch_norm(features[index + 1], index + 1, out))
+        weight, bias = fold_batch_norm(weight, bias, *_batch_norm(features[index + 1], index + 1, out), BN_EPS, axis=0)
     kernel = np.ascontiguousarray(weight.transpose(2, 3, 1, 0), dtype=np.float32)  # (kh, kw, I, O)
     return kernel, np.ascontiguousarray(bias, dtype=np.float32)
 
@@ -250,17 +250,6 @@ def _vector(module: dict, key: str, index: int, size: int, default=None) -> np.n
     return value
 
 
-def fold_batch_norm(weight, bias, batch_norm, eps=BN_EPS) -> tuple:
-    """(W s, (b - mean) s + beta) with s = gamma / sqrt(var + eps): conv (O, ...) then eval-mode BN, as one conv."""
-    gamma, beta, mean, var = (np.asarray(v, np.float64) for v in batch_norm)
-    if (var < 0).any():
-        raise ArchitectureError("a batch norm's running_var holds negative values")
-    scale = gamma / np.sqrt(var + eps)  # (O,)
-    shape = (-1,) + (1,) * (np.ndim(weight) - 1)
-    folded = np.asarray(weight, np.float64) * scale.reshape(shape)  # (O, ...)
-    return folded.astype(np.float32), ((np.asarray(bias, np.float64) - mean) * scale + beta).astype(np.float32)
-
-
 def _classifier_layers(classifier: dict, channels: int) -> tuple:
     """(the side of the last feature map, [Flatten, Dense ...]) from classifier.0, .3, .6 (Linear, ReLU, Dropout)."""
     if not classifier:
@@ -276,7 +265,7 @@ def _classifier_layers(classifier: dict, channels: int) -> tuple:
     if side != AVGPOOL_SIDE:
         raise ArchitectureError(f"classifier.0 takes {channels} x {side} x {side} inputs; torchvision's VGG "
                                 f"average-pools to {AVGPOOL_SIDE} x {AVGPOOL_SIDE}")
-    layers, n_in = [Flatten("flatten")], first_in
+    layers, n_in = [Flatten("")], first_in
     for position, index in enumerate(indices):
         last = position == len(indices) - 1
         weight, bias = classifier[index].get("weight"), classifier[index].get("bias")
@@ -286,8 +275,7 @@ def _classifier_layers(classifier: dict, channels: int) -> tuple:
                                     f"{None if bias is None else bias.shape}; expected ({out}, {n_in}) and ({out},)")
         if position == 0:
             weight = chw_rows_to_hwc(weight, channels, side)
-        name = "predictions" if last else f"fc{position + 1}"
-        layers.append(Dense(name, np.ascontiguousarray(weight.T), np.ascontiguousarray(bias),
+        layers.append(Dense("", np.ascontiguousarray(weight.T), np.ascontiguousarray(bias),
                             "softmax" if last else "relu"))
         n_in = out
     return side, layers

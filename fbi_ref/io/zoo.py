@@ -19,12 +19,11 @@ from fbi_ref.nn.model import Model
 # The folder of weights that ship with the project (the embedded, trained Shapes model).
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "weights"
 
-# FBI's defaults of a model read from a file. Caffe-preprocessed input (Keras's VGG16/VGG19): the paper's
-# k = 50 %, tau = 10.
-PAPER_FBI_DEFAULTS = {"k": 0.5, "tau": 10.0, "tau_mode": "absolute"}
+# What a model read from a file overrides of FBI's defaults (fbi_ref/methods/fbi.py, the paper's readings).
+# Caffe-preprocessed input (Keras's VGG16/VGG19): nothing, the paper's k = 50 %, tau = 10 are FBI's defaults.
 # For inputs not on the caffe scale (torchvision's are ~58 times smaller) the paper's absolute tau = 10 empties
 # every map. A relative tau does not depend on the scale; its value is ours and is not tuned on ImageNet.
-SCALE_FREE_FBI_DEFAULTS = {"k": 0.5, "tau": 0.05, "tau_mode": "relative"}
+SCALE_FREE_FBI_DEFAULTS = {"tau": 0.05, "tau_mode": "relative"}
 # The preprocessing of a file that does not say (Keras's files never do): the caffe rule of Keras's VGG.
 DEFAULT_PREPROCESSING = "caffe"
 
@@ -89,13 +88,13 @@ def _model(arch, preprocessing) -> Model:
     ImageNet class names when it has 1000 classes."""
     classes = [label for _, label in CLASSES] if _num_classes(arch) == 1000 else None
     rule = preprocessing or arch.extra.get("preprocessing") or DEFAULT_PREPROCESSING
-    defaults = PAPER_FBI_DEFAULTS if str(rule) == "caffe" else SCALE_FREE_FBI_DEFAULTS
+    defaults = {} if str(rule) == "caffe" else SCALE_FREE_FBI_DEFAULTS
     return Model(arch, classes, preprocessing=rule, fbi_defaults=defaults)
 
 
 def _num_classes(arch):
     """The number of outputs of an architecture's last weighted layer (0 without a classifier)."""
-    weighted = [layer for layer in arch.layers if hasattr(layer, "kernel")]
+    weighted = [layer for layer in arch.layers if layer.weights]
     return weighted[-1].kernel.shape[-1] if weighted and weighted[-1].kernel.ndim == 2 else 0
 
 
@@ -105,4 +104,4 @@ def _embedded(name, path):
     arch = read_keras_file(path, manifest.get("architecture"))
     arch.name = name
     return Model(arch, manifest.get("class_names"),
-                 fbi_defaults={**PAPER_FBI_DEFAULTS, **manifest.get("fbi_defaults", {})})
+                 fbi_defaults=manifest.get("fbi_defaults", {}))

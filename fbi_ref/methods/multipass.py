@@ -1,5 +1,6 @@
 """The methods that are more than one walk: Grad-CAM (a walk to a conv layer), integrated gradients and
-SmoothGrad (many walks), occlusion (many forward passes)."""
+SmoothGrad (many walks), occlusion (many forward passes). Their options are checked by their records in
+catalog.py before they run."""
 import dataclasses
 
 import numpy as np
@@ -9,13 +10,19 @@ from fbi_ref.errors import InputError
 from fbi_ref.methods import rules as R
 from fbi_ref.methods.tables import GRADIENT, GUIDED_BACKPROP
 from fbi_ref.methods.traversal import walk
+from fbi_ref.nn.geometry import resize_bilinear
 from fbi_ref.nn.network import Conv2D
+
+
+def target_walk(model, fp, target, rules):
+    """The walk of a method's rules from the target logits (N,) to the image through a forward pass:
+    (N, H, W, C)."""
+    return walk(model, fp, R.start_onehot(fp.logits, fp.probs, target), rules).signal  # (N, H, W, C)
 
 
 def target_gradient(model, x, target, rules=GRADIENT):
     """The backward signal of the target logits at the image, for a batch x (B, H, W, C) and targets (B,)."""
-    fp = model.forward(x)
-    return walk(model, fp, R.start_onehot(fp.logits, fp.probs, target), rules).signal  # (B, H, W, C)
+    return target_walk(model, model.forward(x), target, rules)  # (B, H, W, C)
 
 
 def last_conv_name(model):
@@ -24,23 +31,6 @@ def last_conv_name(model):
     if not names:
         raise InputError(f"{model.name} has no Conv2D layer for Grad-CAM")
     return names[-1]
-
-
-def bilinear_matrix(n_out, n_in):
-    """(n_out, n_in) linear interpolation with half-pixel centres (align_corners=False), edges clamped."""
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)  # (n_out,)
-    lo = np.floor(src).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    m = np.zeros((n_out, n_in))  # (n_out, n_in)
-    np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
-    np.add.at(m, (np.arange(n_out), hi), src - lo)
-    return m
-
-
-def upsample_bilinear(maps, size):
-    """maps (N, h, w) -> (N, H, W), bilinear, half-pixel centres (as tf.image.resize and torch align_corners=False)."""
-    mh, mw = bilinear_matrix(size[0], maps.shape[1]), bilinear_matrix(size[1], maps.shape[2])
-    return np.einsum("Hh,nhw,Ww->nHW", mh, maps, mw).astype(maps.dtype)
 
 
 def gradcam(model, fp, target, layer=None):
@@ -59,7 +49,7 @@ def gradcam_parts(model, fp, target, layer=None, switches=None):
     g = walk(model, routed, start, GRADIENT, stop_at=name).signal  # (N, h, w, K)
     alpha = g.mean(axis=(1, 2))  # (N, K)
     cam = np.maximum((fp.outputs[name] * alpha[:, None, None, :]).sum(axis=-1), 0)  # (N, h, w)
-    return alpha, cam, upsample_bilinear(cam, model.input_shape[:2])
+    return alpha, cam, resize_bilinear(cam, model.input_shape[:2])
 
 
 def baseline_image(model, x, baseline):
@@ -92,8 +82,6 @@ def integrated_gradients(model, x, target, baseline="zeros", steps=64, batch_siz
     target gradient (B, H, W, C) at inputs (B, H, W, C) of image n (`steps`: their indices); by default
     `target_gradient` (the replay of compare passes its own, to recompute exactly these batches).
     """
-    if not (isinstance(steps, (int, np.integer)) and steps >= 1):
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
     if gradient_at is None:
         gradient_at = lambda n, rows, inputs: target_gradient(model, inputs, np.full(len(inputs), target[n]))  # noqa: E731
     base = baseline_image(model, x, baseline)
@@ -121,9 +109,7 @@ def smoothgrad(model, x, target, base="gradient", samples=50, noise=0.15, seed=0
     The samples of one image go through the network `batch_size` at a time; gradient_at(n, samples, inputs) as
     in `integrated_gradients` (by default the base method's walk).
     """
-    rules = SMOOTHGRAD_BASES.get(base)
-    if rules is None:
-        raise InputError(f"smoothgrad base must be 'gradient' or 'guided_backprop', got {base!r}")
+    rules = SMOOTHGRAD_BASES[base]
     if gradient_at is None:
         gradient_at = lambda n, rows, inputs: target_gradient(model, inputs, np.full(len(inputs), target[n]), rules)  # noqa: E731
     total = np.zeros_like(x)  # (N, H, W, C)

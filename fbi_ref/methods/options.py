@@ -1,6 +1,11 @@
-"""Checking the methods' options before any work: each option has a type and a range, and a wrong value is one
-InputError that names the option, never a silently wrong result (a negative batch size giving zeros, NaN noise)."""
+"""The methods' options, checked before any work: each option is a record (`Option`) with its default and the
+values it may take, and a wrong value is one InputError that names the option, never a silently wrong result
+(a negative batch size giving zeros, NaN noise)."""
+from __future__ import annotations
+
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -54,3 +59,38 @@ def spatial_layer(name, value, model):
         shown = ", ".join(spatial[-4:])
         raise InputError(f"{name} must name a layer with an (H, W, C) output (e.g. {shown}), got {value!r}")
     return value
+
+
+def one_of(choices):
+    """A check that accepts exactly the given values (strings, or True/False for flags), each as given."""
+    def check(value, name, model, chosen):
+        if all(isinstance(c, bool) for c in choices):
+            flag(name, value)
+        else:
+            choose(name, value, dict.fromkeys(choices))
+        return value
+    return check
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: its name, its default, and the values it may take.
+
+    choices: the values it may take, in the order the benchmark's selection tries them (the default first);
+        () when `check` alone decides (numbers, counts, layers, arrays).
+    check(value, name, model, chosen) -> the value to use: InputError (naming `name`, 'method.option') when the
+        value is not allowed; `chosen` holds the method's options checked before this one. Default: one of
+        `choices`.
+    help: one line for `fbi-ref methods` and docs/methods.md; paper: the paper's sentence it reads, if any.
+    """
+    name: str
+    default: object
+    choices: tuple = ()
+    check: Callable | None = None
+    help: str = ""
+    paper: str = ""
+
+    def checked(self, value, method, model, chosen):
+        """The value to use for this option of `method` (InputError if it is not allowed)."""
+        check = self.check or one_of(self.choices)
+        return check(value, f"{method}.{self.name}", model, chosen)

@@ -6,11 +6,10 @@ output of the layer, both NHWC (or (N, F) for dense layers).
 """
 import numpy as np
 
-from fbi_ref.errors import InputError
-from fbi_ref.methods.options import choose
-from fbi_ref.nn import conv
-from fbi_ref.nn import layers as L
-from fbi_ref.nn.network import Conv2D
+from fbi_ref.errors import InputError, UnsupportedLayerError
+from fbi_ref.nn.activations import relu_adjoint, softmax_adjoint
+from fbi_ref.nn.network import Conv2D, Dense
+from fbi_ref.nn.pooling import pick_switches
 
 
 # ---------------------------------------------------------------- start signals at the logits (N, K)
@@ -51,7 +50,7 @@ def contrast(probs, target):
 
 def start_probability(logits, probs, target):
     """d p_c / d z = J^T e_c, the softmax's adjoint (Jacobian transpose) applied to e_c; equals p_c (e_c - p)."""
-    return L.softmax_adjoint(one_hot(logits, target), probs)
+    return softmax_adjoint(one_hot(logits, target), probs)
 
 
 def start_log_probability(logits, probs, target):
@@ -68,7 +67,7 @@ def start_relevance(logits, probs, target):
 
 def relu_gradient(g, a_out):
     """Chain rule: the ReLU's adjoint, i.e. pass where the forward ReLU was active."""
-    return L.relu_adjoint(g, a_out)
+    return relu_adjoint(g, a_out)
 
 
 def relu_deconvnet(g, a_out):
@@ -78,7 +77,7 @@ def relu_deconvnet(g, a_out):
 
 def relu_guided(g, a_out):
     """Guided backprop: pass where both the forward activation and the backward signal are positive."""
-    return L.relu_adjoint(relu_deconvnet(g, a_out), a_out)
+    return relu_adjoint(relu_deconvnet(g, a_out), a_out)
 
 
 def relu_pass(g, a_out):
@@ -88,30 +87,9 @@ def relu_pass(g, a_out):
 
 # ---------------------------------------------------------------- linear layers: g w.r.t. pre-activation -> input
 
-def pre_activation(layer, a_in, kernel=None, bias=True):
-    """z = W a + b of a conv or dense layer, optionally with another kernel and without bias."""
-    if isinstance(layer, Conv2D) and kernel is None and bias:
-        return conv.forward(layer, a_in)
-    kernel = layer.kernel if kernel is None else kernel
-    b = layer.bias if bias else None
-    if isinstance(layer, Conv2D):
-        return L.conv2d_forward(a_in, kernel, b, layer.strides, layer.padding)
-    return L.dense_forward(a_in, kernel, b)
-
-
-def adjoint(layer, g, a_in, kernel=None):
-    """W^T g of a conv or dense layer (no bias), optionally with another kernel."""
-    if isinstance(layer, Conv2D) and kernel is None:
-        return conv.adjoint(layer, g, a_in.shape[1:3])
-    kernel = layer.kernel if kernel is None else kernel
-    if isinstance(layer, Conv2D):
-        return L.conv2d_adjoint(g, kernel, a_in.shape[1:3], layer.strides, layer.padding)
-    return L.dense_adjoint(g, kernel)
-
-
 def linear_adjoint(g, layer, a_in, at_image):
     """The transposed linear map, no bias (gradient, DeconvNet, guided backprop)."""
-    return adjoint(layer, g, a_in)
+    return layer.adjoint(g, a_in)
 
 
 def bias_subtracted(g, b):
@@ -134,11 +112,12 @@ BIAS_RULES = {"subtract": bias_subtracted, "ignore": bias_ignored, "subtract-sup
 
 def linear_fbi(dense_bias="subtract", conv_bias="ignore"):
     """FBI's layer adjoint: W^T (g - b) where the bias is subtracted, W^T g where it is ignored."""
-    dense, convolution = choose("dense_bias", dense_bias, BIAS_RULES), choose("conv_bias", conv_bias, BIAS_RULES)
+    bias_rule = {Conv2D: BIAS_RULES[conv_bias], Dense: BIAS_RULES[dense_bias]}
 
     def rule(g, layer, a_in, at_image):
-        bias = convolution if isinstance(layer, Conv2D) else dense
-        return adjoint(layer, bias(g, layer.bias), a_in)
+        if type(layer) not in bias_rule:
+            raise UnsupportedLayerError(f"layer {layer.name!r}: FBI has no bias rule for {type(layer).__name__}")
+        return layer.adjoint(bias_rule[type(layer)](g, layer.bias), a_in)
     return rule
 
 
@@ -150,8 +129,8 @@ def _stabilise(z, epsilon):
 def linear_lrp_epsilon(epsilon=1e-6):
     """LRP-epsilon: R_in = a_in * W^T (R / (z + eps sign z)), z including the bias."""
     def rule(g, layer, a_in, at_image):
-        s = g / _stabilise(pre_activation(layer, a_in), epsilon)
-        return a_in * adjoint(layer, s, a_in)
+        s = g / _stabilise(layer.pre_activation(a_in), epsilon)
+        return a_in * layer.adjoint(s, a_in)
     return rule
 
 
@@ -163,27 +142,27 @@ def linear_lrp_zplus(low, high):
     def rule(g, layer, a_in, at_image):
         w_pos, w_neg = np.maximum(layer.kernel, 0), np.minimum(layer.kernel, 0)
         if not at_image:
-            z = pre_activation(layer, a_in, w_pos, bias=False)
+            z = layer.apply(a_in, w_pos)
             s = np.where(z > 0, g / np.where(z > 0, z, 1), 0)
-            return a_in * adjoint(layer, s, a_in, w_pos)
+            return a_in * layer.apply_adjoint(s, a_in, w_pos)
         lo, hi = np.broadcast_to(low, a_in.shape), np.broadcast_to(high, a_in.shape)
-        z = (pre_activation(layer, a_in, bias=False) - pre_activation(layer, lo, w_pos, bias=False)
-             - pre_activation(layer, hi, w_neg, bias=False))
+        z = layer.apply(a_in, layer.kernel) - layer.apply(lo, w_pos) - layer.apply(hi, w_neg)
         s = g / _stabilise(z, 1e-12)
-        return a_in * adjoint(layer, s, a_in) - lo * adjoint(layer, s, a_in, w_pos) - hi * adjoint(layer, s, a_in, w_neg)
+        return (a_in * layer.adjoint(s, a_in) - lo * layer.apply_adjoint(s, a_in, w_pos)
+                - hi * layer.apply_adjoint(s, a_in, w_neg))
     return rule
 
 
 # ---------------------------------------------------------------- max-pool: g w.r.t. output -> input
 
 def pool_switch(g, layer, a_in, switches):
-    """Every value back to its window's argmax (gradient, DeconvNet, guided backprop, LRP)."""
-    return L.unpool_switch(g, switches, a_in.shape[1:3], layer.pool_size, layer.strides, layer.padding)
+    """Every value back to its window's argmax (gradient, DeconvNet, guided backprop, LRP): the adjoint."""
+    return layer.adjoint(g, a_in, switches)
 
 
 def pool_replicate(g, layer, a_in, switches):
     """Every value copied over its window (averaged where windows overlap)."""
-    return L.unpool_replicate(g, a_in.shape[1:3], layer.pool_size, layer.strides, layer.padding, average=True)
+    return layer.replicate(g, a_in)
 
 
 def pool_min_replicate(g, layer, a_in, switches):
@@ -193,7 +172,7 @@ def pool_min_replicate(g, layer, a_in, switches):
 
 def pool_min_replicate_pooled(g, layer, a_in, switches):
     """FBI's unpooling with a_p read as the pooled value: min(replicated window max, replicated backward signal)."""
-    pooled = L.pick_switches(a_in, switches)  # (N, Ho, Wo, C): each window's max
+    pooled = pick_switches(a_in, switches)  # (N, Ho, Wo, C): each window's max
     return np.minimum(pool_replicate(pooled, layer, a_in, switches), pool_replicate(g, layer, a_in, switches))
 
 
@@ -202,12 +181,10 @@ POOL_RULES = {"switch": pool_switch, "replicate": pool_replicate, "min-replicate
 
 # ---------------------------------------------------------------- FBI's masks
 
-def fbi_mask(tau=10.0, relative=False, mask_image=True):
+def fbi_mask(tau=10.0, relative=False):
     """Keep the entries whose product with the forward activation exceeds tau, or (relative) tau times the
     image's largest positive product, max(0, max g*a); tau = -inf keeps everything, +inf nothing."""
-    def rule(g, a, at_image):
-        if at_image and not mask_image:
-            return g, None
+    def rule(g, a):
         product = g * a
         kept = product > mask_threshold(product, tau, relative)
         if product.dtype == g.dtype:  # product is ours and no longer needed: reuse its memory
@@ -234,25 +211,21 @@ def topk_scores(g, a, score, total="signed"):
     return (np.abs(values) if TOPK_SUMS[total] else values).sum(axis=(1, 2))
 
 
-def count_of(k, channels):
+def count_of(k, channels, name="k"):
     """k as a channel count: an int is a count, a float in (0, 1] a fraction of the channels (at least one)."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, float, np.integer, np.floating)):
-        raise InputError(f"k must be an int (a count) or a float in (0, 1] (a fraction), got {k!r}")
+        raise InputError(f"{name} must be an int (a count) or a float in (0, 1] (a fraction), got {k!r}")
     if isinstance(k, (float, np.floating)):
         if not 0 < k <= 1:
-            raise InputError(f"k as a fraction must be in (0, 1], got {k}")
+            raise InputError(f"{name} as a fraction must be in (0, 1], got {k}")
         return max(1, int(round(k * channels)))
     if not 1 <= k:
-        raise InputError(f"k as a count must be at least 1, got {k}")
+        raise InputError(f"{name} as a count must be at least 1, got {k}")
     return min(int(k), channels)
 
 
 def fbi_topk(k=0.5, score="backward", total="signed"):
     """Keep the k feature maps with the largest total score; zero the others. Ties: lower channel first."""
-    if score not in ("backward", "forward", "product"):
-        raise InputError(f"topk_score must be 'backward', 'forward' or 'product', got {score!r}")
-    choose("topk_sum", total, TOPK_SUMS)
-
     def rule(g, a):
         n, c = g.shape[0], g.shape[-1]
         per_map = topk_scores(g, a, score, total)  # (N, C)

@@ -1,21 +1,46 @@
-"""The single-walk methods as tables of rules over the one traversal: a new method is a few lines here.
+"""The single-walk methods other than FBI as tables of rules over the one traversal: a new method is a few lines
+here (and a record in catalog.py).
 
-FBI, whose options make it more than one table, is built in `fbi.py`.
+The three classic rules differ only at the ReLU (Springenberg et al. 2014, fig. 1); LRP's rules redistribute
+relevance at the linear layers. FBI, whose options make it more than one table, is built in `fbi.py`.
 """
-
 from fbi_ref.errors import InputError
-from fbi_ref.methods import fbi as FBI
 from fbi_ref.methods import rules as R
-from fbi_ref.methods.options import choose, number
-from fbi_ref.methods.traversal import Rules, topk_positions
+from fbi_ref.methods.traversal import Rules
 
 GRADIENT_STARTS = {"logit": R.start_onehot, "probability": R.start_probability,
                    "log_probability": R.start_log_probability}
 
-# The three classic rules differ only at the ReLU (Springenberg et al. 2014, fig. 1).
 GRADIENT = Rules(relu=R.relu_gradient, linear=R.linear_adjoint, pool=R.pool_switch)
 DECONVNET = Rules(relu=R.relu_deconvnet, linear=R.linear_adjoint, pool=R.pool_switch)
 GUIDED_BACKPROP = Rules(relu=R.relu_guided, linear=R.linear_adjoint, pool=R.pool_switch)
+
+
+def gradient(model, options):
+    """The gradient of the logit, probability or log-probability (options['output']) of the target."""
+    return GRADIENT_STARTS[options["output"]], GRADIENT
+
+
+def deconvnet(model, options):
+    """DeconvNet: the ReLU of the backward signal at every ReLU."""
+    return R.start_onehot, DECONVNET
+
+
+def guided_backprop(model, options):
+    """Guided backprop: the gradient where the backward signal is positive too."""
+    return R.start_onehot, GUIDED_BACKPROP
+
+
+def lrp_epsilon(model, options):
+    """LRP-epsilon with options['epsilon']."""
+    return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_epsilon(options["epsilon"]),
+                                    pool=R.pool_switch)
+
+
+def lrp_zplus(model, options):
+    """LRP-z+ on hidden layers, the z^B rule at the image, bounded by the model's own preprocessing."""
+    return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_zplus(*lrp_zplus_bounds(model)),
+                                    pool=R.pool_switch)
 
 
 def lrp_zplus_bounds(model):
@@ -25,35 +50,3 @@ def lrp_zplus_bounds(model):
         raise InputError(f"lrp_zplus bounds the input layer by the preprocessed range of RGB images; {model.name} "
                          f"has {model.input_shape[-1]} input channels")
     return model.preprocessing.bounds(model.dtype)  # (1, 1, 1, 3) each
-
-
-def backprop_method(model, method, options):
-    """(start signal, Rules, every option used) of a single-traversal method; InputError on unknown options."""
-    def take(**defaults):
-        unknown = set(options) - set(defaults)
-        if unknown:
-            raise InputError(f"method {method!r} takes no option {sorted(unknown)[0]!r} "
-                             f"(its options: {', '.join(defaults) or 'none'})")
-        return {**defaults, **options}
-
-    if method in ("gradient", "gradient_x_input"):
-        o = take(output="logit")
-        return choose("output", o["output"], GRADIENT_STARTS), GRADIENT, o
-    if method == "deconvnet":
-        return R.start_onehot, DECONVNET, take()
-    if method == "guided_backprop":
-        return R.start_onehot, GUIDED_BACKPROP, take()
-    if method == "lrp_epsilon":
-        o = take(epsilon=1e-6)
-        o["epsilon"] = number("lrp_epsilon.epsilon", o["epsilon"], strictly_positive=True)
-        return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_epsilon(o["epsilon"]),
-                                        pool=R.pool_switch), o
-    if method == "lrp_zplus":
-        return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_zplus(*lrp_zplus_bounds(model)),
-                                        pool=R.pool_switch), take()
-    if method == "fbi":
-        o = take(**{**FBI.DEFAULTS, **model.fbi_defaults})
-        start, table = FBI.rules(**o)
-        topk_positions(model, table.topk_every_conv, table.topk_at_pool)  # a position the model lacks fails now
-        return start, table, o
-    raise KeyError(method)

@@ -1,12 +1,21 @@
 """The network and its adjoints: the bottom layer of fbi_ref (it imports nothing of fbi_ref but fbi_ref.errors).
 
-    layers.py         every layer as a forward map and its adjoint, NHWC (start reading here)
-    kernels.py        the numba inner loops (im2col, col2im, max-pool and its three backward maps)
-    naive.py          the same operators as plain loops, straight from their definitions (the tests' reference)
+Every layer type is one module, its forward map, adjoint (the transposed linear map; for ReLU and softmax the
+Jacobian's transpose at the forward point) and output shape side by side (start reading here):
+    conv.py           Conv2D: cross-correlation by im2col + matmul, or Winograd where it is exact and faster
+    pooling.py        MaxPool2D: max pooling, its switches, and the backward maps over its windows
+    dense.py          Dense and Flatten
+    activations.py    ReLU and softmax with their Jacobians; the Activation and Dropout layers
+    network.py        every layer type by name (the registry), and the Architecture a reader returns
+
+The rest:
+    geometry.py       output sizes, the 'same' padding rule, bilinear resizing
+    kernels.py        the numba inner loops (im2col, col2im, max-pool and its backward maps)
     winograd.py       the Winograd F(2x2, 3x3) fast path for 3x3 convolutions; conv.py picks the path
-    network.py        the layer specifications (Conv2D, MaxPool2D, Dense, ...) a model is made of
-    architectures.py  VGG16, VGG19 and any VGG-shaped network, with placeholder or random weights
+    naive.py          the same operators as plain loops, straight from their definitions (the tests' reference)
+    weights.py        placeholder weights to be loaded, and the checks that loaded ones fit
+    architectures.py  VGG16, VGG19 and any VGG-shaped network, with Keras's layer names and random weights
     model.py          Model: the forward pass, every layer's output kept for the walks back
-    preprocessing.py  a model's input preprocessing (caffe, torchvision, ...): forward, inverse, input bounds
-    memory.py         keep_freed_memory: let malloc reuse freed activations
+    preprocessing.py  a model's input preprocessing (caffe, torchvision, ...): forward, adjoint, inverse, bounds
+    memory.py         reusable work arrays, and keep_freed_memory (let malloc reuse freed activations)
 """

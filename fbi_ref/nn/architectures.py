@@ -1,11 +1,13 @@
-"""Named architectures (VGG16, VGG19, any VGG-shaped network) with placeholder weights, and a random filler."""
+"""Named architectures (VGG16, VGG19, any VGG-shaped network) with placeholder weights, the layer names Keras
+gives a VGG (which every reader uses), and a random filler."""
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 
-from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.weights import placeholder
 
 # Convolutions per block and filters per block, as in keras.applications.
 _VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
@@ -14,20 +16,41 @@ _VGG_FC_UNITS = 4096
 _IMAGENET_CLASSES = 1000
 
 
-def placeholder(shape) -> np.ndarray:
-    """A read-only float32 array of the given shape that takes no memory, for weights still to load."""
-    # A zero-strided view knows its shape, which is all a loader needs to check a file against it.
-    return np.broadcast_to(np.float32(0), tuple(shape))
-
-
-def is_placeholder(array) -> bool:
-    """True for an array made by `placeholder` (or any other all-zero-stride view)."""
-    return array.ndim > 0 and not any(array.strides)
-
-
 def weighted_layers(arch: Architecture) -> list:
     """The layers of `arch` that carry a kernel and a bias, in order."""
-    return [layer for layer in arch.layers if isinstance(layer, (Conv2D, Dense))]
+    return [layer for layer in arch.layers if layer.weights]
+
+
+def keras_vgg_names(layers) -> list:
+    """The names keras.applications gives a VGG's layers, by their types in order: block{b}_conv{i} (i from 1
+    in each block), block{b}_pool (which ends block b), flatten, fc{i} (the i-th Dense), predictions (the last
+    Dense) and activation_{n} (the n-th stand-alone Activation); any other layer keeps its name."""
+    names, block, conv, dense, activation = [], 1, 0, 0, 0
+    denses = sum(isinstance(layer, Dense) for layer in layers)
+    for layer in layers:
+        if isinstance(layer, Conv2D):
+            conv += 1
+            names.append(f"block{block}_conv{conv}")
+        elif isinstance(layer, MaxPool2D):
+            names.append(f"block{block}_pool")
+            block, conv = block + 1, 0
+        elif isinstance(layer, Flatten):
+            names.append("flatten")
+        elif isinstance(layer, Dense):
+            dense += 1
+            names.append("predictions" if dense == denses else f"fc{dense}")
+        elif isinstance(layer, Activation):
+            activation += 1
+            names.append(f"activation_{activation}")
+        else:
+            names.append(layer.name)
+    return names
+
+
+def named_like_keras(layers) -> list:
+    """The layers, each one without a name ('' or None) given its Keras VGG name (see keras_vgg_names)."""
+    return [layer if layer.name else dataclasses.replace(layer, name=name)
+            for layer, name in zip(layers, keras_vgg_names(layers))]
 
 
 def vgg16(include_top: bool = True) -> Architecture:
@@ -49,32 +72,32 @@ def vgg(name, blocks, filters, fc_units, classes, input_size, include_top=True) 
     """A VGG-type network with Keras's layer names: `blocks` convs per block with `filters` channels,
     a 2x2 max-pool after each block, then fc1, fc2 (`fc_units` wide, relu) and predictions (softmax)."""
     layers, channels = [], 3
-    for block, (convs, width) in enumerate(zip(blocks, filters), start=1):
-        for index in range(1, convs + 1):
-            layers.append(_conv(f"block{block}_conv{index}", (3, 3, channels, width)))
+    for convs, width in zip(blocks, filters):
+        for _ in range(convs):
+            layers.append(_conv((3, 3, channels, width)))
             channels = width
-        layers.append(MaxPool2D(f"block{block}_pool"))
+        layers.append(MaxPool2D(""))
     if not include_top:
         # Without top any size works; the default is the size the weights were trained at.
-        return Architecture(layers, (input_size, input_size, 3), name=f"{name}_notop")
+        return Architecture(named_like_keras(layers), (input_size, input_size, 3), name=f"{name}_notop")
     side = input_size // 2 ** len(blocks)
     layers += [
-        Flatten("flatten"),
-        _dense("fc1", (side * side * channels, fc_units), "relu"),
-        _dense("fc2", (fc_units, fc_units), "relu"),
-        _dense("predictions", (fc_units, classes), "softmax"),
+        Flatten(""),
+        _dense((side * side * channels, fc_units), "relu"),
+        _dense((fc_units, fc_units), "relu"),
+        _dense((fc_units, classes), "softmax"),
     ]
-    return Architecture(layers, (input_size, input_size, 3), name=name)
+    return Architecture(named_like_keras(layers), (input_size, input_size, 3), name=name)
 
 
-def _conv(name: str, kernel_shape: tuple) -> Conv2D:
-    """A 'same' relu convolution with placeholder weights."""
-    return Conv2D(name, placeholder(kernel_shape), placeholder(kernel_shape[-1:]))
+def _conv(kernel_shape: tuple) -> Conv2D:
+    """A 'same' relu convolution with placeholder weights (named later)."""
+    return Conv2D("", placeholder(kernel_shape), placeholder(kernel_shape[-1:]))
 
 
-def _dense(name: str, kernel_shape: tuple, activation: str) -> Dense:
-    """A dense layer with placeholder weights."""
-    return Dense(name, placeholder(kernel_shape), placeholder(kernel_shape[-1:]), activation)
+def _dense(kernel_shape: tuple, activation: str) -> Dense:
+    """A dense layer with placeholder weights (named later)."""
+    return Dense("", placeholder(kernel_shape), placeholder(kernel_shape[-1:]), activation)
 
 
 def random_weights(arch: Architecture, seed: int, dtype=np.float32) -> Architecture:
@@ -85,7 +108,7 @@ def random_weights(arch: Architecture, seed: int, dtype=np.float32) -> Architect
 
 def _randomized(layer, rng, dtype):
     """One layer with fresh random weights (weightless layers are returned as they are)."""
-    if not isinstance(layer, (Conv2D, Dense)):
+    if not layer.weights:
         return layer
     shape = layer.kernel.shape
     fan_in = int(np.prod(shape[:-1]))

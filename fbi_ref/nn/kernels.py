@@ -1,6 +1,6 @@
 """The numba inner loops: patch gathering for convolution, and max-pooling with its three backward maps.
 
-Every kernel is a plain Python function `_name`, jitted once by `name = _jit(_name)`, so the plain version
+Every kernel is a plain Python function `_name`, jitted once by `name = jit(_name)`, so the plain version
 stays callable (and testable) on small inputs. All of them are written as *gathers*: each parallel
 iteration computes and writes only its own outputs, so `prange` needs no atomics and has no races.
 
@@ -20,7 +20,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
 
-def _jit(fn):
+def jit(fn):
     """Compile a plain kernel with numba: parallel loops, cached on disk."""
     return numba.njit(parallel=True, cache=True)(fn)
 
@@ -157,11 +157,11 @@ def _unpool_replicate(g, ph, pw, sh, sw, pt, pl, average, out):
                     out[n, ih, iw, ch] /= count
 
 
-im2col = _jit(_im2col)
-col2im = _jit(_col2im)
-maxpool = _jit(_maxpool)
-unpool_switch = _jit(_unpool_switch)
-unpool_replicate = _jit(_unpool_replicate)
+im2col = jit(_im2col)
+col2im = jit(_col2im)
+maxpool = jit(_maxpool)
+unpool_switch = jit(_unpool_switch)
+unpool_replicate = jit(_unpool_replicate)
 
 PLAIN = {"im2col": _im2col, "col2im": _col2im, "maxpool": _maxpool,
          "unpool_switch": _unpool_switch, "unpool_replicate": _unpool_replicate}

@@ -1,7 +1,6 @@
-"""A sequential CNN built from the layer specs in `network`, and its forward pass."""
+"""A sequential CNN built from the layer types in `network`, and its forward pass."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -9,9 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fbi_ref.errors import ArchitectureError, InputError, UnsupportedLayerError
-from fbi_ref.nn import conv
-from fbi_ref.nn import layers as L
-from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from fbi_ref.nn.activations import softmax
+from fbi_ref.nn.network import LAYER_TYPES, Architecture, cast
 from fbi_ref.nn.preprocessing import preprocessing as preprocessing_rule
 
 
@@ -20,35 +18,29 @@ from fbi_ref.nn.preprocessing import preprocessing as preprocessing_rule
 MAX_ACTIVATION_BYTES = int(os.environ.get("FBI_REF_MAX_ACTIVATION_BYTES", 2 * 2**30))
 
 
-def activate(z, activation):
-    """Apply a named activation ('relu' | 'linear' | 'softmax')."""
-    if activation == "relu":
-        return L.relu(z)
-    if activation == "linear":
-        return z
-    if activation == "softmax":
-        return L.softmax(z)
-    raise UnsupportedLayerError(f"activation {activation!r} is not supported (relu, linear, softmax are)")
-
-
 @dataclass
 class ForwardPass:
     """Everything one forward pass computed, kept for the backward traversals.
 
     x: the (preprocessed) input (N, H, W, C); outputs: every layer's output (after its activation) by Keras
-    layer name; switches: every max-pool's argmax (N, Ho, Wo, C) by name; logits: the last layer's output
-    before softmax (N, K); probs: softmax(logits) (N, K).
+    layer name; switches: what each layer's adjoint needs from the forward pass (every max-pool's argmax
+    (N, Ho, Wo, C)) by name; logits: the last layer's output before softmax (N, K); probs: softmax(logits)
+    (N, K); pre_activations: with forward(x, keep_pre_activations=True), the input of each ReLU by layer name.
     """
     x: np.ndarray
     outputs: dict = field(default_factory=dict)
     switches: dict = field(default_factory=dict)
     logits: np.ndarray | None = None
     probs: np.ndarray | None = None
+    pre_activations: dict = field(default_factory=dict)
+
+    def at(self, position):
+        """The forward value at a position: a layer's output by its name, or x at "input"."""
+        return self.x if position == "input" else self.outputs[position]
 
     def input_of(self, model, name):
         """The input the layer `name` saw: the previous layer's output, or x for the first layer."""
-        i = model.index(name)
-        return self.x if i == 0 else self.outputs[model.layers[i - 1].name]
+        return self.at(model.input_position(name))
 
 
 class Model:
@@ -76,7 +68,7 @@ class Model:
         self.fbi_defaults = dict(fbi_defaults or {})
         self._shapes = self._infer_shapes()
         for layer in self.layers:
-            for weight in (getattr(layer, "kernel", None), getattr(layer, "bias", None)):
+            for weight in (getattr(layer, name) for name in layer.weights):
                 if not isinstance(weight, np.ndarray):
                     continue
                 if not np.isfinite(weight).all():
@@ -91,8 +83,8 @@ class Model:
     def dtype(self):
         """The weights' dtype (np.float32 as loaded; np.float64 after astype)."""
         for layer in self.layers:
-            if hasattr(layer, "kernel"):
-                return layer.kernel.dtype.type
+            if layer.weights:
+                return getattr(layer, layer.weights[0]).dtype.type
         return np.float32
 
     @property
@@ -114,6 +106,11 @@ class Model:
     def layer(self, name):
         return self.layers[self.index(name)]
 
+    def input_position(self, name):
+        """The position the layer `name` reads: the previous layer's name, or "input" for the first layer."""
+        i = self.index(name)
+        return "input" if i == 0 else self.layers[i - 1].name
+
     def output_shape(self, name):
         """The output shape of a layer without the batch axis."""
         return self._shapes[name]
@@ -130,11 +127,7 @@ class Model:
 
     def astype(self, dtype):
         """A copy of the model with weights of another dtype (float64 for exact tests), defaults and all."""
-        def cast(layer):
-            if hasattr(layer, "kernel"):
-                return dataclasses.replace(layer, kernel=layer.kernel.astype(dtype), bias=layer.bias.astype(dtype))
-            return layer
-        return self.with_layers([cast(layer) for layer in self.layers])
+        return self.with_layers([cast(layer, dtype) for layer in self.layers])
 
     def check_input(self, x):
         """x as a C-contiguous array of the model's dtype (N, H, W, C), or an InputError saying what is wrong."""
@@ -152,23 +145,26 @@ class Model:
             raise InputError(f"input contains NaN or inf (or values beyond {np.dtype(self.dtype).name})")
         return x
 
-    def forward(self, x):
-        """Run the network on x (N, H, W, C); returns a ForwardPass (logits, probs, outputs by layer name)."""
+    def forward(self, x, keep_pre_activations=False):
+        """Run the network on x (N, H, W, C); returns a ForwardPass (logits, probs, outputs by layer name; with
+        keep_pre_activations, every ReLU's input too)."""
         x = self.check_input(x)
         fp = ForwardPass(x=x)
         a = x
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below, not as a warning
             for layer in self.layers:
-                z, a, switches = layer_forward(layer, a)
+                z, a, saved = layer.forward(a)
                 fp.outputs[layer.name] = a
-                if switches is not None:
-                    fp.switches[layer.name] = switches
+                if saved is not None:
+                    fp.switches[layer.name] = saved
+                if keep_pre_activations and getattr(layer, "activation", None) == "relu":
+                    fp.pre_activations[layer.name] = z
                 fp.logits = z  # the last layer's pre-activation is the logits
             if not np.isfinite(fp.logits).all():
                 biggest = float(np.abs(x).max())
                 raise InputError(f"the forward pass overflowed {np.dtype(self.dtype).name} (input values up to "
                                  f"{biggest:.3g}; {self.name} expects preprocessed images, see fbi_ref.load_image)")
-            fp.probs = L.softmax(fp.logits)
+            fp.probs = softmax(fp.logits)
         return fp
 
     def predict(self, x):
@@ -180,7 +176,9 @@ class Model:
         shapes, shape = {}, self.input_shape
         total = math.prod(shape)
         for layer in self.layers:
-            shape = output_shape(layer, shape)
+            if type(layer) not in LAYER_TYPES.values():
+                raise UnsupportedLayerError(f"layer {layer.name!r} of type {type(layer).__name__} is not supported")
+            shape = layer.output_shape(shape)
             shapes[layer.name] = shape
             total += math.prod(shape)
         if total * 8 > MAX_ACTIVATION_BYTES:  # float64, the widest dtype a model is cast to
@@ -189,55 +187,3 @@ class Model:
         self.activation_count = total  # per image: the input and every layer's output
         return shapes
 
-
-def layer_forward(layer, a):
-    """One layer on its input a: returns (pre-activation z, output, switches or None)."""
-    if isinstance(layer, Conv2D):
-        z = conv.forward(layer, a)
-        return z, activate(z, layer.activation), None
-    if isinstance(layer, Dense):
-        z = L.dense_forward(a, layer.kernel, layer.bias)
-        return z, activate(z, layer.activation), None
-    if isinstance(layer, MaxPool2D):
-        y, switches = L.maxpool_forward(a, layer.pool_size, layer.strides, layer.padding)
-        return y, y, switches
-    if isinstance(layer, Flatten):
-        y = L.flatten_forward(a)
-        return y, y, None
-    if isinstance(layer, Activation):
-        return a, activate(a, layer.activation), None
-    if isinstance(layer, Dropout):
-        return a, a, None
-    raise UnsupportedLayerError(f"layer {layer.name!r} of type {type(layer).__name__} is not supported")
-
-
-def output_shape(layer, shape):
-    """The output shape (without batch) of `layer` on an input of `shape`; ArchitectureError if they do not fit."""
-    def expect(ok, what):
-        if not ok:
-            raise ArchitectureError(f"layer {layer.name!r}: {what}")
-    kernel = getattr(layer, "kernel", None)
-    if kernel is not None:
-        expect(kernel.size > 0, f"kernel of shape {kernel.shape} has no weights")
-    if isinstance(layer, Conv2D):
-        kh, kw, c, o = layer.kernel.shape
-        expect(len(shape) == 3, f"Conv2D needs an (H, W, C) input, got {shape}")
-        expect(c == shape[2], f"kernel {layer.kernel.shape} expects {c} input channels, the input has {shape[2]}")
-        expect(layer.bias.shape == (o,), f"bias has shape {layer.bias.shape}, expected ({o},)")
-        ho, wo = L.geometry(shape[:2], (kh, kw), layer.strides, layer.padding)[:2]
-        return (ho, wo, o)
-    if isinstance(layer, MaxPool2D):
-        expect(len(shape) == 3, f"MaxPool2D needs an (H, W, C) input, got {shape}")
-        ho, wo = L.geometry(shape[:2], layer.pool_size, layer.strides, layer.padding)[:2]
-        return (ho, wo, shape[2])
-    if isinstance(layer, Flatten):
-        return (int(np.prod(shape)),)
-    if isinstance(layer, Dense):
-        n_in, n_out = layer.kernel.shape
-        expect(len(shape) == 1, f"Dense needs a flat input, got {shape}")
-        expect(n_in == shape[0], f"kernel {layer.kernel.shape} expects {n_in} inputs, the input has {shape[0]}")
-        expect(layer.bias.shape == (n_out,), f"bias has shape {layer.bias.shape}, expected ({n_out},)")
-        return (n_out,)
-    if isinstance(layer, (Activation, Dropout)):
-        return shape
-    raise UnsupportedLayerError(f"layer {layer.name!r} of type {type(layer).__name__} is not supported")

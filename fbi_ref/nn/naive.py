@@ -4,7 +4,7 @@ Slow and obviously right; the fast kernels (gathers, im2col + matmul) are tested
 """
 import numpy as np
 
-from fbi_ref.nn.layers import geometry
+from fbi_ref.nn.geometry import geometry
 
 
 def conv2d(x, kernel, bias, strides, padding):

@@ -1,63 +1,68 @@
-"""The layer specifications a model is made of (weights in Keras layout) and the model itself."""
+"""Every layer type, by name (the registry the model, the walk, the readers and reference files use), and
+the Architecture a reader returns.
+
+Each type lives beside its forward map, adjoint and output shape: Conv2D in conv.py, MaxPool2D in pooling.py,
+Dense and Flatten in dense.py, Activation and Dropout in activations.py. Every one is a small dataclass with
+
+    kind           which rule of a method's table walks it back: 'linear', 'pool', or 'reshape' / 'identity'
+                   (the layer's own adjoint, whatever the method; see methods/traversal.py)
+    weights        the names of its weight arrays (('kernel', 'bias') or ())
+    output_shape(shape)         its output shape (no batch axis) on an input of `shape`, or ArchitectureError
+    forward(a)                  (pre-activation z, output after the activation, what the adjoint needs or None)
+    adjoint(g, a_in, saved)     the transposed linear map (no bias), from its output back to its input
+
+A new layer type is a module with such a class, one line in LAYER_TYPES, its adjoint identity in
+tests/test_layers.py, and what each method does with its kind in the methods' rule tables.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
-import numpy as np
+from fbi_ref.nn.activations import Activation, Dropout
+from fbi_ref.nn.conv import Conv2D
+from fbi_ref.nn.dense import Dense, Flatten
+from fbi_ref.nn.pooling import MaxPool2D
 
-
-@dataclass
-class Conv2D:
-    """2-D cross-correlation, kernel (kh, kw, C_in, C_out) HWIO as Keras stores it, bias (C_out,)."""
-    name: str
-    kernel: np.ndarray
-    bias: np.ndarray
-    strides: tuple = (1, 1)
-    padding: str = "same"  # 'same' (Keras/TF rule) or 'valid'
-    activation: str = "relu"  # 'relu' | 'linear' | 'softmax'
-
-
-@dataclass
-class MaxPool2D:
-    """Max pooling over (ph, pw) windows moved by strides."""
-    name: str
-    pool_size: tuple = (2, 2)
-    strides: tuple = (2, 2)
-    padding: str = "valid"
-
-
-@dataclass
-class Flatten:
-    """(N, H, W, C) -> (N, H*W*C) in Keras's H, W, C order."""
-    name: str
-
-
-@dataclass
-class Dense:
-    """x @ kernel + bias, kernel (in, out) as Keras stores it."""
-    name: str
-    kernel: np.ndarray
-    bias: np.ndarray
-    activation: str = "relu"
-
-
-@dataclass
-class Activation:
-    """A stand-alone activation layer ('relu' | 'linear' | 'softmax')."""
-    name: str
-    activation: str
-
-
-@dataclass
-class Dropout:
-    """Identity at inference; kept so that every Keras layer name has an activation."""
-    name: str
+LAYER_TYPES = {layer_type.__name__: layer_type for layer_type in (Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout)}
 
 
 @dataclass
 class Architecture:
-    """What a loader returns: the layers in order and the input shape (H, W, C)."""
+    """What a reader returns: the layers in order and the input shape (H, W, C)."""
     layers: list
     input_shape: tuple
     name: str = "model"
     extra: dict = field(default_factory=dict)
+
+
+def describe(layer):
+    """A layer's type and settings (no weights) as plain values, e.g. {'name': 'block1_pool', 'type':
+    'MaxPool2D', 'pool_size': (2, 2), 'strides': (2, 2), 'padding': 'valid'}; weighted layers add
+    'kernel_shape'. `rebuild` takes it back."""
+    out = {"name": layer.name, "type": type(layer).__name__}
+    out.update({f.name: getattr(layer, f.name) for f in dataclasses.fields(layer)
+                if f.name != "name" and f.name not in layer.weights})
+    if layer.weights:
+        out["kernel_shape"] = tuple(layer.kernel.shape)
+    return out
+
+
+def rebuild(spec, weights):
+    """The layer a `describe` record names, with its weights {name: array}; KeyError for an unknown type."""
+    layer_type = LAYER_TYPES[spec["type"]]
+    values = {}
+    for f in dataclasses.fields(layer_type):
+        if f.name in layer_type.weights:
+            values[f.name] = weights[f.name]
+        elif f.name in spec:
+            value = spec[f.name]
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return layer_type(**values)
+
+
+def cast(layer, dtype):
+    """The layer with its weights in another dtype (the same layer if it has none)."""
+    if not layer.weights:
+        return layer
+    return dataclasses.replace(layer, **{w: getattr(layer, w).astype(dtype) for w in layer.weights})

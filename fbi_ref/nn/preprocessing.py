@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from fbi_ref.errors import InputError
-from fbi_ref.nn.layers import CAFFE_MEAN_BGR
 
+# keras.applications' ImageNet mean in caffe's BGR order (float32, as Keras subtracts it).
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 _RGB = (0, 1, 2)
 _BGR = (2, 1, 0)
 
@@ -48,6 +49,12 @@ class Preprocessing:
         divisor, mean, std = self._constants(rgb.dtype)
         # Dividing by 1 is exact, so caffe stays Keras's rgb[..., ::-1] - mean bit for bit.
         return (rgb[..., list(self.order)] / divisor - mean) / std  # (..., H, W, 3)
+
+    def adjoint(self, g):
+        """g (..., H, W, 3) w.r.t. the network's input -> w.r.t. the RGB image: the transpose of forward's linear
+        part (the mean shift has none), i.e. g / (divisor * std) put in RGB order."""
+        divisor, _, std = self._constants(g.dtype)
+        return self.to_rgb_order(g / (divisor * std))  # (..., H, W, 3) RGB
 
     def inverse(self, x):
         """The network's input (..., H, W, 3) -> rgb (..., H, W, 3) in 0..255, undoing forward."""

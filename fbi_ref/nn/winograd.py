@@ -17,7 +17,7 @@ cross-correlation as Keras (no kernel flip); results agree with the plain path t
 import numba
 import numpy as np
 
-from fbi_ref.nn.kernels import _jit
+from fbi_ref.nn.kernels import jit
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -157,9 +157,9 @@ def _output_transform(m, tiles_h, tiles_w, first, bias, y):
                     y[n, y0 + 1, x0, ch] = y10
 
 
-kernel_transform = _jit(_kernel_transform)
-input_transform = _jit(_input_transform)
-output_transform = _jit(_output_transform)
+kernel_transform = jit(_kernel_transform)
+input_transform = jit(_input_transform)
+output_transform = jit(_output_transform)
 
 
 def conv3x3(x, u, bias, scratch):

@@ -19,8 +19,10 @@ from tqdm.auto import tqdm
 from fbi_ref.errors import InputError
 from fbi_ref.io.weights_cache import md5sum, sha256sum
 from fbi_ref.methods import multipass
+from fbi_ref.methods.catalog import METHODS as RECORDS
 from fbi_ref.methods.explain import METHODS, explain, resolve_target
-from fbi_ref.nn.network import Conv2D, Dense
+from fbi_ref.nn.network import describe
+from fbi_ref.nn.pooling import window_gaps
 from fbi_ref.version import __version__
 
 FORMAT = "fbi_ref reference"
@@ -28,10 +30,11 @@ FORMAT = "fbi_ref reference"
 # single-walk methods (<method>/backward/<position>), gradcam/weights and gradcam/map, smoothgrad/noise, and
 # meta's near_ties, warnings, weights_digest; every version-1 key keeps its name and meaning.
 FORMAT_VERSION = 2
-WALKED = ("gradient", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus", "fbi")  # walks stored
+# the methods whose walk is stored: the one-walk methods whose attribution is their walk's signal
+WALKED = tuple(name for name, record in RECORDS.items() if record.one_walk and not record.times_input)
 NEAR_TIE = 1e-4  # a max-pool window is a near tie when its two largest values differ by at most this x max|input|
 
-# What a re-implementation must match; the same rules as the docstring of fbi_ref/nn/layers.py.
+# What a re-implementation must match; the same rules as the docstrings of fbi_ref/nn/conv.py, pooling.py and dense.py.
 CONVENTIONS = {
     "layout": "NHWC for images and feature maps; (N, units) after flatten",
     "preprocessing": "caffe: RGB -> BGR, minus the ImageNet mean [103.939, 116.779, 123.68] (BGR), no scaling",
@@ -111,12 +114,7 @@ def _checked(methods, options):
 
 def _weights(model):
     """Every kernel and bias in Keras layout, by layer name."""
-    out = {}
-    for layer in model.layers:
-        if isinstance(layer, (Conv2D, Dense)):
-            out[f"w/{layer.name}/kernel"] = layer.kernel
-            out[f"w/{layer.name}/bias"] = layer.bias
-    return out
+    return {f"w/{layer.name}/{name}": getattr(layer, name) for layer in model.layers for name in layer.weights}
 
 
 def walk_arrays(method, e):
@@ -147,26 +145,12 @@ def near_ties(model, fp, relative=NEAR_TIE):
     out = {}
     for i, layer in enumerate(model.layers):
         if layer.name in fp.switches and i > 0:
-            gap, top = window_gaps(fp.outputs[model.layers[i - 1].name], layer)
-            scale = float(np.abs(fp.outputs[model.layers[i - 1].name]).max()) or 1.0
+            a = fp.input_of(model, layer.name)
+            gap, top = window_gaps(a, layer.pool_size, layer.strides, layer.padding)
+            scale = float(np.abs(a).max()) or 1.0
             out[layer.name] = {"near": int(((gap <= relative * scale) & (top > 0)).sum()),
                                "exact": int(((gap == 0) & (top > 0)).sum()), "windows": int(gap.size)}
     return out
-
-
-def window_gaps(a, layer):
-    """For each max-pool window of a (N, H, W, C): (largest - second largest, largest), both (N, Ho, Wo, C)."""
-    from fbi_ref.nn.layers import geometry
-    ho, wo, pt, pl = geometry(a.shape[1:3], layer.pool_size, layer.strides, layer.padding)
-    ph, pw = layer.pool_size
-    padded = np.pad(a, ((0, 0), (pt, ph), (pl, pw), (0, 0)), constant_values=-np.inf)  # (N, Hp, Wp, C)
-    cells = [padded[:, ki:ki + (ho - 1) * layer.strides[0] + 1:layer.strides[0],
-                    kj:kj + (wo - 1) * layer.strides[1] + 1:layer.strides[1]]
-             for ki in range(ph) for kj in range(pw)]
-    values = np.sort(np.stack(cells, axis=-1), axis=-1)  # (N, Ho, Wo, C, ph*pw)
-    second = values[..., -2] if values.shape[-1] > 1 else np.full(values.shape[:-1], -np.inf)
-    with np.errstate(invalid="ignore"):
-        return values[..., -1] - second, values[..., -1]
 
 
 def empty_arrays(arrays, methods):
@@ -190,9 +174,8 @@ def weights_digest(model):
     whatever file format holds them."""
     digest = hashlib.sha256()
     for layer in model.layers:
-        if isinstance(layer, (Conv2D, Dense)):
-            for array in (layer.kernel, layer.bias):
-                digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+        for name in layer.weights:
+            digest.update(np.ascontiguousarray(getattr(layer, name), dtype="<f4").tobytes())
     return digest.hexdigest()
 
 
@@ -232,13 +215,7 @@ def stable_json(record):
 
 def describe_layer(layer):
     """A layer's type and hyper-parameters (no weights) as plain JSON values."""
-    out = {"name": layer.name, "type": type(layer).__name__}
-    for attr in ("activation", "padding", "strides", "pool_size"):
-        if hasattr(layer, attr):
-            out[attr] = plain(getattr(layer, attr))
-    if hasattr(layer, "kernel"):
-        out["kernel_shape"] = list(layer.kernel.shape)
-    return out
+    return plain(describe(layer))
 
 
 def plain(value):

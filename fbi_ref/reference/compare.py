@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fbi_ref.errors import InputError
+from fbi_ref.reference.model import reference_model
+from fbi_ref.reference.replay import replay
 
 DEFAULT_TOLERANCE = 1e-4
 # LRP-epsilon divides each relevance by its unit's pre-activation (plus epsilon = 1e-6): where that is near 0 a
@@ -228,8 +230,6 @@ def _to_nhwc(a, layout):
 def _replayed(ref, aligned, model, tol):
     """The arrays to compare against after replaying the near-tie decisions of other: ({'arrays', 'accepted',
     'refused', 'exempt'}, near ties in the reference, a note)."""
-    from fbi_ref.reference.replay import replay
-    from fbi_ref.reference.model import reference_model
     meta = json.loads(str(ref["meta"]))
     near = meta.get("near_ties", {})
     if model is None:
@@ -373,8 +373,6 @@ def _summary(keys, most=3):
     return ", ".join(", ".join(group) if len(group) <= most else f"{prefix} ({len(group)})"
                      for prefix, group in groups.items())
 
-
-summarise_keys = _summary
 
 
 def format_comparison(result, ref_name="REF", other_name="OTHER"):

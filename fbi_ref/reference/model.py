@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 
-from fbi_ref.errors import FbiRefError
+from fbi_ref.errors import FbiRefError, UnsupportedLayerError
+from fbi_ref.io.zoo import load_model
 from fbi_ref.nn.model import Model
-from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from fbi_ref.nn.network import LAYER_TYPES, Architecture, rebuild
 from fbi_ref.reference.build import weights_digest
 
 
@@ -23,7 +24,7 @@ def reference_model(ref, model=None):
         candidates.append(("the file's weights", lambda: from_file(ref, meta)))
     name = meta.get("model", {}).get("name")
     if name:
-        candidates.append((f"model {name!r}", lambda: _by_name(name)))
+        candidates.append((f"model {name!r}", lambda: load_model(name)))
     for what, build in candidates:
         try:
             found = build()
@@ -38,32 +39,14 @@ def reference_model(ref, model=None):
     return None, reason
 
 
-def _by_name(name):
-    """A model by name (embedded or cached official weights), as fbi_ref.load_model finds it."""
-    from fbi_ref.io.zoo import load_model
-    return load_model(name)
-
-
 def from_file(ref, meta):
     """A Model from meta['layers'] and the w/<layer>/kernel, w/<layer>/bias arrays of a reference file."""
     layers = []
     for spec in meta["layers"]:
-        kind, name = spec["type"], spec["name"]
-        if kind == "Conv2D":
-            layers.append(Conv2D(name, _weight(ref, name, "kernel"), _weight(ref, name, "bias"),
-                                 tuple(spec["strides"]), spec["padding"], spec["activation"]))
-        elif kind == "Dense":
-            layers.append(Dense(name, _weight(ref, name, "kernel"), _weight(ref, name, "bias"), spec["activation"]))
-        elif kind == "MaxPool2D":
-            layers.append(MaxPool2D(name, tuple(spec["pool_size"]), tuple(spec["strides"]), spec["padding"]))
-        elif kind == "Flatten":
-            layers.append(Flatten(name))
-        elif kind == "Activation":
-            layers.append(Activation(name, spec["activation"]))
-        elif kind == "Dropout":
-            layers.append(Dropout(name))
-        else:
-            raise ValueError(f"layer type {kind}")
+        layer_type = LAYER_TYPES.get(spec["type"])
+        if layer_type is None:
+            raise UnsupportedLayerError(f"layer {spec['name']!r}: type {spec['type']} is not one of {', '.join(LAYER_TYPES)}")
+        layers.append(rebuild(spec, {name: _weight(ref, spec["name"], name) for name in layer_type.weights}))
     arch = Architecture(layers, tuple(meta["model"]["input_shape"]), meta["model"]["name"])
     model = Model(arch, meta["model"].get("class_names"), meta["model"].get("preprocessing", "caffe"))
     return model.astype(np.dtype(meta.get("dtype", "float32")))

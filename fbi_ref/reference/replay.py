@@ -24,18 +24,20 @@ difference between the two attributions shows are applied to the reference, larg
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fbi_ref.methods import multipass
 from fbi_ref.methods import rules as R
+from fbi_ref.methods.catalog import walk_rules
 from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
-from fbi_ref.methods.tables import GRADIENT, backprop_method
+from fbi_ref.methods.tables import GRADIENT
 from fbi_ref.methods.traversal import walk
-from fbi_ref.nn import layers as L
 from fbi_ref.nn.network import MaxPool2D
-from fbi_ref.reference.build import near_ties as near_ties_of, window_gaps
+from fbi_ref.nn.pooling import maxpool_forward, pick_switches, window_gaps
+from fbi_ref.reference.build import near_ties as near_ties_of
 
 SWITCH_ROUTED = ("gradient", "gradient_x_input", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus",
                  "gradcam", "guided_gradcam")
@@ -55,12 +57,7 @@ class Replay:
 
 def first_max(a, layer):
     """The switches (N, Ho, Wo, C) of a max-pool over a (N, H, W, C) by the documented rule (first maximum)."""
-    return L.maxpool_forward(np.ascontiguousarray(a), layer.pool_size, layer.strides, layer.padding)[1]
-
-
-def window_values(a, switches):
-    """a (N, H, W, C) at the given flat switch indices (N, Ho, Wo, C)."""
-    return L.pick_switches(a, switches)
+    return maxpool_forward(np.ascontiguousarray(a), layer.pool_size, layer.strides, layer.padding)[1]
 
 
 def rounding(model, fp, their_inputs, tol):
@@ -68,9 +65,9 @@ def rounding(model, fp, their_inputs, tol):
     twice the other's largest error on that input (its act/ array), or tol x max|input| without it; -inf when
     that input itself differs beyond the tolerance."""
     out = {}
-    for i, layer in enumerate(model.layers):
+    for layer in model.layers:
         if isinstance(layer, MaxPool2D):
-            a = fp.x if i == 0 else fp.outputs[model.layers[i - 1].name]
+            a = fp.input_of(model, layer.name)
             theirs = their_inputs.get(layer.name)
             bound = tol * (float(np.abs(a).max()) or 1.0)  # never more than the tolerance allows
             if theirs is not None and theirs.shape == a.shape:
@@ -83,17 +80,17 @@ def rounding(model, fp, their_inputs, tol):
 
 def exact_ties(a, layer):
     """The max-pool windows of a (N, H, W, C) whose maximum two cells or more hold exactly: (N, Ho, Wo, C) bool."""
-    return window_gaps(a, layer)[0] == 0
+    return window_gaps(a, layer.pool_size, layer.strides, layer.padding)[0] == 0
 
 
 def tie_break_rates(model, fp, their_inputs):
     """{pool: the share of the reference's exact ties on x (windows whose maximum is held by two cells or more)
     where the other's own values have another first maximum; 0 when its values are not in its file}."""
     out = {}
-    for i, layer in enumerate(model.layers):
+    for layer in model.layers:
         if isinstance(layer, MaxPool2D):
             theirs = their_inputs.get(layer.name)
-            a = fp.x if i == 0 else fp.outputs[model.layers[i - 1].name]
+            a = fp.input_of(model, layer.name)
             tied = exact_ties(a, layer)
             if theirs is None or theirs.shape != a.shape or not tied.any():
                 out[layer.name] = 0.0
@@ -123,11 +120,11 @@ def switch_choices(model, fp, theirs, their_inputs, eps, key_prefix="switch/"):
     winners it takes at exact ties of the reference are counted for `later_at_ties` to judge together.
     """
     patched, accepted, refused, ties = {}, {}, {}, {}
-    for i, layer in enumerate(model.layers):
+    for layer in model.layers:
         if not isinstance(layer, MaxPool2D) or layer.name not in fp.switches:
             continue
         ours = fp.switches[layer.name]
-        a = fp.x if i == 0 else fp.outputs[model.layers[i - 1].name]  # the reference's pool input
+        a = fp.input_of(model, layer.name)  # the reference's pool input
         own = first_max(their_inputs[layer.name], layer) if their_inputs.get(layer.name) is not None else None
         chosen = theirs.get(layer.name)
         if chosen is None:
@@ -140,7 +137,7 @@ def switch_choices(model, fp, theirs, their_inputs, eps, key_prefix="switch/"):
             ties[layer.name] = (int((differ & tied).sum()), int(tied.sum()))
         if not differ.any():
             continue
-        gap = window_values(a, ours) - window_values(a, np.where(differ, chosen, ours))  # >= 0
+        gap = pick_switches(a, ours) - pick_switches(a, np.where(differ, chosen, ours))  # >= 0
         near = gap <= eps[layer.name]
         consistent = (chosen == own) if own is not None else np.ones_like(differ)
         ok = differ & near & consistent
@@ -198,7 +195,7 @@ def replay(model, ref, theirs, tol=1e-4):
     fp = model.forward(ref["x"])
     target = np.asarray(ref["target"])
     pools = [layer.name for layer in model.layers if isinstance(layer, MaxPool2D)]
-    inputs = {name: _input_of(model, name) for name in pools}
+    inputs = {name: model.input_position(name) for name in pools}
     their_switches = {name: theirs.get(f"switch/{name}") for name in pools}
     their_inputs = {name: theirs.get(f"act/{inputs[name]}") if inputs[name] != "input" else theirs.get("x")
                     for name in pools}
@@ -257,14 +254,7 @@ def _largest_error(mine, theirs):
 
 def _methods(ref):
     """{method: options} from the reference's meta."""
-    import json
     return json.loads(str(ref["meta"]))["methods"]
-
-
-def _input_of(model, name):
-    """The position whose activation a layer takes: the previous layer's name, or 'input'."""
-    i = model.index(name)
-    return "input" if i == 0 else model.layers[i - 1].name
 
 
 def _options(options):
@@ -289,10 +279,10 @@ def _single(model, routed, fp, target, method, options):
     return {**{f"{method}/backward/{k}": v for k, v in backward.items()}, f"attr/{method}": signal}
 
 
-def _walk(model, fp, target, method, options, forced=None, observe=None):
+def _walk(model, fp, target, method, options):
     """(recorded backward signals, attribution) of a single-walk method on a forward pass."""
-    start, rules, _ = backprop_method(model, method, options)
-    w = walk(model, fp, start(fp.logits, fp.probs, target), rules, record=True, forced=forced, observe=observe)
+    start, rules, _ = walk_rules(model, method, options)
+    w = walk(model, fp, start(fp.logits, fp.probs, target), rules, record=True)
     return w.backward, w.signal
 
 
@@ -304,19 +294,14 @@ def _fbi(model, routed, target, options, theirs, tol, result, rerun):
     the walk re-run after each position whose decisions are taken from the port (the signal below changes).
     """
     options = {**FBI_DEFAULTS, **_options(options)}  # a file written before an option existed had its default
-    start, rules, _ = backprop_method(model, "fbi", options)
+    start, rules, _ = walk_rules(model, "fbi", options)
     signal = start(routed.logits, routed.probs, target)
     forced, judged = {}, set()
     while True:
         seen = {}  # position -> (our support: the AND of its decisions, near: the OR), in walk order
-
-        def observe(position, kind, g, a):
-            kept, near = _fbi_decision(kind, g, a, options, tol)
-            if position in seen:
-                kept, near = seen[position][0] & kept, seen[position][1] | near
-            seen[position] = (kept, near)
-
-        w = walk(model, routed, signal, rules, record=True, forced=forced, observe=observe)
+        hooks = {position: tuple(_replayed_decision(position, decision, options, tol, seen, forced)
+                                 for decision in decisions) for position, decisions in rules.hooks.items()}
+        w = walk(model, routed, signal, dataclasses.replace(rules, hooks=hooks), record=True)
         taken = False
         for position, (ours, near) in seen.items():
             their = theirs.get(f"fbi/support/{position}")
@@ -339,6 +324,20 @@ def _fbi(model, routed, target, options, theirs, tol, result, rerun):
         result.expected.update({f"fbi/backward/{k}": v for k, v in w.backward.items()})
         result.expected.update({f"fbi/support/{k}": v for k, v in w.support.items()})
         result.expected["attr/fbi"] = w.signal
+
+
+def _replayed_decision(position, decision, options, tol, seen, forced):
+    """One of FBI's decisions as a hook that notes in `seen` where it is near its threshold, and imposes the
+    support `forced` gives at its position instead of its own."""
+    def hook(g, a):
+        kept, near = _fbi_decision(decision.kind, decision.scored(g), a, options, tol)
+        if position in seen:
+            kept, near = seen[position][0] & kept, seen[position][1] | near
+        seen[position] = (kept, near)
+        if position in forced:
+            return g * forced[position], forced[position]
+        return decision(g, a)
+    return hook
 
 
 def _fbi_decision(kind, g, a, options, tol):
@@ -391,7 +390,8 @@ def _many_inputs(model, fp, target, method, options, theirs, eps, rates, tol, ac
     state = {"flips": [], "accepted": 0, "near_ties": 0, "ties": {name: (0, 0) for name in pools}}
 
     def gradient_at(n, rows, inputs):
-        step_fp, z = forward_with_z(model, inputs)
+        step_fp = model.forward(inputs, keep_pre_activations=True)
+        z = step_fp.pre_activations
         if replayed:  # the other's rounding on these inputs is unknown: values within tol x scale may be swapped
             step_eps = {name: bound if np.isfinite(eps[name]) else -np.inf
                         for name, bound in rounding(model, step_fp, {}, tol).items()}
@@ -490,7 +490,6 @@ def explain_gate_flips(model, flips, weight, expected, theirs):
 def gate_effects(model, flips, chunk=32):
     """The change of the input gradient (H, W, C) each flip causes: a gradient walk from the flipped unit's
     pre-activation down to the input, through the rest of that input's gates and switches."""
-    from fbi_ref.methods.traversal import _through_layer
     effects = [None] * len(flips)
     groups = {}
     for k, flip in enumerate(flips):
@@ -501,32 +500,14 @@ def gate_effects(model, flips, chunk=32):
             first = flips[part[0]]
             fp, row, i, b = first.fp, first.row, first.layer, len(part)
             one = lambda a: np.repeat(a[row:row + 1], b, axis=0)  # noqa: E731  (this input, b times)
-            g = np.zeros((b, *model.output_shape(model.layers[i].name)), dtype=fp.x.dtype)
+            name = model.layers[i].name
+            g = np.zeros((b, *model.output_shape(name)), dtype=fp.x.dtype)
             for r, k in enumerate(part):
                 g[(r, *flips[k].unit)] = flips[k].change
-            a_in = one(fp.x if i == 0 else fp.outputs[model.layers[i - 1].name])
-            g = GRADIENT.linear(g, model.layers[i], a_in, i == 0)
-            local = dataclasses.replace(fp, switches={k: one(v) for k, v in fp.switches.items()})
-            for j in range(i - 1, -1, -1):
-                below = model.layers[j]
-                j_in = one(fp.x if j == 0 else fp.outputs[model.layers[j - 1].name])
-                g = _through_layer(below, g, j_in, one(fp.outputs[below.name]), local, GRADIENT, False, j == 0)
+            below = model.layers[:i + 1]
+            local = dataclasses.replace(fp, x=one(fp.x), outputs={layer.name: one(fp.outputs[layer.name]) for layer in below},
+                                        switches={k: one(v) for k, v in fp.switches.items()})
+            g = walk(model, local, g, GRADIENT, start_at=name).signal
             for r, k in enumerate(part):
                 effects[k] = g[r].astype(np.float64)
     return effects
-
-
-def forward_with_z(model, x):
-    """The forward pass and every ReLU layer's pre-activation {name: z}."""
-    from fbi_ref.nn.model import ForwardPass, layer_forward
-    fp, a, z = ForwardPass(x=x), x, {}
-    for layer in model.layers:
-        pre, a, switches = layer_forward(layer, a)
-        fp.outputs[layer.name] = a
-        if switches is not None:
-            fp.switches[layer.name] = switches
-        if getattr(layer, "activation", None) == "relu":
-            z[layer.name] = pre
-        fp.logits = pre
-    fp.probs = L.softmax(fp.logits)
-    return fp, z

@@ -16,9 +16,9 @@ import numba
 import numpy as np
 
 from fbi_ref.nn import conv
-from fbi_ref.nn import layers as L
-from fbi_ref.nn.kernels import _jit
-from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.kernels import jit
+from fbi_ref.nn.network import Architecture, Conv2D, Dense
+from fbi_ref.nn.weights import fold_batch_norm
 
 EPS = 1e-3  # Keras's BatchNormalization epsilon
 MOMENTUM = 0.99  # Keras's default for the moving statistics
@@ -65,7 +65,7 @@ def _column_sums(a, b, use_b):
     return partial.sum(axis=0)
 
 
-column_sums = _jit(_column_sums)
+column_sums = jit(_column_sums)
 
 
 def _bn_relu_forward(z, gamma, beta, zhat, out):
@@ -99,8 +99,8 @@ def _bn_relu_backward(g, zhat, out, std, gamma, dz):
     return dgamma, dbeta
 
 
-bn_relu_forward = _jit(_bn_relu_forward)
-bn_relu_backward = _jit(_bn_relu_backward)
+bn_relu_forward = jit(_bn_relu_forward)
+bn_relu_backward = jit(_bn_relu_backward)
 
 
 def forward(arch, params, x):
@@ -115,11 +115,9 @@ def forward(arch, params, x):
                                         _rows(zhat), _rows(out))  # (O,), (O,) float64
             saved = (zhat, np.sqrt(var + EPS).astype(z.dtype), mean, var)
         elif isinstance(layer, Dense):
-            out = L.dense_forward(a, params[layer.name, "kernel"], params[layer.name, "bias"])  # the logits
-        elif isinstance(layer, MaxPool2D):
-            out, saved = L.maxpool_forward(a, layer.pool_size, layer.strides, layer.padding)
-        elif isinstance(layer, Flatten):
-            out = L.flatten_forward(a)
+            out = layer.apply(a, params[layer.name, "kernel"], params[layer.name, "bias"])  # the logits
+        elif not layer.weights:  # max-pool, flatten: as at inference
+            _, out, saved = layer.forward(a)
         else:
             raise TypeError(f"{type(layer).__name__} is not trained here")
         tape.append((layer, a, saved, out))
@@ -142,10 +140,8 @@ def backward(params, tape, g):
         elif isinstance(layer, Dense):
             grads[layer.name, "bias"] = g.sum(axis=0)
             g = _linear_backward(layer, params, grads, a_in, g, first)
-        elif isinstance(layer, Flatten):
-            g = L.flatten_adjoint(g, a_in.shape[1:])
-        elif isinstance(layer, MaxPool2D):
-            g = L.unpool_switch(g, saved, a_in.shape[1:3], layer.pool_size, layer.strides, layer.padding)
+        else:
+            g = layer.adjoint(g, a_in, saved)
     return grads
 
 
@@ -162,7 +158,7 @@ def _linear_backward(layer, params, grads, a_in, dz, first):
     if isinstance(layer, Dense):
         grads[layer.name, "kernel"] = a_in.T @ dz
         return None if first else dz @ kernel.T
-    grads[layer.name, "kernel"] = L.conv2d_kernel_adjoint(a_in, dz, kernel.shape, layer.strides, layer.padding)
+    grads[layer.name, "kernel"] = conv.conv2d_kernel_adjoint(a_in, dz, kernel.shape, layer.strides, layer.padding)
     return None if first else conv.convolve_adjoint(dz, kernel, a_in.shape[1:3], layer.strides, layer.padding, layer.name)
 
 
@@ -180,11 +176,9 @@ def fold(arch, params, stats):
     for layer in arch.layers:
         if normalised(layer):
             mean, var = stats[layer.name]
-            scale = params[layer.name, "gamma"] / np.sqrt(var + EPS)  # (O,)
-            kernel = params[layer.name, "kernel"] * scale  # scales each output channel
-            bias = params[layer.name, "beta"] - mean * scale
-            dtype = params[layer.name, "kernel"].dtype
-            layer = dataclasses.replace(layer, kernel=kernel.astype(dtype), bias=bias.astype(dtype))
+            gamma, beta, kernel = params[layer.name, "gamma"], params[layer.name, "beta"], params[layer.name, "kernel"]
+            kernel, bias = fold_batch_norm(kernel, np.zeros_like(beta), gamma, beta, mean, var, EPS, dtype=kernel.dtype)
+            layer = dataclasses.replace(layer, kernel=kernel, bias=bias)
         elif isinstance(layer, Dense):
             layer = dataclasses.replace(layer, kernel=params[layer.name, "kernel"].copy(),
                                         bias=params[layer.name, "bias"].copy())

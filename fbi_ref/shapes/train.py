@@ -18,10 +18,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fbi_ref.io.keras_files import write_keras_weights
-from fbi_ref.nn import layers as L
+from fbi_ref.nn.activations import softmax
 from fbi_ref.nn.architectures import random_weights, vgg
 from fbi_ref.nn.model import Model
 from fbi_ref.nn.network import Architecture
+from fbi_ref.nn.preprocessing import CAFFE
 from fbi_ref.shapes import batchnorm
 from fbi_ref.shapes.dataset import CLASSES, generate
 
@@ -39,7 +40,7 @@ def shapes_architecture(classes=6):
 def loss_and_gradients(arch, params, x, labels):
     """Mean softmax cross-entropy of a batch, its accuracy, the gradients {key: array}, and the tape."""
     logits, tape = batchnorm.forward(arch, params, x)
-    probs = L.softmax(logits)  # (N, K)
+    probs = softmax(logits)  # (N, K)
     n = len(labels)
     loss = float(-np.log(np.maximum(probs[np.arange(n), labels], 1e-30)).mean())
     start = probs.copy()  # (N, K): d loss / d logits = (p - e_label) / n
@@ -74,7 +75,7 @@ class Adam:
 
 def preprocess_uint8(images):
     """(N, H, W, 3) uint8 RGB -> caffe-preprocessed float32 (N, H, W, 3)."""
-    return L.preprocess_forward(images.astype(np.float32))
+    return CAFFE.forward(images.astype(np.float32))
 
 
 def accuracy(model, images, labels, batch_size=256):

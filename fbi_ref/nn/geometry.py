@@ -1,0 +1,55 @@
+"""Spatial geometry shared by every window op and every reader: output sizes, 'same' padding, bilinear resizing.
+
+'same' padding follows Keras/TensorFlow: out = ceil(size / stride), total padding
+max((out - 1) * stride + k - size, 0), of which the smaller half goes *before* (top/left). The ONNX and Keras
+readers use the same rule to tell 'same' from 'valid' in a file.
+"""
+import math
+
+import numpy as np
+
+from fbi_ref.errors import InputError
+
+
+def same_padding(size, k, stride):
+    """(out, before, after) of TensorFlow's 'same' padding on one axis: the odd cell goes after."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def output_size(size, k, stride, padding):
+    """Output length and padding before, on one spatial axis."""
+    if padding == "valid":
+        if size < k:
+            raise InputError(f"window of size {k} does not fit an input of size {size} with 'valid' padding")
+        return (size - k) // stride + 1, 0
+    if padding == "same":
+        out, before, _ = same_padding(size, k, stride)
+        return out, before
+    raise InputError(f"padding must be 'same' or 'valid', got {padding!r}")
+
+
+def geometry(hw, k, strides, padding):
+    """(Ho, Wo, pad_top, pad_left) of a window op over an (H, W) input."""
+    ho, pt = output_size(hw[0], k[0], strides[0], padding)
+    wo, pl = output_size(hw[1], k[1], strides[1], padding)
+    return ho, wo, pt, pl
+
+
+def bilinear_matrix(n_out, n_in):
+    """(n_out, n_in) linear interpolation with half-pixel centres (align_corners=False), edges clamped."""
+    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)  # (n_out,)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n_in - 1)
+    m = np.zeros((n_out, n_in))  # (n_out, n_in)
+    np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
+    np.add.at(m, (np.arange(n_out), hi), src - lo)
+    return m
+
+
+def resize_bilinear(maps, size):
+    """maps (N, h, w) -> (N, H, W) in maps' dtype: bilinear with half-pixel centres, as tf.image.resize and
+    torch's interpolate(mode='bilinear', align_corners=False) compute it."""
+    mh, mw = bilinear_matrix(size[0], maps.shape[1]), bilinear_matrix(size[1], maps.shape[2])
+    return np.einsum("Hh,nhw,Ww->nHW", mh, maps, mw).astype(maps.dtype)
