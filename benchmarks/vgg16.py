@@ -163,6 +163,7 @@ def main():
     parser.add_argument("--scratch", default="out/bench", help="folder for the cold-start weights file and image")
     args = parser.parse_args()
     fbi_ref.keep_freed_memory()  # as the command line does (fbi_ref/nn/memory.py)
+    fbi_ref.use_workqueue_threads()  # likewise (fbi_ref/nn/kernels.py)
     model = Model(random_weights(vgg16(), 0))
     lines = ["| batch | method | ours s/img | torch fwd+bwd s/img | matmul floor s/img | ours/torch | ours/floor |",
              "|---|---|---|---|---|---|---|"]

@@ -28,6 +28,7 @@ _API = {
     "preprocess_caffe": "fbi_ref.io.images", "deprocess_caffe": "fbi_ref.io.images",
     "explain": "fbi_ref.methods.explain", "Explanation": "fbi_ref.methods.explain", "METHODS": "fbi_ref.methods.explain",
     "Model": "fbi_ref.nn.model", "ForwardPass": "fbi_ref.nn.model", "keep_freed_memory": "fbi_ref.nn.memory",
+    "use_workqueue_threads": "fbi_ref.nn.kernels",
 }
 
 
@@ -45,5 +46,5 @@ def __dir__():
 
 
 __all__ = ["load_model", "load_image", "load_image_rgb", "explain", "Explanation", "Model", "ForwardPass",
-           "METHODS", "keep_freed_memory", "preprocess_caffe", "deprocess_caffe", "FbiRefError", "ModelFileError",
+           "METHODS", "keep_freed_memory", "use_workqueue_threads", "preprocess_caffe", "deprocess_caffe", "FbiRefError", "ModelFileError",
            "ArchitectureError", "UnsupportedLayerError", "ImageError", "InputError", "DownloadError", "__version__"]

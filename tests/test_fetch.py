@@ -18,6 +18,7 @@ import re
 import pytest
 
 from fbi_ref.io import weights_cache as fetch
+from fbi_ref.io.paths import remove_stale_parts
 from fbi_ref.errors import DownloadError, InputError, ModelFileError
 from fbi_ref.io.weights_cache import (KnownFile, cache_home, cached_weights, download, fetch_weights,
                            list_cached, md5sum, verify, weights_dir, weights_path)
@@ -350,7 +351,7 @@ def test_the_next_download_removes_the_parts_that_killed_downloads_left(tmp_path
     live.write_bytes(b"being written")
     with open(live, "rb") as writer:
         fcntl.flock(writer, fcntl.LOCK_EX)  # a download still running holds its lock
-        removed = fetch.remove_stale_parts(dest)
+        removed = remove_stale_parts(dest)
     assert removed == [stale] and not stale.exists() and live.exists()
 
 

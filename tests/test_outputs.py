@@ -126,3 +126,22 @@ def test_a_planted_symlink_under_a_temporary_name_is_never_written_through(tmp_p
 def test_a_failed_explain_leaves_no_output_folder(small, tmp_path, capsys, image):
     assert_one_line_exit_2(capsys, "explain", image, "--model", tmp_path / "missing.h5", "--out", tmp_path / "new")
     assert not (tmp_path / "new").exists()
+
+
+def test_a_write_removes_what_a_killed_write_of_the_same_file_left_but_not_a_live_one(tmp_path):
+    """A killed process leaves its temporary file; the next write of that file removes it, unless a writer
+    still holds it (its lock)."""
+    import fcntl
+    stale, live = tmp_path / ".r.npz.dead0001.part", tmp_path / ".r.npz.live0002.part"
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"being written")
+    other = tmp_path / ".other.npz.dead0003.part"  # another file's: not this write's business
+    other.write_bytes(b"x")
+    fifo = tmp_path / ".r.npz.fifo0004.part"  # not a regular file: never opened to wait on, never removed
+    os.mkfifo(fifo)
+    with open(live, "rb") as writer:
+        fcntl.flock(writer, fcntl.LOCK_EX)
+        write_npz(tmp_path / "r.npz", {"a": np.zeros(2)})
+    assert not stale.exists() and live.exists() and other.exists() and fifo.is_fifo()
+    assert (tmp_path / "r.npz").is_file()
+

@@ -8,6 +8,11 @@ ReLU backward passes for DeconvNet and guided backprop, as Captum does it); LRP 
 by layer. `bugs` plants one or more mistakes from BUGS, to check that `fbi-ref compare` catches each one at
 the first array where it goes wrong.
 
+`rounding="other"` makes the port a correct one whose float32 rounding breaks near ties the other way, on
+purpose: at every max-pool window whose two largest values (of its own, both positive) are within NEAR_TIE of
+the layer's largest value, the runner-up is raised to one ulp above the maximum, so that it wins. Which windows a real
+port's rounding flips depends on the CPU and the BLAS (on some CPUs none); this flips them on every machine.
+
     python tests/torch_port.py ref.npz mine.npz [--float64] [--bug flatten_chw] [--images a.png b.png]
 """
 from __future__ import annotations
@@ -38,6 +43,7 @@ BUGS = {
     "fbi_no_image_mask": "FBI's mask not applied at the image",
     "fbi_contrast_cancellation": "FBI's contrast start e_c - p computed as one-hot minus softmax (1 - p_c cancels)",
 }
+NEAR_TIE = 1e-6  # rounding="other": the windows whose two largest values are this close (x the layer's maximum)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 SINGLE_WALK = ("gradient", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus")
 
@@ -45,13 +51,13 @@ SINGLE_WALK = ("gradient", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_z
 class Port:
     """The network of a reference file, in PyTorch, NCHW, and every method on it."""
 
-    def __init__(self, ref, dtype=torch.float32, bugs=()):
+    def __init__(self, ref, dtype=torch.float32, bugs=(), rounding="own"):
         unknown = set(bugs) - set(BUGS)
         if unknown:
             raise ValueError(f"unknown bugs {sorted(unknown)}")
         self.meta = json.loads(str(ref["meta"]))
         self.layers = self.meta["layers"]
-        self.dtype, self.bugs = dtype, set(bugs)
+        self.dtype, self.bugs, self.rounding = dtype, set(bugs), rounding
         self.weights = {}
         for layer in self.layers:
             if layer["type"] in ("Conv2D", "Dense"):
@@ -87,6 +93,8 @@ class Port:
                 kernel, bias = self.weights[name]
                 z = a @ kernel + bias
             elif kind == "MaxPool2D":
+                if self.rounding == "other":
+                    a = out[self.layers[self.layers.index(layer) - 1]["name"]] = self.other_rounding(a, layer)
                 z, switches[name] = self.max_pool(a, layer)
             elif kind == "Flatten":
                 z = (a if "flatten_chw" in self.bugs else a.permute(0, 2, 3, 1)).reshape(len(a), -1)
@@ -121,6 +129,26 @@ class Port:
         cols = torch.arange(wo).view(1, 1, 1, wo) * sw + k % pw
         index = rows * w + cols  # (N, C, Ho, Wo)
         return flat.gather(-1, k.unsqueeze(-1)).squeeze(-1), index
+
+    def other_rounding(self, a, layer):
+        """The pool's input a (N, C, H, W) with every near tie broken toward the runner-up: at each window whose
+        two largest values are within NEAR_TIE x max|a|, the runner-up becomes one ulp above the maximum."""
+        (ph, pw), (sh, sw) = layer["pool_size"], layer["strides"]
+        assert (ph, pw) == (sh, sw) and layer["padding"] == "valid", "only non-overlapping windows are ported"
+        n, c, h, w = a.shape
+        ho, wo = h // ph, w // pw
+        flat = a.detach()[:, :, :ho * ph, :wo * pw].reshape(n, c, ho, ph, wo, pw).permute(0, 1, 2, 4, 3, 5)
+        flat = flat.reshape(n, c, ho, wo, ph * pw)  # each window's cells in row-major order
+        ranked = flat.sort(dim=-1, descending=True, stable=True)
+        top, second = ranked.values[..., 0], ranked.values[..., 1]
+        # both positive: the runner-up's ReLU is open, so raising its output keeps the forward pass consistent
+        near = (top - second <= NEAR_TIE * float(a.detach().abs().max())) & (second > 0)
+        runner_up = ranked.indices[..., 1]  # the second in order among equal values
+        above = torch.nextafter(top, torch.full_like(top, math.inf))
+        delta = torch.zeros_like(flat).scatter_(-1, runner_up.unsqueeze(-1), (above - second).unsqueeze(-1))
+        delta = delta * near.unsqueeze(-1)
+        delta = delta.reshape(n, c, ho, wo, ph, pw).permute(0, 1, 2, 4, 3, 5).reshape(n, c, ho * ph, wo * pw)
+        return a + F.pad(delta, (0, w - wo * pw, 0, h - ho * ph))
 
     # --- the methods -------------------------------------------------------------------------------
 
@@ -409,23 +437,24 @@ def unpool_switch(g, index, input_shape):
     return out.reshape(n, c, h, w)
 
 
-def run(ref, dtype=torch.float32, bugs=(), rgb=None, methods=None):
+def run(ref, dtype=torch.float32, bugs=(), rgb=None, methods=None, rounding="own"):
     """The port's arrays for every method the reference holds (or those of `methods`), as {key: numpy array},
     4-D arrays NCHW.
 
     ref: the reference as {key: array} (with w/...); rgb: the images (N, H, W, 3) RGB to preprocess itself,
-    else the reference's own x is used.
+    else the reference's own x is used; rounding: "own", or "other" (near ties broken the other way, see the
+    module docstring).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # its arrays are small; two threads under load ran 10x slower (12.7 s vs 133 s)
     try:
-        return _run(ref, dtype, bugs, rgb, methods)
+        return _run(ref, dtype, bugs, rgb, methods, rounding)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(ref, dtype, bugs, rgb, methods):
-    port = Port(ref, dtype, bugs)
+def _run(ref, dtype, bugs, rgb, methods, rounding):
+    port = Port(ref, dtype, bugs, rounding)
     x = port.preprocess(rgb) if rgb is not None else torch.tensor(np.asarray(ref["x"]).transpose(0, 3, 1, 2).copy(), dtype=dtype)
     if "smoothgrad/noise" in ref:
         port.noise = torch.tensor(np.asarray(ref["smoothgrad/noise"]).transpose(0, 1, 4, 2, 3).copy(), dtype=dtype)

@@ -287,8 +287,8 @@ def bar(args, items, desc, unit):
 def load_model(name):
     """fbi_ref.load_model, with a clearer message for the embedded Shapes model before it exists."""
     if name == "shapes" and "shapes" not in zoo.embedded_models():
-        raise ModelFileError(f"the embedded 'shapes' model is not in {zoo.EMBEDDED_DIR} yet (shapes.h5 + shapes.json): "
-                             "train it with `python -m fbi_ref.shapes.train --out weights/`, or pass --model PATH")
+        raise ModelFileError(f"the embedded 'shapes' model is not in {zoo.EMBEDDED_DIR} (shapes.h5 + shapes.json): "
+                             "reinstall fbi_ref, train it with `python -m fbi_ref.shapes.train`, or pass --model PATH")
     return zoo.load_model(name)
 
 

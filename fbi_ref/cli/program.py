@@ -22,6 +22,7 @@ from fbi_ref.cli import evaluate, figure_commands, methods, reference, weights
 from fbi_ref.cli.args import OneLineParser, UsageError, announce_compiling, command_parser, silence_stdout
 from fbi_ref.errors import FbiRefError
 from fbi_ref.io.paths import shown
+from fbi_ref.nn.kernels import use_workqueue_threads
 from fbi_ref.nn.memory import keep_freed_memory
 from fbi_ref.version import __version__
 
@@ -110,6 +111,9 @@ def os_error_text(e):
 
 
 def console_main():
-    """The `fbi-ref` program: main() in a process of its own, whose freed memory malloc may keep for reuse."""
-    keep_freed_memory()  # fewer page faults per explanation (fbi_ref/nn/memory.py); not in main(), which tests call
+    """The `fbi-ref` program: main() in a process of its own, whose freed memory malloc may keep for reuse and
+    whose numba kernels run on the workqueue threads: settings of the whole process, so not in main(), which
+    tests and programs call."""
+    keep_freed_memory()  # fewer page faults per explanation (fbi_ref/nn/memory.py)
+    use_workqueue_threads()  # no spinning omp threads against OpenBLAS's (fbi_ref/nn/kernels.py)
     return main()

@@ -127,6 +127,8 @@ def on_client(client):
 
 
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# The workers' numba threading layer, unless the user's environment names one (fbi_ref/nn/kernels.py says why).
+WORKER_THREADING_LAYER = "workqueue"
 
 
 @contextlib.contextmanager
@@ -136,9 +138,10 @@ def worker_threads(n):
     Without it, every worker starts as many numba and BLAS threads as there are cores, and on 2 cores two
     workers ran the sweep 4-5x slower than one process alone.
     """
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    saved = {name: os.environ.get(name) for name in (*THREAD_VARIABLES, "NUMBA_THREADING_LAYER")}
     for name in THREAD_VARIABLES:
         os.environ[name] = str(n)
+    os.environ.setdefault("NUMBA_THREADING_LAYER", WORKER_THREADING_LAYER)
     try:
         yield
     finally:

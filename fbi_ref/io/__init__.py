@@ -11,4 +11,6 @@
     imagenet.py       the 1000 ImageNet class names, as Keras numbers them
     arrays.py         .npy/.npz files: a deterministic writer and a bounded reader that never unpickles
     paths.py          inputs must be regular files; outputs never replace an input, a symlink or a device
+    locks.py          an exclusive lock on an open file, on POSIX and Windows alike
+    embedded/         the embedded Shapes model (shapes.h5 + shapes.json): package data, found by zoo.py
 """

@@ -8,11 +8,13 @@ command's inputs (an image, a model, an array file), which it would overwrite be
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import stat
 from pathlib import Path
 
 from fbi_ref.errors import FbiRefError, InputError, ModelFileError
+from fbi_ref.io.locks import try_lock
 
 _KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
           (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
@@ -88,6 +90,31 @@ def temporary_beside(path: Path, tag: str) -> Path:
     return path.with_name(f".{path.name}.{tag}.part")
 
 
+def remove_stale_parts(path: Path) -> list[Path]:
+    """Remove the temporary files of earlier writes of `path` that nobody is writing any more.
+
+    A write (a download, `write_atomically`) holds an exclusive lock on its temporary file while it writes; a
+    process that was killed holds nothing, so a temporary file that can be locked is stale. Where the platform
+    has no lock to ask, nothing is removed. Returns the files removed.
+    """
+    removed = []
+    for part in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*.part"):
+        try:
+            # never through a symlink, never blocking on a FIFO: only a regular file can be a write's leftover
+            fd = os.open(part, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue
+        try:
+            with os.fdopen(fd, "rb") as f:
+                stale = stat.S_ISREG(os.fstat(f.fileno()).st_mode) and try_lock(f)  # False while its writer
+            if stale:  # lives; None: no lock to ask, so keep it. Removed after closing: Windows keeps open files
+                part.unlink()
+                removed.append(part)
+        except OSError:
+            continue
+    return removed
+
+
 def replace(tmp: Path, path: Path) -> None:
     """Rename the finished `tmp` onto `path`, checking once more that `path` is not something else meanwhile."""
     output_file(path)
@@ -97,8 +124,10 @@ def replace(tmp: Path, path: Path) -> None:
 def write_atomically(path, write, inputs=()) -> Path:
     """Write a file by write(binary file object) into a new hidden temporary file beside it, then rename it into
     place: checked first as `output_file` checks; never through a symlink planted under the temporary name
-    (mode 'x'); on any failure nothing is left behind and the error names `path`."""
+    (mode 'x'); on any failure nothing is left behind and the error names `path`, and what a killed earlier
+    write of the same file left behind is removed first."""
     path = output_file(path, inputs)
+    remove_stale_parts(path)  # what a killed earlier write of this file left behind
     tmp = temporary_beside(path, os.urandom(4).hex())
     try:
         f = open(tmp, "xb")
@@ -106,6 +135,7 @@ def write_atomically(path, write, inputs=()) -> Path:
         raise InputError(f"{shown(path)}: cannot write: {e.strerror or e}") from None
     try:
         with f:
+            try_lock(f)  # held while it writes: another process's remove_stale_parts leaves the file alone
             write(f)
         replace(tmp, path)
     except OSError as e:

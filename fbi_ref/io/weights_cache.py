@@ -11,7 +11,6 @@ where a finished one belongs.
 """
 from __future__ import annotations
 
-import fcntl
 import glob
 import hashlib
 import http.client
@@ -28,7 +27,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fbi_ref.errors import DownloadError, InputError, ModelFileError
-from fbi_ref.io.paths import output_file, replace, temporary_beside
+from fbi_ref.io.locks import try_lock
+from fbi_ref.io.paths import output_file, remove_stale_parts, replace, temporary_beside
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: few system calls, little memory
 # A whole download must finish within this many seconds (VGG16's 528 MB need 9 minutes at 1 MB/s), as well as
@@ -272,24 +272,6 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress
     return dest
 
 
-def remove_stale_parts(dest: Path) -> list[Path]:
-    """Remove the temporary files of earlier downloads to `dest` that nobody is writing any more.
-
-    A download holds an exclusive lock on its temporary file while it writes; a process that was killed
-    holds nothing, so a temporary file that can be locked is stale. Returns the files removed.
-    """
-    removed = []
-    for part in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
-        try:
-            with open(part, "rb") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer is alive
-                part.unlink()
-                removed.append(part)
-        except OSError:
-            continue
-    return removed
-
-
 def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress: bool, label: str) -> str:
     """Stream `url` into the new file `tmp` (locked while it is written); return the content's (MD5, SHA-256)."""
     try:
@@ -297,7 +279,7 @@ def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress:
         remove_stale_parts(tmp.parent / label)
         # 'xb' never reuses an existing file, and unlike mkstemp (0600) it lets the umask decide.
         with open(tmp, "xb") as out, Watchdog(deadline) as watchdog:
-            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try_lock(out)  # held while it writes: another process's remove_stale_parts leaves the file alone
             with _open_url(url, timeout, watchdog) as response:
                 return _stream(response, out, url, deadline, progress, label, watchdog)
     except OSError as e:  # network errors are DownloadError already: these are local disk ones

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
 from fbi_ref.errors import InputError, ModelFileError
@@ -15,9 +16,11 @@ from fbi_ref.io.onnx_files import is_onnx_file, read_onnx_file
 from fbi_ref.io.paths import shown
 from fbi_ref.io.torch_files import is_torch_file, read_torchvision_file
 from fbi_ref.nn.model import Model
+from fbi_ref.nn.weights import read_only
 
-# The folder of weights that ship with the project (the embedded, trained Shapes model).
-EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "weights"
+# The models that ship inside the package (the embedded, trained Shapes model): package data, in the wheel too.
+# (An installed package is a folder of files; a zipped one, which pip never makes, would have none to give h5py.)
+EMBEDDED_DIR = Path(str(resources.files("fbi_ref.io") / "embedded"))
 
 # What a model read from a file overrides of FBI's defaults (fbi_ref/methods/fbi.py, the paper's readings).
 # Caffe-preprocessed input (Keras's VGG16/VGG19): nothing, the paper's k = 50 %, tau = 10 are FBI's defaults.
@@ -29,7 +32,8 @@ DEFAULT_PREPROCESSING = "caffe"
 
 
 def embedded_models():
-    """{name: path} of the models that ship in weights/ (each NAME.h5 with a NAME.json manifest)."""
+    """{name: path} of the models that ship in the package (fbi_ref/io/embedded/: each NAME.h5 with a NAME.json
+    manifest)."""
     if not EMBEDDED_DIR.is_dir():
         return {}
     return {p.stem: p for p in sorted(EMBEDDED_DIR.glob("*.h5")) if p.with_suffix(".json").is_file()}
@@ -89,7 +93,16 @@ def _model(arch, preprocessing) -> Model:
     classes = [label for _, label in CLASSES] if _num_classes(arch) == 1000 else None
     rule = preprocessing or arch.extra.get("preprocessing") or DEFAULT_PREPROCESSING
     defaults = {} if str(rule) == "caffe" else SCALE_FREE_FBI_DEFAULTS
-    return Model(arch, classes, preprocessing=rule, fbi_defaults=defaults)
+    return Model(_owned(arch), classes, preprocessing=rule, fbi_defaults=defaults)
+
+
+def _owned(arch):
+    """The architecture a reader made, its weight arrays made read-only in place: they are the reader's own, and
+    the Model then keeps them instead of copying them (a VGG16 is 528 MB)."""
+    for layer in arch.layers:
+        for name in layer.weights:
+            read_only(getattr(layer, name))
+    return arch
 
 
 def _num_classes(arch):
@@ -103,5 +116,5 @@ def _embedded(name, path):
     manifest = json.loads(path.with_suffix(".json").read_text())
     arch = read_keras_file(path, manifest.get("architecture"))
     arch.name = name
-    return Model(arch, manifest.get("class_names"),
+    return Model(_owned(arch), manifest.get("class_names"),
                  fbi_defaults=manifest.get("fbi_defaults", {}))

@@ -14,10 +14,19 @@ import os
 import numba
 import numpy as np
 
-# numba's default 'omp' threads keep spinning after a kernel and fight OpenBLAS for the cores
-# (1.7x slower end to end on 2 cores, see docs/performance.md); 'workqueue' does not.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+
+def use_workqueue_threads():
+    """Run numba's parallel kernels on its 'workqueue' threading layer, unless NUMBA_THREADING_LAYER says
+    otherwise; returns the layer asked for.
+
+    numba's default 'omp' threads keep spinning after a kernel and fight OpenBLAS for the cores (1.7x slower
+    end to end on 2 cores, docs/performance.md); 'workqueue' does not. It is a setting of the whole process,
+    and numba reads it when its first parallel kernel runs: the command line calls this at start; a program
+    that embeds fbi_ref calls it (`fbi_ref.use_workqueue_threads()`) before its first explanation, or not.
+    """
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        numba.config.THREADING_LAYER = "workqueue"
+    return numba.config.THREADING_LAYER
 
 
 def jit(fn):

@@ -11,6 +11,7 @@ from fbi_ref.errors import ArchitectureError, InputError, UnsupportedLayerError
 from fbi_ref.nn.activations import softmax
 from fbi_ref.nn.network import LAYER_TYPES, Architecture, cast
 from fbi_ref.nn.preprocessing import preprocessing as preprocessing_rule
+from fbi_ref.nn.weights import frozen
 
 
 # The most memory one image's activations may take (bytes; VGG16 at 224 x 224 takes 61 MB in float32): a file
@@ -50,7 +51,9 @@ class Model:
     (N, H, W, C) (already preprocessed, see `fbi_ref.load_image`) and returns a `ForwardPass` with the
     logits, the probabilities and every layer's output by Keras layer name.
 
-    Besides its layers a model carries what belongs to it: class_names, preprocessing (a
+    Its weights are read-only, so that what is cached from them (conv.py's Winograd kernels) stays valid: the
+    model keeps the read-only arrays it is given (the readers make theirs so) and read-only copies of writeable
+    ones, and never changes the caller's arrays or layers. Besides its layers a model carries what belongs to it: class_names, preprocessing (a
     `fbi_ref.nn.preprocessing.Preprocessing`, or its name: 'caffe' for Keras's VGG, 'torchvision', ...), and fbi_defaults
     (FBI's options for this model, e.g. {"k": 0.1, "tau": 0.05, "tau_mode": "relative"}; the paper's values
     where empty). Every model derived from it (`astype`, `with_layers`) keeps them.
@@ -67,14 +70,7 @@ class Model:
         self.preprocessing = preprocessing_rule(preprocessing)
         self.fbi_defaults = dict(fbi_defaults or {})
         self._shapes = self._infer_shapes()
-        for layer in self.layers:
-            for weight in (getattr(layer, name) for name in layer.weights):
-                if not isinstance(weight, np.ndarray):
-                    continue
-                if not np.isfinite(weight).all():
-                    raise ArchitectureError(f"layer {layer.name!r}: its weights hold NaN or infinite values")
-                if weight.flags.writeable:  # read-only: what is cached from a weight (conv.transformed) stays valid
-                    weight.setflags(write=False)
+        self.layers = [frozen(layer) for layer in self.layers]
 
     def __repr__(self):
         return f"Model({self.name!r}, input {self.input_shape}, {len(self.layers)} layers, {self.dtype.__name__})"

@@ -23,6 +23,7 @@ from fbi_ref.nn.activations import Activation, Dropout
 from fbi_ref.nn.conv import Conv2D
 from fbi_ref.nn.dense import Dense, Flatten
 from fbi_ref.nn.pooling import MaxPool2D
+from fbi_ref.nn.weights import read_only
 
 LAYER_TYPES = {layer_type.__name__: layer_type for layer_type in (Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout)}
 
@@ -65,4 +66,4 @@ def cast(layer, dtype):
     """The layer with its weights in another dtype (the same layer if it has none)."""
     if not layer.weights:
         return layer
-    return dataclasses.replace(layer, **{w: getattr(layer, w).astype(dtype) for w in layer.weights})
+    return dataclasses.replace(layer, **{w: read_only(getattr(layer, w).astype(dtype)) for w in layer.weights})

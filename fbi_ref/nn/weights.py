@@ -2,6 +2,7 @@
 that loaded ones fit, and a batch norm folded into them."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,6 +38,27 @@ def placeholder(shape) -> np.ndarray:
 def is_placeholder(array) -> bool:
     """True for an array made by `placeholder` (or any other all-zero-stride view)."""
     return array.ndim > 0 and not any(array.strides)
+
+
+def frozen(layer):
+    """A copy of the layer with read-only weights: read-only arrays are kept, writeable ones copied (the
+    caller's arrays and layer are left as they are); ArchitectureError for NaN or infinite values."""
+    replaced = {}
+    for name in layer.weights:
+        weight = getattr(layer, name)
+        if not isinstance(weight, np.ndarray):
+            continue
+        if not np.isfinite(weight).all():
+            raise ArchitectureError(f"layer {layer.name!r}: its weights hold NaN or infinite values")
+        if weight.flags.writeable:
+            replaced[name] = read_only(weight.copy())
+    return dataclasses.replace(layer, **replaced)
+
+
+def read_only(array):
+    """The array, made read-only in place (for arrays a reader has just made and hands on)."""
+    array.setflags(write=False)
+    return array
 
 
 def check_kernel(layer):

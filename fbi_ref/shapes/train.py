@@ -18,6 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fbi_ref.io.keras_files import write_keras_weights
+from fbi_ref.io.zoo import EMBEDDED_DIR
 from fbi_ref.nn.activations import softmax
 from fbi_ref.nn.architectures import random_weights, vgg
 from fbi_ref.nn.model import Model
@@ -143,12 +144,15 @@ def plot_history(history, path):
 
 
 def main(argv=None):
-    """Train the Shapes model and write weights/shapes.h5, weights/shapes.json and the training curve."""
+    """Train the Shapes model and write shapes.h5 and shapes.json into the package (fbi_ref/io/embedded/, where
+    load_model('shapes') finds them) and the training curve into weights/."""
     parser = argparse.ArgumentParser(prog="python -m fbi_ref.shapes.train", description=main.__doc__)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=24000)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=Path("weights"))
+    parser.add_argument("--out", type=Path, default=EMBEDDED_DIR, help="where shapes.h5 and shapes.json go")
+    parser.add_argument("--curve", type=Path, default=Path("weights") / "shapes_training.png",
+                        help="the training curve (PNG)")
     args = parser.parse_args(argv)
     started = time.time()
     model, history = train(args.seed, args.n_train, args.epochs)
@@ -156,7 +160,8 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "shapes.h5"
     write_keras_weights(Architecture(model.layers, model.input_shape, "shapes"), weights)
-    plot_history(history, args.out / "shapes_training.png")
+    args.curve.parent.mkdir(parents=True, exist_ok=True)
+    plot_history(history, args.curve)
     held_out = {kind: generate(2000, 10_000 + args.seed, kind) for kind in ("single", "distractor", "pair")}
     report = {kind: accuracy(model, b.images, b.labels) for kind, b in held_out.items()}
     manifest = {
