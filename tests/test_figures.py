@@ -84,6 +84,16 @@ def test_heatmap_display_runs_from_zero_to_the_maximum():
     assert fig.axes[0].images[0].get_clim() == (0.0, 2.0) and len(fig.axes) == 2
 
 
+@pytest.mark.parametrize("values, kind", [(np.array([[-1.0, 2.0]]), "signed"), (np.array([[0.0, 2.0]]), "≥ 0")])
+def test_show_map_picks_the_encoding_by_sign_and_can_say_so_on_the_bar(values, kind):
+    from fbi_ref.figures import panels
+    fig = panels.new_figure((2, 2))
+    ax = fig.add_subplot()
+    image = panels.show_map(ax, values, colorbar=True, kind_label=True)
+    assert image.get_cmap().name == (figures.SIGNED_CMAP if kind == "signed" else figures.HEAT_CMAP)
+    assert fig.axes[1].get_ylabel() == kind
+
+
 def test_overlay_draws_the_map_over_the_input(x):
     fig = figures.plot_overlay(x[0], np.ones((32, 32)), "overlay")
     images = fig.axes[0].images

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fbi_ref.errors import ImageError, InputError
-from fbi_ref.io.images import deprocess_caffe, load_image_rgb, preprocess_caffe, preprocess_image
+from fbi_ref.io.images import deprocess_caffe, load_image_rgb, preprocess, preprocess_caffe, preprocess_image
 from fbi_ref.nn.preprocessing import CAFFE_MEAN_BGR
 
 FIXTURES = [("50x37", (32, 32)), ("300x240", (224, 224))]
@@ -245,6 +245,15 @@ def test_deprocess_inverts_preprocess_exactly_on_every_pixel_value():
     levels = np.arange(256, dtype=np.float32)
     rgb = np.stack([levels, levels[::-1], np.roll(levels, 100)], axis=-1)[np.newaxis]  # (1, 256, 3)
     np.testing.assert_array_equal(deprocess_caffe(preprocess_caffe(rgb)), rgb)
+
+
+@pytest.mark.parametrize("rule", ["caffe", "torchvision", "scale255", "identity"])
+def test_preprocess_returns_c_order_whatever_the_input_strides(rule):
+    rgb = np.random.default_rng(0).uniform(0, 255, (2, 6, 8, 3)).astype(np.float32)  # (N, H, W, 3)
+    for view in (rgb, rgb[:, ::2], rgb.transpose(0, 2, 1, 3), np.asfortranarray(rgb)):
+        x = preprocess(view, rule)
+        assert x.flags.c_contiguous
+        np.testing.assert_array_equal(x, preprocess(np.ascontiguousarray(view), rule))
 
 
 def test_batch_axes_and_integer_input():

@@ -123,6 +123,10 @@ def test_bilinear_upsampling_uses_half_pixel_centres():
     r = resize_bilinear(np.array([[[0.0, 1.0], [2.0, 3.0]]]), (4, 4))[0]
     np.testing.assert_allclose(r[0], [0, 0.25, 0.75, 1])
     np.testing.assert_allclose(r[:, 0], [0, 0.5, 1.5, 2])
+    for h, w, size in [(7, 5, (64, 48)), (4, 4, (3, 9)), (14, 14, (375, 500))]:  # up, down, and a VOC image's size
+        small = randn(h * w, 2, h, w)
+        expected = np.einsum("Hh,nhw,Ww->nHW", bilinear_matrix(size[0], h), small, bilinear_matrix(size[1], w))
+        np.testing.assert_allclose(resize_bilinear(small, size), expected, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------ max pooling

@@ -478,3 +478,13 @@ def test_every_methods_record_checks_its_own_defaults_and_refuses_unknown_model_
     model.fbi_defaults = {"k": 0.25, "nope": 1}
     with pytest.raises(InputError, match="takes no option 'nope' \\(the model tiny's defaults\\)"):
         explain(model, randn(0, 1, 9, 9, 3), "fbi")
+
+
+def test_heatmap_reductions_by_their_definitions_and_an_unknown_one_refused():
+    from fbi_ref.methods.catalog import METHODS as RECORDS
+    from fbi_ref.methods.catalog import REDUCTIONS, heatmap
+    a = np.array([[[[1.0, -3.0, 2.0]]]])  # (1, 1, 1, 3)
+    assert {r: heatmap(a, r)[0, 0, 0] for r in REDUCTIONS} == {"max_abs": 3.0, "sum": 0.0, "mean": 0.0}
+    assert all(m.reduction in REDUCTIONS for m in RECORDS.values())
+    with pytest.raises(ValueError, match="unknown reduction 'max'"):
+        heatmap(a, "max")

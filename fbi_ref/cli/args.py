@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from fbi_ref.errors import InputError, ModelFileError
 from fbi_ref.io import weights_cache, zoo
 from fbi_ref.io.paths import input_file, output_file, shown
-from fbi_ref.methods.catalog import METHODS
+from fbi_ref.methods.catalog import METHODS, method
 
 IMPORTED = time.time()
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -177,7 +177,7 @@ def add_fbi_options(parser):
 
 def add_tau_mode(parser):
     """--tau-mode absolute|relative."""
-    parser.add_argument("--tau-mode", choices=("absolute", "relative"), default=None,
+    parser.add_argument("--tau-mode", choices=method("fbi").option("tau_mode").choices, default=None,
                         help="FBI: tau as a value, or as a fraction of each layer's largest product")
 
 

@@ -10,7 +10,7 @@ from fbi_ref.cli import voc
 from fbi_ref.cli.args import OneLineParser, emit, model_file, option_value
 from fbi_ref.errors import InputError
 from fbi_ref.evaluation import benchmark
-from fbi_ref.evaluation.benchmark import QUICK, ROWS, Settings, benchmark_model, evaluate, settings_dict, tune_fbi_defaults
+from fbi_ref.evaluation.benchmark import QUICK, ROWS, TAU_MODES, Settings, benchmark_model, evaluate, settings_dict, tune_fbi_defaults
 from fbi_ref.evaluation.report import REPORT_FILES, SWEEP_FILES, write_report, write_selection
 from fbi_ref.io.paths import output_file
 
@@ -35,7 +35,7 @@ HELP = {
     "threads": "BLAS and numba threads per task (the last digits of float32 sums depend on it)",
 }
 CHOICES = {"kind": ("single", "distractor"), "deletion_baseline": ("mean", "blur"),
-           "insertion_baseline": ("blur", "mean"), "sweep_tau_mode": ("relative", "absolute")}
+           "insertion_baseline": ("blur", "mean"), "sweep_tau_mode": TAU_MODES}
 
 
 def float_list(text):

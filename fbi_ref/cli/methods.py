@@ -33,7 +33,7 @@ def run_methods(args):
         emit_json({"methods": [method_record(m) for m in chosen]})
         return 0
     for method in chosen:
-        runs = "one walk" if method.one_walk else "several walks or passes"
+        runs = "one walk" if method.one_walk else "several walks or forward passes"
         emit(f"{method.name} ({method.label}; {runs}; heat map: {method.reduction}): {method.summary}")
         for option in method.options:
             emit(option_line(option))

@@ -22,11 +22,12 @@ from fbi_ref.evaluation import selection
 from fbi_ref.evaluation.workers import cpu_count, cpu_time, run_tasks, thread_limit
 from fbi_ref.io.zoo import load_model
 from fbi_ref.methods import options as check
+from fbi_ref.methods.catalog import method
 from fbi_ref.methods.explain import explain
 from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
 from fbi_ref.nn.architectures import random_weights
 from fbi_ref.nn.model import Model
-from fbi_ref.nn.network import Conv2D, Dense
+from fbi_ref.nn.network import Dense
 from fbi_ref.shapes.dataset import CLASSES, generate
 from fbi_ref.shapes.train import preprocess_uint8, shapes_architecture
 
@@ -42,6 +43,8 @@ ROWS = ("fbi", "fbi_paper_readings", "fbi_paper", "gradient", "gradient_x_input"
 CONTROLS = ("centre", "random")
 COST = {"occlusion": 5, "integrated_gradients": 3, "smoothgrad": 3}  # rough relative cost: big tasks first
 
+
+TAU_MODES = method("fbi").option("tau_mode").choices  # what --sweep-tau-mode may be
 
 @dataclass
 class Settings:
@@ -105,7 +108,7 @@ class Settings:
         check.choose("kind", self.kind, {"single": 0, "distractor": 0})
         check.choose("deletion-baseline", self.deletion_baseline, {"mean": 0, "blur": 0})
         check.choose("insertion-baseline", self.insertion_baseline, {"mean": 0, "blur": 0})
-        check.choose("sweep-tau-mode", self.sweep_tau_mode, {"relative": 0, "absolute": 0})
+        check.choose("sweep-tau-mode", self.sweep_tau_mode, dict.fromkeys(TAU_MODES, 0))
         too_many = [n for n in ("n_wrong", "n_curves", "n_random", "n_verdict") if getattr(self, n) > self.n_test]
         if too_many:
             raise InputError(f"{too_many[0].replace('_', '-')} ({getattr(self, too_many[0])}) must not exceed "
@@ -294,14 +297,14 @@ def cascade(model, seed):
     """Yield (layer name, model) with the weighted layers re-initialised cumulatively from the top down."""
     fresh = random_weights(model.architecture(), seed, model.dtype).layers
     layers = list(model.layers)
-    for i in reversed([i for i, layer in enumerate(layers) if isinstance(layer, (Conv2D, Dense))]):
+    for i in reversed([i for i, layer in enumerate(layers) if layer.weights]):
         layers[i] = fresh[i]
         yield model.layers[i].name, model.with_layers(layers)  # the model's own FBI defaults and class names
 
 
 def dense_step(model):
     """The index of the cascade step after which every dense layer is random."""
-    is_dense = [isinstance(layer, Dense) for layer in reversed(model.layers) if isinstance(layer, (Conv2D, Dense))]
+    is_dense = [isinstance(layer, Dense) for layer in reversed(model.layers) if layer.weights]
     return max(len(list(takewhile(bool, is_dense))) - 1, 0)
 
 

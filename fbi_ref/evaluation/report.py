@@ -374,7 +374,7 @@ def plot_examples(examples, path):
         axes[i, 0].imshow(examples["images"][i])
         axes[i, 0].contour(examples["masks"][i], levels=[0.5], colors="yellow", linewidths=0.8)
         for j, name in enumerate(names, start=1):
-            show_map(axes[i, j], examples["maps"][name][i], colorbar=True, fontsize=5)
+            show_map(axes[i, j], examples["maps"][name][i], colorbar=True, fontsize=5, kind_label=True)
             axes[i, j].contour(examples["masks"][i], levels=[0.5], colors="cyan", linewidths=0.5)
             if i == 0:
                 axes[i, j].set_title(name, fontsize=7)
@@ -396,7 +396,7 @@ def plot_pairs(pairs, path):
             for side, (asked, other) in enumerate(((pairs["masks"], pairs["other_masks"]),
                                                    (pairs["other_masks"], pairs["masks"]))):
                 ax = axes[i, 1 + 2 * j + side]
-                show_map(ax, pairs["maps"][name][side][i], colorbar=True, fontsize=5)
+                show_map(ax, pairs["maps"][name][side][i], colorbar=True, fontsize=5, kind_label=True)
                 ax.contour(asked[i], levels=[0.5], colors="yellow", linewidths=0.8)
                 ax.contour(other[i], levels=[0.5], colors="cyan", linewidths=0.8)
                 if i == 0:

@@ -53,9 +53,8 @@ def fingerprint(model, x):
         _FINGERPRINTS.clear()
     digest = hashlib.sha256(np.ascontiguousarray(x).tobytes())
     for layer in model.layers:
-        for weights in (getattr(layer, "kernel", None), getattr(layer, "bias", None)):
-            if weights is not None:
-                digest.update(np.ascontiguousarray(weights).tobytes())
+        for name in layer.weights:
+            digest.update(np.ascontiguousarray(getattr(layer, name)).tobytes())
     _FINGERPRINTS[id(model), id(x)] = (model, x, digest.hexdigest())
     return digest.hexdigest()
 

@@ -61,32 +61,32 @@ def add_colorbar(ax, image, label=None, fontsize=None):
     return bar
 
 
-def show_signed(ax, values, title=None, colorbar=False, limits=None, aspect="equal", fontsize=None):
+def show_signed(ax, values, title=None, colorbar=False, limits=None, aspect="equal", fontsize=None, label=None):
     """Draw a 2-D map in a diverging colour map centred at zero, limits symmetric (or the given ones)."""
     lo, hi = limits or symmetric_limits(values)
     im = ax.imshow(values, cmap=SIGNED_CMAP, vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
     clean(ax, title)
     if colorbar:
-        add_colorbar(ax, im, fontsize=fontsize)
+        add_colorbar(ax, im, label, fontsize=fontsize)
     return im
 
 
-def show_heatmap(ax, values, title=None, colorbar=False, fontsize=None):
+def show_heatmap(ax, values, title=None, colorbar=False, fontsize=None, label=None):
     """Draw a non-negative 2-D map from 0 to its maximum in a sequential colour map."""
     top = float(np.max(values)) if np.size(values) else 0.0
     im = ax.imshow(values, cmap=HEAT_CMAP, vmin=0.0, vmax=top if top > 0 else 1.0, interpolation="nearest")
     clean(ax, title)
     if colorbar:
-        add_colorbar(ax, im, fontsize=fontsize)
+        add_colorbar(ax, im, label, fontsize=fontsize)
     return im
 
 
-def show_map(ax, values, title=None, colorbar=False, fontsize=None):
+def show_map(ax, values, title=None, colorbar=False, fontsize=None, kind_label=False):
     """Draw a 2-D map as its kind says: signed (SIGNED_CMAP, symmetric) if it has a negative value, else
-    from 0 (HEAT_CMAP); fontsize: of the colour bar's ticks."""
+    from 0 (HEAT_CMAP); fontsize: of the colour bar's ticks; kind_label: the bar says 'signed' or '≥ 0'."""
     if np.size(values) and float(np.min(values)) < 0:
-        return show_signed(ax, values, title, colorbar, fontsize=fontsize)
-    return show_heatmap(ax, values, title, colorbar, fontsize=fontsize)
+        return show_signed(ax, values, title, colorbar, fontsize=fontsize, label="signed" if kind_label else None)
+    return show_heatmap(ax, values, title, colorbar, fontsize=fontsize, label="≥ 0" if kind_label else None)
 
 
 def save(fig, path, dpi=DPI):

@@ -87,7 +87,8 @@ def deprocess_caffe(x: np.ndarray, clip: bool = False) -> np.ndarray:
 def preprocess(rgb: np.ndarray, preprocessing=CAFFE) -> np.ndarray:
     """RGB 0..255 images (..., H, W, 3) -> the network's input (..., H, W, 3) float32 by a preprocessing rule
     (a Preprocessing or its name: 'caffe', 'torchvision', 'scale255', 'identity'). InputError as preprocess_caffe."""
-    return preprocessing_rule(preprocessing).forward(_checked_image_array(rgb, "rgb"))  # (..., H, W, 3)
+    x = preprocessing_rule(preprocessing).forward(_checked_image_array(rgb, "rgb"))  # (..., H, W, 3)
+    return np.ascontiguousarray(x)  # the channel reorder leaves odd strides; the kernels want C order
 
 
 def deprocess(x: np.ndarray, preprocessing=CAFFE, clip: bool = False) -> np.ndarray:

@@ -276,7 +276,7 @@ def _conv(chain: _Chain, node) -> None:
     bias = np.zeros(out, np.float32) if bias is None else bias
     strides = tuple(_attr(node, "strides", [1, 1]))
     padding, (ho, wo) = _padding(node, (h, w), (kh, kw), strides)
-    chain.layers.append(Conv2D("conv", np.ascontiguousarray(weight.transpose(2, 3, 1, 0)), bias, strides,
+    chain.layers.append(Conv2D("", np.ascontiguousarray(weight.transpose(2, 3, 1, 0)), bias, strides,
                                padding, "linear"))
     chain.shape = (ho, wo, out)
 
@@ -307,7 +307,7 @@ def _relu(chain: _Chain, node) -> None:
     if chain.last_op in ("Conv", "Gemm", "MatMul", "Add", "BatchNormalization") and last.activation == "linear":
         chain.layers[-1] = replace(last, activation="relu")
     else:
-        chain.layers.append(Activation("activation", "relu"))
+        chain.layers.append(Activation("", "relu"))
 
 
 def _maxpool(chain: _Chain, node) -> None:
@@ -320,7 +320,7 @@ def _maxpool(chain: _Chain, node) -> None:
     strides = tuple(_attr(node, "strides", [1, 1]))
     h, w, c = chain.shape
     padding, (ho, wo) = _padding(node, (h, w), kernel, strides)
-    chain.layers.append(MaxPool2D("pool", kernel, strides, padding))
+    chain.layers.append(MaxPool2D("", kernel, strides, padding))
     chain.shape = (ho, wo, c)
 
 
@@ -336,7 +336,7 @@ def _flatten(chain: _Chain, node) -> None:
         if len(shape) != 2 or shape[1] not in (-1, h * w * c) or shape[0] not in (-1, 0, 1):
             raise UnsupportedLayerError(f"node {node.name!r}: Reshape to {shape}; fbi_ref reads a flatten (N, -1)")
     chain.flat_chw = (c, h, w) if chain.layout == "nchw" else None
-    chain.layers.append(Flatten("flatten"))
+    chain.layers.append(Flatten(""))
     chain.layout, chain.shape = "flat", (h * w * c,)
 
 
@@ -358,7 +358,7 @@ def _dense(chain: _Chain, node) -> None:
     bias = _weight(chain, node, 2, (0, 1, 2), "the bias") if node.op_type == "Gemm" else None
     out = kernel.shape[1]
     bias = np.zeros(out, np.float32) if bias is None else _vector_of(node, bias, out)
-    chain.layers.append(Dense("dense", np.ascontiguousarray(kernel), bias, "linear"))
+    chain.layers.append(Dense("", np.ascontiguousarray(kernel), bias, "linear"))
     chain.shape = (out,)
 
 
@@ -432,7 +432,7 @@ _OPS = {"Conv": _conv, "Relu": _relu, "MaxPool": _maxpool, "Flatten": _flatten, 
 
 def _named(layers: list) -> list:
     """The layers with Keras's VGG names; the last dense layer is 'predictions', with a softmax."""
-    named = named_like_keras([replace(layer, name="") for layer in layers])
+    named = named_like_keras(layers)  # each layer was made without a name
     denses = [i for i, layer in enumerate(named) if isinstance(layer, Dense)]
     if not any(isinstance(layer, Conv2D) for layer in named) or not denses:
         raise ArchitectureError("the graph has no Conv or no Gemm/MatMul: not a VGG-style classifier")

@@ -51,6 +51,13 @@ class Method:
         """{option: default}."""
         return {option.name: option.default for option in self.options}
 
+    def option(self, name):
+        """The Option record called `name` (KeyError if the method has none)."""
+        found = [option for option in self.options if option.name == name]
+        if not found:
+            raise KeyError(f"method {self.name!r} has no option {name!r}")
+        return found[0]
+
     def checked(self, model, given):
         """Every option of this method for `model`: the given ones and the defaults (the model's own first),
         each checked; InputError for an unknown option or a value that is not allowed."""
@@ -74,7 +81,9 @@ def heatmap(attribution, reduction):
         return np.abs(attribution).max(axis=-1)
     if reduction == "sum":
         return attribution.sum(axis=-1)
-    return attribution.mean(axis=-1)
+    if reduction == "mean":
+        return attribution.mean(axis=-1)
+    raise ValueError(f"unknown reduction {reduction!r}; choose from {', '.join(REDUCTIONS)}")
 
 
 # ---------------------------------------------------------------- the checks that need the model
@@ -203,7 +212,6 @@ METHODS = {method.name: method for method in (
             BATCH_SIZE), run=_occlusion,
            summary="the drop of the target logit when a patch is covered (Zeiler & Fergus 2014)"),
 )}
-NAMES = tuple(METHODS)
 ONE_WALK = tuple(name for name, method in METHODS.items() if method.one_walk)
 
 

@@ -74,16 +74,13 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     ----------
     model : fbi_ref.Model
     x : array (N, H, W, C), preprocessed as the model expects (see fbi_ref.load_image).
-    method : one of METHODS: 'fbi', 'gradient', 'gradient_x_input', 'deconvnet', 'guided_backprop',
-        'lrp_epsilon', 'lrp_zplus', 'gradcam', 'guided_gradcam', 'integrated_gradients', 'smoothgrad',
-        'occlusion'.
+    method : a name in METHODS (fbi_ref.methods.catalog; `fbi-ref methods` lists them with their options).
     target : None or 'top1' (each image's prediction), a class index or name, or one per image.
     record_layers : for the one-walk methods, also return every layer's backward signal and
         (for FBI) binary support, by Keras layer name.
     progress : show a progress bar for the multi-pass methods.
-    **options : the method's options, e.g. FBI's k, tau, tau_mode, start, start_from, start_relu, dense_bias,
-        conv_bias, unpool, unpool_min, mask_pools, mask_dense, topk_score, topk_sum, topk_layers, topk_position, topk_order,
-        mask_image (docs/methods.md lists every option and its default; so does `fbi-ref methods`).
+    **options : the method's options, e.g. FBI's k or tau; each method's options and their defaults are
+        in docs/methods.md and `fbi-ref methods`. An unknown option is an InputError.
 
     Returns
     -------

@@ -142,7 +142,8 @@ def rules(model, options):
     top = model.layers[top_layer_index(model)].name
     hooks = {}  # position -> its decisions, in the order the walk takes them (the mask first)
     # the forward-backward mask, at the input of every conv layer walked back (and dense, max-pool layers)
-    mask = Decision("mask", R.fbi_mask(o["tau"], o["tau_mode"] == "relative"))
+    mask = Decision("mask", R.fbi_mask(float(o["tau"]), o["tau_mode"] == "relative"))  # a Python float: compared
+    # in the products' dtype, whatever type tau was given as
     masked = (Conv2D,) + ((Dense,) if o["mask_dense"] else ()) + ((MaxPool2D,) if o["mask_pools"] else ())
     for layer in model.layers[:model.index(top) + 1]:
         below = model.input_position(layer.name)
@@ -155,30 +156,22 @@ def rules(model, options):
     topk = R.fbi_topk(o["k"], o["topk_score"], o["topk_sum"])
     for position in positions:
         hooks.setdefault(position, []).append(Decision("topk", topk, position in relu_first))
-    linear = R.linear_fbi(o["dense_bias"], o["conv_bias"])
+    # FBI's ReLU rule where the walk applies none: on the start signal (start_relu), and at a max-pool whose output
+    # top-k scored after the ReLU rule, before un-pooling (for a >= 0 and non-overlapping windows it commutes with
+    # un-pooling: the ReLU rule of the conv below, taken early)
+    relu = (lambda g: R.relu_deconvnet(g, None),)
+    steps = {p: relu for p in relu_first if model.layer(p).kind == "pool"} | ({top: relu} if o["start_relu"] else {})
     unpool = MIN_REPLICATE[o["unpool_min"]] if o["unpool"] == "min-replicate" else R.POOL_RULES[o["unpool"]]
-    table = Rules(relu=R.relu_deconvnet,
-                  linear=_relu_at({top}, linear) if o["start_relu"] else linear,
-                  pool=_relu_at(relu_first, unpool) if relu_first else unpool,
-                  hooks={position: tuple(decisions) for position, decisions in hooks.items()})
+    table = Rules(relu=R.relu_deconvnet, linear=R.linear_fbi(o["dense_bias"], o["conv_bias"]), pool=unpool,
+                  hooks={position: tuple(decisions) for position, decisions in hooks.items()}, steps=steps)
     return start_signal(o["start"], o["start_from"]), table
-
-
-def _relu_at(names, rule):
-    """A layer rule that takes FBI's ReLU rule first at the layers `names`: the start signal's ReLU (start_relu)
-    at the top layer; at a max-pool whose output top-k scored after the ReLU rule, that ReLU rule, taken before
-    un-pooling (for a >= 0 and non-overlapping windows it commutes with un-pooling: the ReLU rule of the conv
-    below, taken early)."""
-    def layer_rule(g, layer, a_in, *args):
-        return rule(R.relu_deconvnet(g, None) if layer.name in names else g, layer, a_in, *args)
-    return layer_rule
 
 
 def _relu_rule_at(model, position, top, start_relu):
     """True when the walk applies a ReLU rule at this top-k position: at a max-pool's output (taken before
     un-pooling), at the top layer with start_relu, and at any other layer that has a ReLU."""
     layer = model.layer(position)
-    if isinstance(layer, MaxPool2D):
+    if layer.kind == "pool":
         return True
     return start_relu if position == top else getattr(layer, "activation", "linear") == "relu"
 

@@ -115,9 +115,10 @@ def linear_fbi(dense_bias="subtract", conv_bias="ignore"):
     bias_rule = {Conv2D: BIAS_RULES[conv_bias], Dense: BIAS_RULES[dense_bias]}
 
     def rule(g, layer, a_in, at_image):
-        if type(layer) not in bias_rule:
+        kind = next((t for t in bias_rule if isinstance(layer, t)), None)
+        if kind is None:
             raise UnsupportedLayerError(f"layer {layer.name!r}: FBI has no bias rule for {type(layer).__name__}")
-        return layer.adjoint(bias_rule[type(layer)](g, layer.bias), a_in)
+        return layer.adjoint(bias_rule[kind](g, layer.bias), a_in)
     return rule
 
 

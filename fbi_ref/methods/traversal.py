@@ -10,6 +10,8 @@ backward pass goes layer by layer from the top, and at each layer
                        and support)
     activation rule    g w.r.t. the layer's output -> w.r.t. its pre-activation: the method's ReLU rule where the
                        layer has a ReLU (never at the top layer: the start is already w.r.t. its pre-activation)
+    steps (optional)   on g w.r.t. the pre-activation, for that layer (FBI's ReLU rule on the start signal, or
+                       before un-pooling where its top-k scored after the ReLU rule); not recorded
     layer rule         g w.r.t. the pre-activation -> w.r.t. the layer's input: the method's rule for the layer's
                        kind ('linear': conv and dense, 'pool': max-pool), or the layer's own adjoint (flatten,
                        dropout, a stand-alone activation)
@@ -26,7 +28,7 @@ from fbi_ref.errors import UnsupportedLayerError
 from fbi_ref.nn.network import Activation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rules:
     """One method's rules: what the walk does at each kind of layer, and at named positions.
 
@@ -36,11 +38,14 @@ class Rules:
     pool(g, layer, a_in, switches) -> g: through a max-pool, given its input and switches.
     hooks: {position: (hook, ...)}: at that position, each hook(g, a) -> (g, kept) in turn, kept the binary
         support it keeps (or None).
+    steps: {layer name: (step, ...)}: each step(g) -> g in turn on g w.r.t. that layer's pre-activation (its
+        output, for a layer without activation), before its own rule.
     """
     relu: Callable
     linear: Callable
     pool: Callable
     hooks: Mapping = field(default_factory=dict)
+    steps: Mapping = field(default_factory=dict)
 
 
 @dataclass
@@ -81,6 +86,8 @@ def walk(model, fp, start, rules: Rules, record=False, stop_at="input", release=
         g = _hooks(layer.name, g, a_out, rules, backward, support)
         if i < top:
             g = _activation_rule(layer, g, a_out, rules)
+        for step in rules.steps.get(layer.name, ()):
+            g = step(g)
         g = _layer_rule(layer, g, fp.at(positions[i]), fp, rules, at_image=(i == 0))
         if release:
             fp.outputs.pop(layer.name)

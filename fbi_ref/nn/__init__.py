@@ -5,7 +5,8 @@ Jacobian's transpose at the forward point) and output shape side by side (start 
     conv.py           Conv2D: cross-correlation by im2col + matmul, or Winograd where it is exact and faster
     pooling.py        MaxPool2D: max pooling, its switches, and the backward maps over its windows
     dense.py          Dense and Flatten
-    activations.py    ReLU and softmax with their Jacobians; the Activation and Dropout layers
+    activations.py    ReLU and softmax with their Jacobians; the Activation and Dropout layers (whose own
+                      adjoint is the identity: the walk applies the activation's rule before it)
     network.py        every layer type by name (the registry), and the Architecture a reader returns
 
 The rest:

@@ -37,19 +37,30 @@ def geometry(hw, k, strides, padding):
     return ho, wo, pt, pl
 
 
-def bilinear_matrix(n_out, n_in):
-    """(n_out, n_in) linear interpolation with half-pixel centres (align_corners=False), edges clamped."""
-    src = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)  # (n_out,)
-    lo = np.floor(src).astype(int)
+def bilinear_taps(n_out, n_in):
+    """For each of n_out output cells: the two input cells it reads (lo, hi) and the weight of the second, with
+    half-pixel centres (align_corners=False) and the positions clamped to the input's edges."""
+    pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)  # (n_out,)
+    lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, pos - lo
+
+
+def bilinear_matrix(n_out, n_in):
+    """(n_out, n_in): the same interpolation along one axis as a matrix (what resize_bilinear applies)."""
+    lo, hi, weight = bilinear_taps(n_out, n_in)
     m = np.zeros((n_out, n_in))  # (n_out, n_in)
-    np.add.at(m, (np.arange(n_out), lo), 1 - (src - lo))
-    np.add.at(m, (np.arange(n_out), hi), src - lo)
+    np.add.at(m, (np.arange(n_out), lo), 1 - weight)
+    np.add.at(m, (np.arange(n_out), hi), weight)
     return m
 
 
 def resize_bilinear(maps, size):
     """maps (N, h, w) -> (N, H, W) in maps' dtype: bilinear with half-pixel centres, as tf.image.resize and
-    torch's interpolate(mode='bilinear', align_corners=False) compute it."""
-    mh, mw = bilinear_matrix(size[0], maps.shape[1]), bilinear_matrix(size[1], maps.shape[2])
-    return np.einsum("Hh,nhw,Ww->nHW", mh, maps, mw).astype(maps.dtype)
+    torch's interpolate(mode='bilinear', align_corners=False) compute it; rows, then columns, in float64, each
+    output cell from its four input cells (O(H W), whatever the sizes)."""
+    m = np.asarray(maps, dtype=np.float64)  # (N, h, w)
+    (r0, r1, fr), (c0, c1, fc) = bilinear_taps(size[0], m.shape[1]), bilinear_taps(size[1], m.shape[2])
+    top = m[:, r0][:, :, c0] * (1 - fc) + m[:, r0][:, :, c1] * fc  # (N, H, W)
+    bottom = m[:, r1][:, :, c0] * (1 - fc) + m[:, r1][:, :, c1] * fc  # (N, H, W)
+    return (top * (1 - fr[:, None]) + bottom * fr[:, None]).astype(np.asarray(maps).dtype)

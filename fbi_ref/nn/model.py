@@ -172,7 +172,7 @@ class Model:
         shapes, shape = {}, self.input_shape
         total = math.prod(shape)
         for layer in self.layers:
-            if type(layer) not in LAYER_TYPES.values():
+            if not isinstance(layer, tuple(LAYER_TYPES.values())):
                 raise UnsupportedLayerError(f"layer {layer.name!r} of type {type(layer).__name__} is not supported")
             shape = layer.output_shape(shape)
             shapes[layer.name] = shape

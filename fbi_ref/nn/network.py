@@ -9,7 +9,8 @@ Dense and Flatten in dense.py, Activation and Dropout in activations.py. Every o
     weights        the names of its weight arrays (('kernel', 'bias') or ())
     output_shape(shape)         its output shape (no batch axis) on an input of `shape`, or ArchitectureError
     forward(a)                  (pre-activation z, output after the activation, what the adjoint needs or None)
-    adjoint(g, a_in, saved)     the transposed linear map (no bias), from its output back to its input
+    adjoint(g, a_in, saved)     the transposed linear map (no bias), from its pre-activation z back to its input
+                                (the walk applies the method's rule for the fused activation first)
 
 A new layer type is a module with such a class, one line in LAYER_TYPES, its adjoint identity in
 tests/test_layers.py, and what each method does with its kind in the methods' rule tables.

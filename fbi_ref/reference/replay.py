@@ -31,6 +31,7 @@ import numpy as np
 
 from fbi_ref.methods import multipass
 from fbi_ref.methods import rules as R
+from fbi_ref.methods import catalog
 from fbi_ref.methods.catalog import walk_rules
 from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
 from fbi_ref.methods.tables import GRADIENT
@@ -272,10 +273,9 @@ def _single(model, routed, fp, target, method, options):
                     "attr/gradcam": np.repeat(up[..., None], fp.x.shape[-1], axis=-1)}
         guided = _walk(model, routed, target, "guided_backprop", {})[1]
         return {"attr/guided_gradcam": guided * up[..., None]}
-    name = "gradient" if method == "gradient_x_input" else method
-    backward, signal = _walk(model, routed, target, name, options)
-    if method == "gradient_x_input":
-        return {"attr/gradient_x_input": signal * fp.x}
+    backward, signal = _walk(model, routed, target, method, options)
+    if catalog.method(method).times_input:  # its backward signals are the gradient's: only the product is stored
+        return {f"attr/{method}": signal * fp.x}
     return {**{f"{method}/backward/{k}": v for k, v in backward.items()}, f"attr/{method}": signal}
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from fbi_ref.nn import conv
 from fbi_ref.nn.kernels import jit
-from fbi_ref.nn.network import Architecture, Conv2D, Dense
+from fbi_ref.nn.network import Architecture, Conv2D, Dense, Flatten, MaxPool2D
 from fbi_ref.nn.weights import fold_batch_norm
 
 EPS = 1e-3  # Keras's BatchNormalization epsilon
@@ -116,7 +116,7 @@ def forward(arch, params, x):
             saved = (zhat, np.sqrt(var + EPS).astype(z.dtype), mean, var)
         elif isinstance(layer, Dense):
             out = layer.apply(a, params[layer.name, "kernel"], params[layer.name, "bias"])  # the logits
-        elif not layer.weights:  # max-pool, flatten: as at inference
+        elif isinstance(layer, (MaxPool2D, Flatten)):  # no weights: as at inference
             _, out, saved = layer.forward(a)
         else:
             raise TypeError(f"{type(layer).__name__} is not trained here")
