@@ -5,13 +5,14 @@
 #                   so that they run rather than skip
 #   make test-fast  the tests not marked slow
 #   make lessons    open the lesson notebooks (lessons/) in JupyterLab, installed into .venv on first use
+#   make finetune-fixtures  rewrite tests/fixtures/finetunes with Keras, tf2onnx and torch.onnx (their own venv)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: demo test test-fast lint lessons clean
+.PHONY: demo test test-fast lint lessons clean finetune-fixtures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +44,10 @@ lessons: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info .import_linter_cache
+
+# Generator only: the tools that write the fine-tune fixtures live in a venv of their own, never in .venv.
+FIXTURE_VENV := .venv-fixtures
+finetune-fixtures:
+	$(PYTHON) -m venv $(FIXTURE_VENV)
+	$(FIXTURE_VENV)/bin/python -m pip install --quiet -r tests/fixtures/finetunes/requirements.txt
+	$(FIXTURE_VENV)/bin/python tests/fixtures/finetunes/generate.py
