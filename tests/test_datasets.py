@@ -4,6 +4,7 @@ Everything runs for real: the command line in subprocesses killed with SIGKILL a
 LocalCluster of 2 worker processes, a VOC-style folder written by the Shapes generator.
 """
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,37 +123,53 @@ def test_explain_in_batches_resumes_from_its_index(images, tmp_path, capsys):
     assert {k for k in after if after[k] != before.get(k)} == {"im004_explain.png"}
 
 
-def wait_for_shards(folder, count, process, timeout=120):
-    """Wait until the index lists `count` shards (the run is mid-way)."""
+def stop_mid_run(folder, count, process, timeout=120):
+    """Freeze the run (SIGSTOP) once its index lists `count` shards and is not complete: True, and the run stays
+    stopped; False if it finished first. Looking at the index only while the run is stopped, so that however
+    late this process gets the CPU, the run cannot end between the look and the signal that follows."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        process.send_signal(signal.SIGSTOP)
+        if process.poll() is not None:
+            return False
         try:
-            if len(read_index(folder)["shards"]) >= count:
-                return
+            index = read_index(folder)
         except Exception:  # not written yet
-            pass
-        assert process.poll() is None, process.communicate()
+            index = {"shards": [], "complete": False}
+        if index["complete"]:
+            process.send_signal(signal.SIGCONT)
+            process.communicate(timeout=60)
+            return False
+        if len(index["shards"]) >= count:
+            return True
+        process.send_signal(signal.SIGCONT)
         time.sleep(0.05)
+    process.send_signal(signal.SIGCONT)
     pytest.fail("the run did not get far enough")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(images, tmp_path, how):
-    many = tmp_path / "many.txt"  # 40 images, 20 batches of 2: long enough to be killed in the middle
-    many.write_text("\n".join(str(images / f"im{i % 10:03d}.png") for i in range(40)))
-    folder = tmp_path / "refdir"
-    process = subprocess.Popen(command(*reference_args(many, folder, "--batch-size", "2")),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_shards(folder, 3, process)
-    process.send_signal(how)
+    many, folder = tmp_path / "many.txt", tmp_path / "refdir"
+    for count in (40, 200, 1000):  # batches of 2; a longer list only if this machine let the run finish unseen
+        many.write_text("\n".join(str(images / f"im{i % 10:03d}.png") for i in range(count)))
+        shutil.rmtree(folder, ignore_errors=True)
+        process = subprocess.Popen(command(*reference_args(many, folder, "--batch-size", "2")),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if stop_mid_run(folder, 3, process):
+            break
+    else:
+        pytest.fail("the run finished every time before it could be stopped")
+    process.send_signal(how)  # delivered when the stopped run goes on (SIGKILL at once)
+    process.send_signal(signal.SIGCONT)
     _, err = process.communicate(timeout=60)
     if how == signal.SIGINT:
         assert process.returncode == 130 and err.strip() == "fbi-ref reference: error: interrupted"
     else:
         assert process.returncode == -signal.SIGKILL
     index = read_index(folder)
-    assert 3 <= len(index["shards"]) < 20 and not index["complete"]
+    assert 3 <= len(index["shards"]) < count // 2 and not index["complete"]
     for shard in index["shards"]:  # every shard the index lists is complete: its recorded hash holds
         assert sha256sum(folder / shard["file"]) == shard["sha256"]
     assert subprocess.run(command(*reference_args(many, folder, "--batch-size", "2", "--resume")),
