@@ -378,31 +378,3 @@ def test_methods_lists_every_method_and_option_from_the_records(capsys):
     assert records[0]["options"][3]["choices"] == ["maxmin", "onehot", "logits", "contrast"]
     code, out, err = call(capsys, "methods", "nope")
     assert code == 2 and out == "" and "unknown method 'nope'" in err and err.count("\n") == 1
-
-
-def test_ctrl_c_that_lands_in_a_finalizer_still_ends_the_program_with_130(tmp_path):
-    """Python drops a KeyboardInterrupt raised inside a __del__; the program repeats it until it lands elsewhere."""
-    script = tmp_path / "finalizer.py"
-    script.write_text(
-        "import sys, time\n"
-        "import fbi_ref.cli as cli\n"
-        "import fbi_ref.cli.program as program\n"
-        "class Slow:\n"
-        "    def __del__(self):\n"
-        "        print('in __del__', flush=True)\n"
-        "        time.sleep(5)  # the Ctrl-C comes here\n"
-        "def work():\n"
-        "    Slow()  # dropped at once: its __del__ runs now\n"
-        "    started = time.time()\n"
-        "    while time.time() - started < 5:  # ordinary code after it\n"
-        "        pass\n"
-        "    print('finished', flush=True)\n"
-        "    return 0\n"
-        "program.console_main = work\n"
-        "sys.exit(cli.console_main())\n")
-    child = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "in __del__"
-    child.send_signal(signal.SIGINT)
-    out, err = child.communicate(timeout=60)
-    assert "Exception ignored" in err  # the first KeyboardInterrupt was dropped, as Python does
-    assert child.returncode == 130 and "finished" not in out and err.strip().splitlines()[-1] == "fbi-ref: interrupted"

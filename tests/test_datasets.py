@@ -165,7 +165,7 @@ def test_a_killed_run_resumes_to_the_bytes_of_an_uninterrupted_run(images, tmp_p
     process.send_signal(signal.SIGCONT)
     _, err = process.communicate(timeout=60)
     if how == signal.SIGINT:
-        assert process.returncode == 130 and err.strip() == "fbi-ref reference: error: interrupted", err
+        assert process.returncode == 130 and err.strip() == "fbi-ref reference: error: interrupted"
     else:
         assert process.returncode == -signal.SIGKILL
     index = read_index(folder)

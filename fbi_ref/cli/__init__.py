@@ -29,45 +29,13 @@ def console_main():
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             from fbi_ref.cli.program import console_main as run
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if our parent ignores Ctrl-C
-                signal.signal(signal.SIGINT, _interrupted)
         finally:
             if masking:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        code = run()
-        if code == 0 and _received:  # every repeat of the interrupt was dropped too: still not a success
-            raise KeyboardInterrupt
-        return code
+        return run()
     except KeyboardInterrupt:
-        stop_repeating_interrupt()
         print("fbi-ref: interrupted", file=sys.stderr)
         return 130
 
 
-_received = False  # a Ctrl-C has come
-
-
-def _interrupted(signum, frame):
-    """Ctrl-C: KeyboardInterrupt now, and again every 0.2 s until it ends the program. Python drops an exception
-    raised inside a __del__ or a finalizer (it prints "Exception ignored in" and goes on), so a Ctrl-C landing
-    there would be lost and the run would finish; the repeat lands in ordinary code."""
-    global _received
-    _received = True
-    if hasattr(signal, "setitimer"):
-        signal.signal(signal.SIGALRM, _interrupted_again)
-        signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
-    raise KeyboardInterrupt
-
-
-def _interrupted_again(signum, frame):
-    """The repeat of a Ctrl-C that has not ended the program yet."""
-    raise KeyboardInterrupt
-
-
-def stop_repeating_interrupt():
-    """Cancel the repeat once the interrupt has reached the code that reports it."""
-    if hasattr(signal, "setitimer"):
-        signal.setitimer(signal.ITIMER_REAL, 0)
-
-
-__all__ = ["main", "console_main", "stop_repeating_interrupt"]
+__all__ = ["main", "console_main"]

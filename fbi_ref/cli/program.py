@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fbi_ref.cli import evaluate, figure_commands, methods, reference, stop_repeating_interrupt, weights
+from fbi_ref.cli import evaluate, figure_commands, methods, reference, weights
 from fbi_ref.cli.args import OneLineParser, UsageError, announce_compiling, command_parser, silence_stdout
 from fbi_ref.errors import FbiRefError
 from fbi_ref.io.paths import shown
@@ -69,7 +69,6 @@ def main(argv=None):
     except OSError as e:
         return fail(f"{prefix} {os_error_text(e)}")
     except KeyboardInterrupt:
-        stop_repeating_interrupt()
         return fail(f"{prefix} interrupted", 130)
 
 
