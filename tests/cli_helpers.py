@@ -1,5 +1,15 @@
-"""The command line run in-process, for the tests of bad input: exit code 2 and one line on stderr."""
+"""The command line run in-process, for the tests of bad input: exit code 2 and one line on stderr; and what a
+test that interrupts a real `fbi-ref` process needs."""
+import signal
+
 from fbi_ref.cli import main
+
+
+def ctrl_c_as_a_terminal_sends_it():
+    """For Popen(preexec_fn=...): the child takes SIGINT as a terminal's Ctrl-C, whatever this process does with
+    it. A shell starts a background job (`make test &`) with SIGINT ignored, and a child inherits that; an
+    fbi-ref started so ignores Ctrl-C, as it should, and a test of Ctrl-C would then see nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli(capsys, *args):

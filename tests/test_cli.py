@@ -26,6 +26,8 @@ from fbi_ref.figures import CELL, DPI
 from fbi_ref.figures import GALLERY_CELL
 from fbi_ref.io.zoo import EMBEDDED_DIR
 
+from .cli_helpers import ctrl_c_as_a_terminal_sends_it
+
 SHAPES_MODEL = EMBEDDED_DIR / "shapes.h5"
 
 
@@ -352,7 +354,8 @@ def test_bad_input_in_a_real_process_gives_one_line_and_no_traceback(bad_files, 
 @pytest.mark.parametrize("delay", [0.02, 0.1, 0.2, 0.3, 0.5, 0.8])
 def test_ctrl_c_at_any_moment_of_start_up_is_one_line_and_exit_130(small, image, tmp_path, delay):
     command = [sys.executable, "-m", "fbi_ref.cli", "explain", image, "--model", small, "--out", tmp_path]
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=ctrl_c_as_a_terminal_sends_it)
     time.sleep(delay)
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=120)
