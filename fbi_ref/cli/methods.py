@@ -8,10 +8,15 @@ from fbi_ref.methods.catalog import METHODS
 from fbi_ref.reference.build import plain
 
 
+def runs(method):
+    """How the method runs, in words."""
+    return "one walk" if method.one_walk else "several walks or forward passes"
+
+
 def method_record(method):
     """A method's record as plain values: name, label, how it runs, its heat map, every option."""
     return {"name": method.name, "label": method.label, "summary": method.summary,
-            "runs": "one walk" if method.one_walk else "several walks or forward passes",
+            "runs": runs(method),
             "heatmap": method.reduction, "display": method.display,
             "options": [{"name": o.name, "default": plain(o.default), "choices": plain(list(o.choices)),
                          "help": o.help, "paper": o.paper} for o in method.options]}
@@ -33,8 +38,7 @@ def run_methods(args):
         emit_json({"methods": [method_record(m) for m in chosen]})
         return 0
     for method in chosen:
-        runs = "one walk" if method.one_walk else "several walks or forward passes"
-        emit(f"{method.name} ({method.label}; {runs}; heat map: {method.reduction}): {method.summary}")
+        emit(f"{method.name} ({method.label}; {runs(method)}; heat map: {method.reduction}): {method.summary}")
         for option in method.options:
             emit(option_line(option))
         if not method.options:

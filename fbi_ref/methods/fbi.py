@@ -13,7 +13,7 @@ from typing import Callable
 
 from fbi_ref.errors import InputError
 from fbi_ref.methods import rules as R
-from fbi_ref.methods.options import Option, flag, number, one_of
+from fbi_ref.methods.options import Option, number
 from fbi_ref.methods.traversal import Rules, top_layer_index
 from fbi_ref.nn.network import Activation, Conv2D, Dense, MaxPool2D
 
@@ -30,17 +30,6 @@ def _tau(value, name, model, chosen):
     return value
 
 
-def _flag(value, name, model, chosen):
-    """True or False."""
-    flag(name, value)
-    return value
-
-
-def _choices(*values):
-    """An option's allowed values; the first is its default."""
-    return {"choices": values, "check": one_of(values)}
-
-
 # FBI's options: every point where the paper can be read two ways. Choices are listed default first, in the
 # order the benchmark's selection tries them (fbi_ref/evaluation/selection.py).
 OPTIONS = (
@@ -48,48 +37,48 @@ OPTIONS = (
            paper="we use the top 50% filters to propagate the inverse of each layer"),
     Option("tau", 10.0, check=_tau, help="forward-backward mask threshold (-inf: no mask)",
            paper="We also use a thresholding value of 10.0 for the pointwise mask"),
-    Option("tau_mode", "absolute", **_choices("absolute", "relative"),
+    Option("tau_mode", "absolute", choices=("absolute", "relative"),
            help="tau as a value, or (ours) times each layer's largest product g * a"),
-    Option("start", "maxmin", **_choices("maxmin", "onehot", "logits", "contrast"),
+    Option("start", "maxmin", choices=("maxmin", "onehot", "logits", "contrast"),
            help="the start signal at the logits ('contrast', e_c - p, is ours)",
            paper="The adjoint of the softmax layer, ẑ(L), is defined point-wise such that ẑ_i = max(z(L)) for i = c, "
                  "min(z(L)) for i ≠ c."),
-    Option("start_from", "logits", **_choices("logits", "probs"),
+    Option("start_from", "logits", choices=("logits", "probs"),
            help="the z(L) that the 'maxmin' and 'logits' starts read: the logits or the softmax output"),
-    Option("start_relu", False, choices=(False, True), check=_flag,
+    Option("start_relu", False, choices=(False, True),
            help="the ReLU rule on the start signal too, before the top layer's adjoint",
            paper="The adjoint of the ReLU activation function is the ReLU itself"),
-    Option("dense_bias", "subtract", **_choices("subtract", "subtract-support", "ignore"),
+    Option("dense_bias", "subtract", choices=("subtract", "subtract-support", "ignore"),
            help="the dense layers' bias: subtracted (on every unit, or only where g != 0), or ignored",
            paper="the 'adjoint' of each fully connected layer is â(l−1) = (W(l))ᵀ(ẑ(l) − b(l))"),
-    Option("conv_bias", "ignore", **_choices("ignore", "subtract", "subtract-support"),
+    Option("conv_bias", "ignore", choices=("ignore", "subtract", "subtract-support"),
            help="the conv layers' bias: ignored (as DeconvNet), or subtracted as the dense layers'",
            paper="we compute the adjoint by convolving the backward activation with the flipped filter weights"),
-    Option("unpool", "min-replicate", **_choices("min-replicate", "replicate", "switch"),
+    Option("unpool", "min-replicate", choices=("min-replicate", "replicate", "switch"),
            help="un-pooling: min(a_p, replicated g), replicated g, or DeconvNet's switches",
            paper="replicate (copy) its values across the domain of the max operator. Then, we evaluate entry-wise: "
                  "â_up = min(a_p, â_p)"),
-    Option("unpool_min", "input", **_choices("input", "pooled"),
+    Option("unpool_min", "input", choices=("input", "pooled"),
            help="min-replicate's a_p: the pool's input, or its output copied over each window"),
-    Option("mask_pools", False, choices=(False, True), check=_flag,
+    Option("mask_pools", False, choices=(False, True),
            help="the forward-backward mask at every max-pool's input too",
            paper="we successively retain a subset of pixel indices (or support) at the input of each layer"),
-    Option("mask_dense", True, choices=(True, False), check=_flag,
+    Option("mask_dense", True, choices=(True, False),
            help="the forward-backward mask at the dense layers' inputs (False: ours)",
            paper="The backward information flow is now filtered using the forward activations"),
-    Option("topk_score", "backward", **_choices("backward", "forward", "product"),
+    Option("topk_score", "backward", choices=("backward", "forward", "product"),
            help="what a map's score sums: the backward signal, the forward activation, or their product",
            paper="The contribution of each map is determined as the total activation of the entire map."),
-    Option("topk_sum", "signed", **_choices("signed", "absolute"),
+    Option("topk_sum", "signed", choices=("signed", "absolute"),
            help="a map's score sums the values, or their absolute values"),
-    Option("topk_layers", "top", **_choices("top", "all"),
+    Option("topk_layers", "top", choices=("top", "all"),
            help="top-k at the last conv layer only, or at every conv layer",
            paper="Among many backward feature maps at the top convolutional layer, we keep only k of them"),
-    Option("topk_position", "conv", **_choices("conv", "pool"),
+    Option("topk_position", "conv", choices=("conv", "pool"),
            help="top-k at the conv layer's activated output, or at the max-pool's output right after it"),
-    Option("topk_order", "before-relu", **_choices("before-relu", "after-relu"),
+    Option("topk_order", "before-relu", choices=("before-relu", "after-relu"),
            help="top-k on the signal before or after the ReLU rule there"),
-    Option("mask_image", True, choices=(True, False), check=_flag, help="the mask at the image input too"),
+    Option("mask_image", True, choices=(True, False), help="the mask at the image input too"),
 )
 DEFAULTS = {option.name: option.default for option in OPTIONS}  # the paper's readings
 

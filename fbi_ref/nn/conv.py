@@ -118,17 +118,19 @@ def _winograd_chosen(kernel, strides, padding, name, dtype):
     return fits and wanted and dtype == kernel.dtype
 
 
-def convolve(x, kernel, bias, strides, padding, name="conv", u=None):
-    """x (N, H, W, C) -> (N, Ho, Wo, O): conv plus bias (None: no bias). u: the Winograd kernel, if known."""
+def convolve(x, kernel, bias, strides, padding, name="conv", transformed=None):
+    """x (N, H, W, C) -> (N, Ho, Wo, O): conv plus bias (None: no bias). transformed() -> the Winograd kernel
+    (a cached one), called only when that path computes it."""
     if _winograd_chosen(kernel, strides, padding, name, x.dtype):
-        return winograd.conv3x3(x, winograd.transform_kernel(kernel) if u is None else u, bias, scratch)
+        u = transformed() if transformed else winograd.transform_kernel(kernel)
+        return winograd.conv3x3(x, u, bias, scratch)
     return conv2d_forward(x, kernel, bias, strides, padding)
 
 
-def convolve_adjoint(g, kernel, input_hw, strides, padding, name="conv", u=None):
-    """g (N, Ho, Wo, O) -> (N, H, W, C): the transposed conv. u: the forward Winograd kernel, if known."""
+def convolve_adjoint(g, kernel, input_hw, strides, padding, name="conv", transformed=None):
+    """g (N, Ho, Wo, O) -> (N, H, W, C): the transposed conv. transformed() -> the forward Winograd kernel."""
     if _winograd_chosen(kernel, strides, padding, name, g.dtype):
-        u = winograd.transform_kernel(kernel) if u is None else u
+        u = transformed() if transformed else winograd.transform_kernel(kernel)
         return winograd.conv3x3(g, winograd.adjoint_transformed(u), None, scratch)
     return conv2d_adjoint(g, kernel, input_hw, strides, padding)
 
@@ -156,12 +158,12 @@ class Conv2D(WeightedLayer):
 
     def pre_activation(self, a):
         """a (N, H, W, C) -> z = conv(a) + b (N, Ho, Wo, O), the Winograd kernel cached when that path computes it."""
-        return convolve(a, self.kernel, self.bias, self.strides, self.padding, self.name, self._cached(a.dtype))
+        return convolve(a, self.kernel, self.bias, self.strides, self.padding, self.name, self.winograd_kernel)
 
     def adjoint(self, g, a_in, saved=None):
         """g (N, Ho, Wo, O) -> (N, H, W, C) in a_in's spatial size: the transposed convolution (no bias)."""
         return convolve_adjoint(g, self.kernel, a_in.shape[1:3], self.strides, self.padding, self.name,
-                                self._cached(g.dtype))
+                                self.winograd_kernel)
 
     def apply(self, a, kernel, bias=None):
         """conv(a; kernel) (+ bias) with another kernel of the same shape, on the reference path (LRP's positive
@@ -183,8 +185,3 @@ class Conv2D(WeightedLayer):
             cached = (self.kernel, winograd.transform_kernel(self.kernel))
             self._winograd = cached
         return cached[1]
-
-    def _cached(self, dtype):
-        """The cached Winograd kernel when that path computes this layer on `dtype` arrays, else None."""
-        return self.winograd_kernel() if _winograd_chosen(self.kernel, self.strides, self.padding, self.name, dtype) \
-            else None

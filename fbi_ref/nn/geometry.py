@@ -57,10 +57,9 @@ def bilinear_matrix(n_out, n_in):
 
 def resize_bilinear(maps, size):
     """maps (N, h, w) -> (N, H, W) in maps' dtype: bilinear with half-pixel centres, as tf.image.resize and
-    torch's interpolate(mode='bilinear', align_corners=False) compute it; rows, then columns, in float64, each
-    output cell from its four input cells (O(H W), whatever the sizes)."""
+    torch's interpolate(mode='bilinear', align_corners=False) compute it: rows, then columns, two taps each, in
+    float64 (O(H W), whatever the sizes)."""
     m = np.asarray(maps, dtype=np.float64)  # (N, h, w)
     (r0, r1, fr), (c0, c1, fc) = bilinear_taps(size[0], m.shape[1]), bilinear_taps(size[1], m.shape[2])
-    top = m[:, r0][:, :, c0] * (1 - fc) + m[:, r0][:, :, c1] * fc  # (N, H, W)
-    bottom = m[:, r1][:, :, c0] * (1 - fc) + m[:, r1][:, :, c1] * fc  # (N, H, W)
-    return (top * (1 - fr[:, None]) + bottom * fr[:, None]).astype(np.asarray(maps).dtype)
+    rows = m[:, r0] * (1 - fr)[:, None] + m[:, r1] * fr[:, None]  # (N, H, w)
+    return (rows[:, :, c0] * (1 - fc) + rows[:, :, c1] * fc).astype(np.asarray(maps).dtype)  # (N, H, W)

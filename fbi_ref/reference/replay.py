@@ -31,8 +31,7 @@ import numpy as np
 
 from fbi_ref.methods import multipass
 from fbi_ref.methods import rules as R
-from fbi_ref.methods import catalog
-from fbi_ref.methods.catalog import walk_rules
+from fbi_ref.methods.catalog import method as method_record, walk_rules
 from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
 from fbi_ref.methods.tables import GRADIENT
 from fbi_ref.methods.traversal import walk
@@ -274,7 +273,7 @@ def _single(model, routed, fp, target, method, options):
         guided = _walk(model, routed, target, "guided_backprop", {})[1]
         return {"attr/guided_gradcam": guided * up[..., None]}
     backward, signal = _walk(model, routed, target, method, options)
-    if catalog.method(method).times_input:  # its backward signals are the gradient's: only the product is stored
+    if method_record(method).times_input:  # its backward signals are the gradient's: only the product is stored
         return {f"attr/{method}": signal * fp.x}
     return {**{f"{method}/backward/{k}": v for k, v in backward.items()}, f"attr/{method}": signal}
 
