@@ -6,13 +6,14 @@
 #   make test-fast  the tests not marked slow
 #   make lessons    open the lesson notebooks (lessons/) in JupyterLab, installed into .venv on first use
 #   make finetune-fixtures  rewrite tests/fixtures/finetunes with Keras, tf2onnx and torch.onnx (their own venv)
+#   make finetune-fullsize  the 224 x 224 VGG16 fine-tune through Keras, tf2onnx and fbi_ref (same venv)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: demo test test-fast lint lessons clean finetune-fixtures
+.PHONY: demo test test-fast lint lessons clean finetune-fixtures finetune-fullsize
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +48,18 @@ clean:
 
 # Generator only: the tools that write the fine-tune fixtures live in a venv of their own, never in .venv.
 FIXTURE_VENV := .venv-fixtures
-finetune-fixtures:
+FIXTURE_STAMP := $(FIXTURE_VENV)/.installed
+$(FIXTURE_STAMP): tests/fixtures/finetunes/requirements.txt
 	$(PYTHON) -m venv $(FIXTURE_VENV)
 	$(FIXTURE_VENV)/bin/python -m pip install --quiet -r tests/fixtures/finetunes/requirements.txt
+	touch $(FIXTURE_STAMP)
+
+finetune-fixtures: $(FIXTURE_STAMP)
 	$(FIXTURE_VENV)/bin/python tests/fixtures/finetunes/generate.py
+
+# The full-size check (benchmarks/finetune_fullsize.py): a 224 x 224 VGG16 fine-tune built by Keras, exported by
+# tf2onnx, read and explained by fbi_ref; FULLSIZE_DIR holds its files (about 250 MB) and report.md.
+FULLSIZE_DIR ?= /tmp/fbi_ref_finetune_fullsize
+finetune-fullsize: $(FIXTURE_STAMP) $(STAMP)
+	$(FIXTURE_VENV)/bin/python benchmarks/finetune_fullsize.py build $(FULLSIZE_DIR)
+	$(PY) benchmarks/finetune_fullsize.py check $(FULLSIZE_DIR)

@@ -61,3 +61,32 @@ def tiny_model(seed=0, dtype=np.float64, relu=True, zero_bias=False, input_shape
               Dense("fc1", w(6, 7), b(7), act),
               Dense("predictions", w(7, 4), b(4), "softmax")]
     return Model(Architecture(layers, input_shape, "tiny"))
+
+
+def finetune_model(seed=0, head="gap", dtype=np.float64, zero_bias=False, input_shape=(9, 9, 3)):
+    """A small random fine-tune: every layer a Keras fine-tune adds. Conv, batch norm after its ReLU (Affine),
+    overlapping 'same' average pool, conv, max-pool, a global pool (head 'gap' average, 'gmp' max: a max-pool
+    over the whole image and a flatten), dense ReLU, batch norm after it, softmax."""
+    from fbi_ref.nn.model import Model
+    from fbi_ref.nn.network import Affine, Architecture, AveragePool2D, Conv2D, Dense, Flatten, GlobalAveragePool2D, MaxPool2D
+
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / np.prod(shape[:-1]))).astype(dtype)
+
+    def b(n):
+        return np.zeros(n, dtype) if zero_bias else (0.1 * rng.standard_normal(n)).astype(dtype)
+
+    pool = [GlobalAveragePool2D("global_average_pooling2d")] if head == "gap" else [  # as the readers build them
+        MaxPool2D("global_max_pooling2d_window", (3, 3), (3, 3), "valid"), Flatten("global_max_pooling2d")]
+    layers = [Conv2D("block1_conv1", w(3, 3, input_shape[2], 4), b(4), (1, 1), "same", "relu"),  # 9x9
+              Affine("block1_bn", rng.uniform(0.5, 1.5, 4).astype(dtype), b(4)),                  # after the ReLU
+              AveragePool2D("block1_pool", (3, 3), (2, 2), "same"),                             # 9x9 -> 5x5
+              Conv2D("block2_conv1", w(3, 3, 4, 5), b(5), (1, 1), "same", "relu"),               # 5x5
+              MaxPool2D("block2_pool", (2, 2), (2, 2), "same"),                                 # 5x5 -> 3x3
+              *pool,                                                                            # -> (5,)
+              Dense("fc1", w(5, 6), b(6), "relu"),
+              Affine("fc1_bn", rng.uniform(0.5, 1.5, 6).astype(dtype), b(6)),
+              Dense("predictions", w(6, 4), b(4), "softmax")]
+    return Model(Architecture(layers, input_shape, f"finetune_{head}"))

@@ -9,9 +9,11 @@ import pytest
 from fbi_ref.evaluation import benchmark as E
 from fbi_ref.evaluation import selection as S
 from fbi_ref.cli import evaluate as C
-from fbi_ref.methods.fbi import DEFAULTS
+from fbi_ref.methods.fbi import DEFAULTS, applicable
 from fbi_ref.nn.network import Conv2D, Dense
 from fbi_ref.io.zoo import embedded_models
+
+from .strategies import tiny_model
 
 MODEL = "shapes" if "shapes" in embedded_models() else "random"
 TINY = ["--model", MODEL, "--n-test", "6", "--n-wrong", "4", "--n-pairs", "3", "--n-curves", "3", "--n-random", "1",
@@ -87,12 +89,15 @@ def test_the_selection_covers_the_grid_then_one_round_of_changes_and_its_choice_
         {k: v for k, v in DEFAULTS.items() if k not in readings}
     (round_,) = sel["rounds"]
     assert round_["from"]["options"] == sel["paper_readings"]
+    model = E.benchmark_model(MODEL)  # only the options that can change anything on it are tried
     expected = {change for change, _ in S.changes(sel["paper_readings"], E.Settings(sweep_k=(0.5, 1.0),
-                                                                                     sweep_tau=(0.0, 0.1)))}
+                                                                                     sweep_tau=(0.0, 0.1)), model)}
+    assert not any(change.startswith(("average_pool", "affine_bias")) for change in expected)  # no such layers
     assert {r["change"] for r in round_["rows"]} == expected
     top = max(round_["rows"], key=lambda r: r["score"])
     assert sel["chosen"] == (top["options"] if top["gain"] >= S.MIN_GAIN else sel["paper_readings"])
-    assert results["metrics"]["fbi"]["options"] == sel["chosen"] == results["fbi_defaults"]
+    assert results["metrics"]["fbi"]["options"] == sel["chosen"]
+    assert results["fbi_defaults"] == applicable(model, sel["chosen"])  # the options for its layers only
     for r in round_["rows"]:
         assert r["score"] == pytest.approx(S.score(r))
 
@@ -105,13 +110,20 @@ def test_every_option_of_fbi_enters_the_ablation_with_every_other_value():
     settings = E.Settings(sweep_k=(0.1, 0.5), sweep_tau=(0.0, 0.05))
     start = {**DEFAULTS, "k": 0.1, "tau": 0.05, "tau_mode": "relative"}
     changed = S.changes(start, settings)
-    assert set(S.OPTION_VALUES) == set(DEFAULTS) - {"k", "tau", "tau_mode"}  # every reading is studied
-    for name, values in S.OPTION_VALUES.items():
-        assert values[0] == DEFAULTS[name]  # the paper's reading first
-        assert [w for w, _ in changed if w.startswith(name + "=")] == [f"{name}={v}" for v in values[1:]]
+    values = {option.name: option.choices for option in S.OPTION_RECORDS}
+    assert set(values) == set(DEFAULTS) - {"k", "tau", "tau_mode"}  # every reading is studied
+    for name, choices in values.items():
+        assert choices[0] == DEFAULTS[name]  # the paper's reading first
+        assert [w for w, _ in changed if w.startswith(name + "=")] == [f"{name}={v}" for v in choices[1:]]
     assert {w for w, _ in changed if w.startswith(("k=", "tau="))} == {"k=0.5", "tau=0"}
     assert ("tau_mode=absolute (tau=10)", {**start, "tau_mode": "absolute", "tau": 10.0}) in changed  # the paper's
     assert all(sum(options[k] != start[k] for k in start) == 1 for w, options in changed if "tau_mode" not in w)
+
+
+def test_the_ablation_leaves_out_the_options_for_layers_a_model_does_not_have():
+    start = {**DEFAULTS, "tau_mode": "relative", "tau": 0.05}
+    tried = {w.split("=")[0] for w, _ in S.changes(start, E.Settings(), tiny_model(3))}
+    assert "average_pool" not in tried and "affine_bias" not in tried and "unpool" in tried
 
 
 @pytest.mark.slow

@@ -288,3 +288,21 @@ def test_bad_arrays(func, name, array, says):
     with pytest.raises(InputError, match=says) as info:
         func(array)
     assert "\n" not in str(info.value)
+
+
+def test_a_keras_rescaling_becomes_a_preprocessing_that_its_spec_rebuilds():
+    from fbi_ref.nn.preprocessing import from_scale_and_offset, preprocessing
+    rule = from_scale_and_offset(1 / 127.5, -1.0, "layer rescaling")
+    rgb = np.random.default_rng(0).uniform(0, 255, (2, 4, 5, 3)).astype(np.float32)
+    expected = rgb.astype(np.float64) / 127.5 - 1  # (N, H, W, 3)
+    np.testing.assert_allclose(preprocess(rgb, rule), expected, atol=4 * np.finfo(np.float32).eps)
+    again = preprocessing(rule.spec())
+    np.testing.assert_array_equal(preprocess(rgb, again), preprocess(rgb, rule))
+    np.testing.assert_allclose(again.inverse(preprocess(rgb, again)), rgb, rtol=1e-5)
+    assert preprocessing("caffe").spec() == "caffe"
+    for bad in ({"order": [0, 0, 1], "divisor": 1, "mean": [0] * 3, "std": [1] * 3},
+                {"order": [0, 1, 2], "divisor": 1, "mean": [0] * 3, "std": [0, 1, 1]}, {"order": [0, 1, 2]}):
+        with pytest.raises(InputError, match="unknown preprocessing"):
+            preprocessing(bad)
+    with pytest.raises(InputError, match="scale non-zero"):
+        from_scale_and_offset(0.0, 1.0, "layer rescaling")

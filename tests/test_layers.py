@@ -11,7 +11,9 @@ from fbi_ref.nn import dense as D
 from fbi_ref.nn import naive
 from fbi_ref.nn import pooling as P
 from fbi_ref.nn.geometry import bilinear_matrix, geometry, output_size, resize_bilinear, same_padding
-from fbi_ref.nn.network import LAYER_TYPES, Activation, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from fbi_ref.nn import averaging as V
+from fbi_ref.nn.network import (LAYER_TYPES, Activation, Affine, AveragePool2D, Conv2D, Dense, Dropout, Flatten,
+                                GlobalAveragePool2D, MaxPool2D)
 from fbi_ref.nn.preprocessing import PREPROCESSINGS
 
 from .strategies import conv_case, pool_case, randn, seeds
@@ -187,6 +189,31 @@ def test_averaged_replication_is_the_adjoint_of_count_weighted_window_summation(
     np.testing.assert_allclose(aty, naive.unpool_replicate(y, hw, pool, strides, padding, True), atol=1e-12)
 
 
+# ------------------------------------------------------------------ average pooling
+
+@given(pool_case(), seeds)
+def test_average_pooling_matches_naive_and_its_adjoint_spreads_over_the_cells(case, seed):
+    n, hw, c, pool, strides, padding = case
+    x = randn(seed, n, *hw, c)
+    ax = V.average_forward(x, pool, strides, padding)
+    np.testing.assert_allclose(ax, naive.average_pool(x, pool, strides, padding), rtol=1e-12, atol=1e-12)
+    y = randn(seed + 1, *ax.shape)
+    aty = V.average_adjoint(y, hw, pool, strides, padding)
+    assert_adjoint(ax, y, x, aty)
+    np.testing.assert_allclose(aty, naive.average_pool_adjoint(y, hw, pool, strides, padding), atol=1e-12)
+
+
+def test_same_average_pooling_leaves_the_padding_out_of_the_mean():
+    x = np.ones((1, 3, 3, 1))  # a constant stays that constant in every window, the border ones too
+    np.testing.assert_array_equal(V.average_forward(x, (2, 2), (2, 2), "same"), np.ones((1, 2, 2, 1)))
+
+
+def test_global_average_pooling_is_one_window_as_large_as_the_image():
+    x = randn(5, 2, 3, 4, 3)
+    layer = V.GlobalAveragePool2D("g")
+    np.testing.assert_allclose(layer.forward(x)[0], naive.average_pool(x, (3, 4), (3, 4), "valid")[:, 0, 0])
+
+
 def test_averaged_replication_equals_replication_for_2x2_stride_2():
     g = randn(3, 2, 4, 5, 3)
     np.testing.assert_array_equal(P.unpool_replicate(g, (8, 10), average=True), P.unpool_replicate(g, (8, 10)))
@@ -250,6 +277,16 @@ def example(layer_type, seed):
     if layer_type is Dropout:
         layer = Dropout("x")
         return layer, randn(seed + 2, 2, 6), None, lambda x: layer.forward(x)[0]
+    if layer_type is AveragePool2D:
+        layer = AveragePool2D("v", (3, 2), (2, 2), "same")
+        return layer, randn(seed + 2, 2, 5, 6, 3), None, lambda x: layer.forward(x)[0]
+    if layer_type is GlobalAveragePool2D:
+        layer = GlobalAveragePool2D("gv")
+        return layer, randn(seed + 2, 2, 5, 6, 3), None, lambda x: layer.forward(x)[0]
+    if layer_type is Affine:
+        layer = Affine("s", randn(seed, 3), randn(seed + 1, 3), str(rng.choice(["relu", "linear"])))
+        shape = (2, 4, 5, 3) if rng.random() < 0.5 else (2, 3)  # after a conv or a dense layer
+        return layer, randn(seed + 2, *shape), None, lambda x: layer.pre_activation(x) - layer.bias
     raise AssertionError(f"no example of the layer type {layer_type.__name__}: add one to tests/test_layers.py")
 
 

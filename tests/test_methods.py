@@ -16,7 +16,7 @@ from fbi_ref.nn.activations import relu
 from fbi_ref.nn.model import Model
 from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Flatten
 
-from .strategies import randn, tiny_model
+from .strategies import finetune_model, randn, tiny_model
 
 NO_THRESHOLD = {"k": 1.0, "tau": -np.inf}
 
@@ -488,3 +488,77 @@ def test_heatmap_reductions_by_their_definitions_and_an_unknown_one_refused():
     assert all(m.reduction in REDUCTIONS for m in RECORDS.values())
     with pytest.raises(ValueError, match="unknown reduction 'max'"):
         heatmap(a, "max")
+
+
+
+# ------------------------------------------------------------------ the layers fine-tunes add (average pools, global
+# pools, unfolded batch norms): every method's rule there pinned
+
+@pytest.mark.parametrize("head", ["gap", "gmp"])
+def test_gradient_through_a_finetunes_layers_equals_central_finite_differences(head):
+    model, x = finetune_model(31, head), randn(32, 1, 9, 9, 3)
+    e = explain(model, x, "gradient", target=1)
+    np.testing.assert_allclose(e.attribution[0], finite_difference_gradient(model, x[0], 1), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp"])
+def test_lrp_epsilon_conserves_relevance_through_a_finetunes_layers_without_biases(head):
+    model, x = finetune_model(33, head, zero_bias=True), randn(34, 2, 9, 9, 3)
+    e = explain(model, x, "lrp_epsilon", record_layers=True, epsilon=1e-12)
+    total = e.logits[np.arange(2), e.target]
+    for name, relevance in e.backward.items():
+        np.testing.assert_allclose(relevance.reshape(2, -1).sum(axis=1), total, rtol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp"])
+def test_lrp_zplus_conserves_relevance_across_average_and_global_pools(head):
+    """Their weights are all positive and their inputs (after ReLUs and positive scales) too: z+ is exact there."""
+    model, x = finetune_model(33, head, zero_bias=True), randn(34, 2, 9, 9, 3)
+    e = explain(model, x, "lrp_zplus", record_layers=True)
+    pool = "global_average_pooling2d" if head == "gap" else "global_max_pooling2d"
+    for above, below in (("block1_pool", "block1_bn"), (pool, "block2_pool")):  # (gmp: the flatten above the pool)
+        np.testing.assert_allclose(e.backward[below].reshape(2, -1).sum(axis=1),
+                                   e.backward[above].reshape(2, -1).sum(axis=1), rtol=1e-10, err_msg=above)
+
+
+def test_lrp_epsilon_through_a_finetune_is_gradient_times_input_without_biases():
+    model, x = finetune_model(35, "gap", zero_bias=True), randn(36, 2, 9, 9, 3)
+    np.testing.assert_allclose(explain(model, x, "lrp_epsilon", epsilon=1e-12).attribution,
+                               explain(model, x, "gradient_x_input").attribution, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp"])
+def test_fbi_reduces_to_deconvnet_through_a_finetune_under_its_options(head):
+    model, x = finetune_model(37, head), randn(38, 3, 9, 9, 3)
+    fbi = explain(model, x, "fbi", k=1.0, tau=-np.inf, start="onehot", dense_bias="ignore", affine_bias="ignore",
+                  unpool="switch", average_pool="adjoint")
+    np.testing.assert_array_equal(fbi.attribution, explain(model, x, "deconvnet").attribution)
+
+
+def test_fbi_average_pool_min_replicate_is_min_of_the_input_and_the_copied_signal():
+    model, x = finetune_model(39, "gap"), randn(40, 2, 9, 9, 3)
+    _, rules, _ = walk_rules(model, "fbi", {**NO_THRESHOLD, "average_pool": "min-replicate"})
+    fp = model.forward(x)
+    layer, a_in = model.layer("block1_pool"), fp.outputs["block1_bn"]
+    g = randn(41, *fp.outputs["block1_pool"].shape)
+    copied = naive.unpool_replicate(g, (9, 9), (3, 3), (2, 2), "same", average=True)
+    np.testing.assert_allclose(rules.average(g, layer, a_in), np.minimum(a_in, copied), atol=1e-12)
+    assert not np.allclose(explain(model, x, "fbi", **NO_THRESHOLD, average_pool="min-replicate").attribution,
+                           explain(model, x, "fbi", **NO_THRESHOLD).attribution)
+
+
+def test_fbi_subtracts_an_affine_layers_shift_like_a_dense_bias_unless_told_to_ignore_it():
+    model, x = finetune_model(43, "gap"), randn(44, 2, 9, 9, 3)
+    layer = model.layer("fc1_bn")
+    g = randn(45, 2, 6)
+    subtract = R.linear_fbi(affine_bias="subtract")(g, layer, None, False)
+    np.testing.assert_allclose(subtract, (g - layer.bias) * layer.kernel, atol=1e-15)
+    np.testing.assert_allclose(R.linear_fbi(affine_bias="ignore")(g, layer, None, False), g * layer.kernel, atol=1e-15)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_explains_a_finetune(method):
+    model, x = finetune_model(47, "gmp"), randn(48, 2, 9, 9, 3)
+    options = {"steps": 8} if method == "integrated_gradients" else {"samples": 4} if method == "smoothgrad" else {}
+    e = explain(model, x, method, **options)
+    assert e.attribution.shape == x.shape and np.isfinite(e.attribution).all()

@@ -76,3 +76,10 @@ def test_the_heat_map_table_is_the_records_reductions():
         row = next(line for line in PAGE.splitlines() if line.startswith(f"| {label} |"))
         listed = {m.strip() for m in cells(row)[1].split(",")}
         assert listed == {n for n, m in METHODS.items() if m.reduction == reduction}, label
+
+
+def test_the_finetune_layers_table_names_every_one_walk_method():
+    lines = PAGE[PAGE.index("| method | average pool, global average pool"):].splitlines()[2:]
+    rows = lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))]
+    named = {name for row in rows for name in re.findall(r"`(\w+)`", cells(row)[0])}
+    assert named == {n for n, m in METHODS.items() if m.one_walk}

@@ -200,4 +200,4 @@ def test_an_add_after_a_conv_that_onnx_would_broadcast_along_width_is_refused(tm
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [kernel, bias, dense])
     path = write(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
-    one_line_error(path, UnsupportedLayerError, "is not a per-unit bias")
+    one_line_error(path, UnsupportedLayerError, "is not one value per channel")

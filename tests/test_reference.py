@@ -17,6 +17,7 @@ from fbi_ref.reference.compare import compare, format_comparison
 from fbi_ref.errors import InputError
 
 from .cli_helpers import cli
+from .strategies import finetune_model, randn
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 FEW = ("fbi", "guided_backprop", "gradcam")
@@ -440,3 +441,23 @@ def test_a_reference_with_infinities_never_passes(tmp_path, capsys):
         warnings.simplefilter("error")
         code, out, err = cli(capsys, "compare", tmp_path / "a.npz", tmp_path / "b.npz")
     assert code == 1 and err == ""
+
+
+@pytest.mark.parametrize("head", ["gap", "gmp"])
+def test_a_finetunes_layers_are_rebuilt_from_its_reference_and_it_replays_itself(head):
+    """Average pools, global pools and affine layers: meta records them so that a port can rebuild the network."""
+    from fbi_ref.reference.model import reference_model
+    from fbi_ref.reference.replay import replay
+    model = finetune_model(51, head).astype(np.float32)
+    x = randn(52, 2, 9, 9, 3).astype(np.float32)
+    options = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2}, "occlusion": {"patch": 3}}
+    ref = build_reference(model, x, fbi_ref.METHODS, options=options, with_weights=True)
+    types = [spec["type"] for spec in json.loads(str(ref["meta"]))["layers"]]
+    assert {"Affine", "AveragePool2D", "GlobalAveragePool2D" if head == "gap" else "MaxPool2D"} <= set(types)
+    rebuilt, why = reference_model(ref)
+    assert why == "" and [type(layer) for layer in rebuilt.layers] == [type(layer) for layer in model.layers]
+    np.testing.assert_array_equal(rebuilt.forward(x).logits, model.forward(x).logits)
+    result = replay(rebuilt, ref, dict(ref))
+    for key, expected in result.expected.items():
+        assert np.array_equal(expected, ref[key]), key
+    assert compare(ref, dict(ref)).passed

@@ -28,6 +28,9 @@ def configure_parser(parser):
     parser.add_argument("--subset", type=Path, default=None, metavar="FILE",
                         help="with --dataset: a subset of (image, class) pairs, e.g. TorchRay's "
                              "pointing_game_ebp_voc07_difficult.txt, scored in a second column")
+    parser.add_argument("--classes", default=None, metavar="NAME,NAME,...|FILE",
+                        help="with --dataset: the model's class names in output order, comma-separated or a text "
+                             "file of one name per line (a fine-tune's file has none; the boxes' names must match)")
     parser.add_argument("--scheduler", default=None, metavar="local|tcp://HOST:8786",
                         help="run the tasks on a Dask cluster ('local': a LocalCluster of --jobs processes); needs "
                              "the optional extra: pip install 'fbi_ref[dask]'")
@@ -54,6 +57,29 @@ def voc_methods(text, default_text):
     return list(dict.fromkeys(names))
 
 
+MAX_CLASSES_BYTES = 2**20
+
+
+def given_class_names(text, model):
+    """--classes: names separated by commas, or a file of one name per line; one per output of the model."""
+    path = Path(text)
+    if path.is_file():
+        with open(path, "rb") as file:
+            data = file.read(MAX_CLASSES_BYTES + 1)
+        if len(data) > MAX_CLASSES_BYTES:
+            raise InputError(f"--classes {text}: more than {MAX_CLASSES_BYTES:,} bytes, not a list of class names")
+        try:
+            names = [line.strip() for line in data.decode("utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise InputError(f"--classes {text}: not UTF-8 text") from None
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if len(names) != model.num_classes or not all(names) or len(set(names)) != len(names):
+        raise InputError(f"--classes gives {len(names)} names ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); "
+                         f"{model.name} has {model.num_classes} outputs, and each needs one distinct name")
+    return names
+
+
 def method_options(args):
     """The options of the methods that take a size (the benchmark's flags), and --fbi-option."""
     return {"integrated_gradients": {"steps": args.ig_steps}, "smoothgrad": {"samples": args.smoothgrad_samples},
@@ -71,12 +97,14 @@ def run_voc(args):
     for name in RESULT_FILES:  # before the run
         output_file(args.out / name, [p for p in [model_file(args.model)] if p is not None])
     model = worker_model(args.model)
-    if not model.class_names:
-        raise InputError(f"{model.name} has no class names: the pointing game matches them with the boxes' names")
+    class_names = given_class_names(args.classes, model) if args.classes else model.class_names
+    if not class_names:
+        raise InputError(f"{model.name} has no class names: the pointing game matches them with the boxes' names "
+                         f"(give them with --classes)")
     options = {m: o for m, o in method_options(args).items() if m in methods}
     with scheduler(args.scheduler, max(args.jobs, 2) if args.scheduler == "local" else args.jobs,
                    args.threads) as client:
-        result = voc.evaluate_voc(args.model, args.dataset, methods, list(model.class_names), args.subset, options,
+        result = voc.evaluate_voc(args.model, args.dataset, methods, list(class_names), args.subset, options,
                                   args.batch_size, client, args.jobs, args.threads, args.bootstrap,
                                   not args.no_progress)
     result.update(model=model.name, dataset=str(args.dataset), subset_file=str(args.subset) if args.subset else None,

@@ -25,6 +25,7 @@ from fbi_ref.methods import options as check
 from fbi_ref.methods.catalog import method
 from fbi_ref.methods.explain import explain
 from fbi_ref.methods.fbi import DEFAULTS as FBI_DEFAULTS
+from fbi_ref.methods.fbi import applicable
 from fbi_ref.nn.architectures import random_weights
 from fbi_ref.nn.model import Model
 from fbi_ref.nn.network import Dense
@@ -475,7 +476,7 @@ def _evaluate(model, settings, names):
         chosen = results["selection"] = selection.choose_fbi(model, val, settings)
         lap("validation")
     fbi, readings = fbi_rows(model, settings, chosen)
-    results["fbi_defaults"] = fbi
+    results["fbi_defaults"] = applicable(model, fbi)  # the options for layers this model lacks change nothing
     rows = benchmark_rows(names, settings, fbi, readings, sigma)
     data = load_data(model, settings.test_seed, settings.n_test, settings.n_pairs, settings.n_curves, settings)
     results["accuracy"] = float((model.predict(data.single.x).argmax(1) == data.single.labels).mean())

@@ -30,7 +30,7 @@ MAX_ROUNDS = 4
 # Every FBI option's values from its record (the paper's reading first), for the ablation; k, tau and tau_mode
 # come from the sweep grid.
 SWEPT = ("k", "tau", "tau_mode")
-OPTION_VALUES = {option.name: option.choices for option in OPTIONS if option.choices and option.name not in SWEPT}
+OPTION_RECORDS = [option for option in OPTIONS if option.choices and option.name not in SWEPT]
 
 
 def score(m):
@@ -128,12 +128,15 @@ def best(rows):
     return max(rows, key=lambda r: r["score"])
 
 
-def changes(options, settings):
-    """Every setting one option away from `options`: [(what changed, new options)]."""
+def changes(options, settings, model=None):
+    """Every setting one option away from `options` (only options that can change anything on `model`):
+    [(what changed, new options)]."""
     out = []
-    for name, values in OPTION_VALUES.items():
-        current = options.get(name, DEFAULTS[name])
-        out += [(f"{name}={value}", {**options, name: value}) for value in values if value != current]
+    for option in OPTION_RECORDS:
+        if model is not None and option.applies is not None and not option.applies(model):
+            continue
+        name, current = option.name, options.get(option.name, DEFAULTS[option.name])
+        out += [(f"{name}={value}", {**options, name: value}) for value in option.choices if value != current]
     if options["tau_mode"] != DEFAULTS["tau_mode"]:  # the paper's absolute tau, with its value
         out.append((f"tau_mode={DEFAULTS['tau_mode']} (tau={DEFAULTS['tau']:g})",
                     {**options, "tau_mode": DEFAULTS["tau_mode"], "tau": DEFAULTS["tau"]}))
@@ -156,7 +159,7 @@ def select(model, data, settings, start):
     """Greedy ascent of the score from the options `start`: {'rounds': [[row + 'change'], ...], 'chosen'}."""
     current, rounds = variant(model, start, data, settings), []
     for round_number in range(1, settings.rounds + 1):
-        tried = changes(current["options"], settings)
+        tried = changes(current["options"], settings, model)
         rows = variants(model, [options for _, options in tried], data, settings,
                         f"validation: FBI options, round {round_number}")
         rows = [{**row, "change": what, "gain": row["score"] - current["score"]} for (what, _), row in zip(tried, rows)]

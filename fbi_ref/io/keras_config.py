@@ -1,28 +1,111 @@
-"""Turn a Keras model config (the JSON in a full-model .h5 or a .keras file) into an Architecture."""
+"""Turn a Keras model config (the JSON in a full-model .h5 or a .keras file) into an Architecture.
+
+Nested models (the `vgg16` base inside a Sequential, as `model.add(base)` writes it) are opened in place. A
+Rescaling or Normalization in front of the network becomes the model's preprocessing (`extra['preprocessing']`).
+A BatchNormalization becomes an Affine layer with placeholder weights, its settings in `extra['batch_norms']`;
+keras_files.py reads its gamma, beta and moving statistics and folds it into the conv or dense layer right before
+it where it can. A GlobalMaxPooling2D is a MaxPool2D over the whole image ('<name>_window') and a Flatten
+('<name>'), so that every method walks it back as a max-pool.
+"""
 from __future__ import annotations
 
+import itertools
 import math
+
+import numpy as np
 
 from fbi_ref.errors import ArchitectureError, InputError, ModelFileError, UnsupportedLayerError
 from fbi_ref.nn.activations import ACTIVATIONS
 from fbi_ref.nn.geometry import output_size
-from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Dropout, Flatten, MaxPool2D
+from fbi_ref.nn.network import (Activation, Affine, Architecture, AveragePool2D, Conv2D, Dense, Dropout, Flatten,
+                                GlobalAveragePool2D, MaxPool2D)
+from fbi_ref.nn.preprocessing import from_scale_and_offset
 from fbi_ref.nn.weights import placeholder
+
+_NESTED = ("Functional", "Sequential", "Model")
+_INPUT_MAPS = ("Rescaling", "Normalization")
 
 
 def architecture_from_config(config: dict) -> Architecture:
-    """The layers of a sequential or functional Keras model config, with placeholder weights."""
-    layer_configs = _layer_configs(config)
+    """The layers of a sequential or functional Keras model config, nested models opened, with placeholder
+    weights; a leading Rescaling / Normalization as extra['preprocessing'], batch norms' settings as
+    extra['batch_norms']."""
+    layer_configs = _flattened(_layer_configs(config))
     input_shape = shape = _input_shape(layer_configs, config)
+    layer_configs = [c for c in layer_configs if c.get("class_name") != "InputLayer"]
+    leading = len(list(itertools.takewhile(lambda c: c.get("class_name") in _INPUT_MAPS, layer_configs)))
+    extra = {"batch_norms": {}}
+    if leading:
+        extra["preprocessing"] = _input_map(layer_configs[:leading], shape)
     layers = []
-    for layer_config in layer_configs:
-        if layer_config.get("class_name") == "InputLayer":
-            continue
-        layer, shape = _build_layer(layer_config, shape)
-        layers.append(layer)
+    for layer_config in layer_configs[leading:]:
+        built, shape = _build_layer(layer_config, shape)
+        if isinstance(built[0], Affine):
+            extra["batch_norms"][built[0].name] = _batch_norm_settings(layer_config)
+        layers += built
     inner = config.get("config")
     name = inner.get("name", "model") if isinstance(inner, dict) else "model"
-    return Architecture(layers, input_shape, name=name)
+    return Architecture(layers, input_shape, name=name, extra=extra)
+
+
+def _flattened(layer_configs: list, depth=0) -> list:
+    """The layer configs with every nested model's layers in its place (its input layer dropped)."""
+    if depth > 8:
+        raise ModelFileError("models nested more than 8 deep")
+    out = []
+    for layer_config in layer_configs:
+        if not isinstance(layer_config, dict):
+            raise ModelFileError("a layer config is not a JSON object")
+        if layer_config.get("class_name") in _NESTED:
+            inner = _flattened(_layer_configs(layer_config), depth + 1)
+            out += [c for c in inner if c.get("class_name") != "InputLayer"] if out else inner
+        else:
+            out.append(layer_config)
+    return out
+
+
+def _input_map(layer_configs: list, shape: tuple):
+    """The Preprocessing of the Rescaling / Normalization layers in front: one per-channel affine map."""
+    scale, offset = np.ones(3), np.zeros(3)
+    names = []
+    for layer_config in layer_configs:
+        options = layer_config.get("config", {})
+        name = options.get("name") or layer_config.get("class_name")
+        names.append(name)
+        _require(name, len(shape) == 3 and shape[2] == 3, "an input map on other than RGB images")
+        if layer_config["class_name"] == "Rescaling":
+            s, o = _per_channel(name, options.get("scale", 1.0)), _per_channel(name, options.get("offset", 0.0))
+        else:
+            _require(name, not options.get("invert", False), "Normalization(invert=True)")
+            _require(name, options.get("axis", -1) in (-1, [-1], 3, [3]), f"axis {options.get('axis')!r}")
+            if options.get("mean") is None or options.get("variance") is None:
+                raise UnsupportedLayerError(f"layer {name}: a Normalization adapted to data (its mean and "
+                                            f"variance are weights, not in the config) is not supported")
+            mean, variance = _per_channel(name, options["mean"]), _per_channel(name, options["variance"])
+            _require(name, (variance >= 0).all(), "a negative variance")
+            # Keras divides by max(sqrt(variance), epsilon) with its backend epsilon 1e-7
+            s = 1 / np.maximum(np.sqrt(variance), 1e-7)
+            o = -mean * s
+        scale, offset = scale * s, offset * s + o
+    return from_scale_and_offset(scale, offset, "Keras " + " + ".join(names))
+
+
+def _per_channel(name, value) -> np.ndarray:
+    """A number or a list of 3 numbers as (3,) float64."""
+    array = np.asarray(value, dtype=np.float64).reshape(-1)
+    if array.size not in (1, 3) or not np.isfinite(array).all():
+        raise ModelFileError(f"layer {name}: {value!r} is not one finite number or one per RGB channel")
+    return np.broadcast_to(array, (3,))
+
+
+def _batch_norm_settings(layer_config: dict) -> dict:
+    """A BatchNormalization's epsilon and which of gamma (scale) and beta (center) it has."""
+    options = layer_config.get("config", {})
+    epsilon = options.get("epsilon", 1e-3)
+    if not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or not 0 <= epsilon < 1:
+        raise ModelFileError(f"layer {options.get('name')}: epsilon {epsilon!r} is not a small number")
+    return {"epsilon": float(epsilon), "scale": bool(options.get("scale", True)),
+            "center": bool(options.get("center", True))}
 
 
 def _layer_configs(config: dict) -> list:
@@ -57,14 +140,16 @@ def _image_shape(batch_shape: list) -> tuple:
 
 
 def _build_layer(layer_config: dict, shape: tuple):
-    """One layer spec and the (H, W, C) or (features,) shape that comes out of it."""
+    """One layer spec as [layers] (one, or a global max-pool's two) and the (H, W, C) or (features,) shape that
+    comes out of it."""
     class_name = layer_config.get("class_name")
     options = layer_config.get("config", {})
     name = options.get("name") or layer_config.get("name")
     builder = _BUILDERS.get(class_name)
     if builder is None:
         raise UnsupportedLayerError(f"layer {name}: layer type {class_name} is not supported")
-    return builder(name, options, shape)
+    layers, out_shape = builder(name, options, shape)
+    return (layers if isinstance(layers, list) else [layers]), out_shape
 
 
 def _conv(name: str, options: dict, shape: tuple):
@@ -113,6 +198,47 @@ def _dense(name: str, options: dict, shape: tuple):
     return layer, (units,)
 
 
+def _average_pool(name: str, options: dict, shape: tuple):
+    """An AveragePooling2D spec ('same' windows average over their cells inside the image, as Keras does)."""
+    _require_image(name, "AveragePooling2D", shape)
+    _require_channels_last(name, options)
+    pool_size = _pair(options.get("pool_size", 2), name, "pool_size")
+    strides = _pair(options.get("strides") or pool_size, name, "strides")
+    padding = _padding(name, options)
+    out_shape = _spatial(name, shape, pool_size, strides, padding) + (shape[2],)
+    return AveragePool2D(name, pool_size, strides, padding), out_shape
+
+
+def _global_average(name: str, options: dict, shape: tuple):
+    """A GlobalAveragePooling2D spec: (H, W, C) -> (C,)."""
+    _require_image(name, "GlobalAveragePooling2D", shape)
+    _require_channels_last(name, options)
+    _require(name, not options.get("keepdims", False), "keepdims=True")
+    return GlobalAveragePool2D(name), (shape[2],)
+
+
+def _global_max(name: str, options: dict, shape: tuple):
+    """A GlobalMaxPooling2D spec: a max-pool whose window is the image, then a flatten: (H, W, C) -> (C,)."""
+    _require_image(name, "GlobalMaxPooling2D", shape)
+    _require_channels_last(name, options)
+    _require(name, not options.get("keepdims", False), "keepdims=True")
+    if None in shape[:2]:
+        raise ArchitectureError(f"layer {name}: GlobalMaxPooling2D needs a fixed input size (the model input has none)")
+    window = tuple(shape[:2])
+    return [MaxPool2D(f"{name}_window", window, window, "valid"), Flatten(name)], (shape[2],)
+
+
+def _batch_norm(name: str, options: dict, shape: tuple):
+    """A BatchNormalization spec over the last axis: an Affine layer (scale, shift) still to be read."""
+    axis = options.get("axis", -1)
+    axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
+    _require(name, axis in (-1, len(shape)), f"axis {options.get('axis')!r} (only the channel axis)")
+    channels = shape[-1]
+    if channels is None:
+        raise ArchitectureError(f"layer {name}: input size unknown")
+    return Affine(name, placeholder((channels,)), placeholder((channels,))), shape
+
+
 def _dropout(name: str, options: dict, shape: tuple):
     """A Dropout spec (identity at inference)."""
     return Dropout(name), shape
@@ -126,6 +252,10 @@ def _activation_layer(name: str, options: dict, shape: tuple):
 _BUILDERS = {
     "Conv2D": _conv, "Convolution2D": _conv,
     "MaxPooling2D": _pool, "MaxPool2D": _pool,
+    "AveragePooling2D": _average_pool, "AvgPool2D": _average_pool,
+    "GlobalAveragePooling2D": _global_average, "GlobalAvgPool2D": _global_average,
+    "GlobalMaxPooling2D": _global_max, "GlobalMaxPool2D": _global_max,
+    "BatchNormalization": _batch_norm,
     "Flatten": _flatten, "Dense": _dense, "Dropout": _dropout, "Activation": _activation_layer,
 }
 

@@ -35,12 +35,12 @@ from fbi_ref.io.keras_config import architecture_from_config
 from fbi_ref.io.paths import errors_named, input_file
 from fbi_ref.nn.architectures import vgg16, vgg19, weighted_layers
 from fbi_ref.nn.weights import is_placeholder
-from fbi_ref.nn.network import Architecture, Conv2D, Dense
+from fbi_ref.nn.network import Affine, Architecture, Conv2D, Dense
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _NAMED_ARCHITECTURES = {"vgg16": vgg16, "vgg19": vgg19}
 # Keras 3 names a layer's group after its class, numbered per class in model.layers order.
-_WEIGHTED_GROUPS = {"conv2d": Conv2D, "dense": Dense}
+_WEIGHTED_GROUPS = {"conv2d": Conv2D, "dense": Dense, "batch_normalization": Affine}
 # HDF5 keeps attributes in a 64 kB object header; Keras splits longer lists into name0, name1, ...
 _ATTRIBUTE_LIMIT = 64512
 _INPUT_LAYER = "input_1"
@@ -65,7 +65,8 @@ class _Stored:
 
 
 def read_keras_file(path, architecture=None) -> Architecture:
-    """The model in a Keras file; `architecture` is 'vgg16', 'vgg19', an Architecture, or None to infer."""
+    """The model in a Keras file; `architecture` is 'vgg16', 'vgg19', an Architecture, the path of a model config
+    (.json, as `model.to_json()` writes it; for .weights.h5 files), or None to infer."""
     path = input_file(path, "Keras weights file", ModelFileError)
     with errors_named(path, "Keras HDF5 or .keras file", KERAS_ERRORS):
         with open(path, "rb") as file:
@@ -100,6 +101,16 @@ def _read_keras_zip(path: Path, architecture) -> Architecture:
         with archive.open(weights) as source, open(weights_path, "wb") as target:
             shutil.copyfileobj(source, target)
         return _read_hdf5(weights_path, architecture, config)
+
+
+def _config_file(path) -> dict:
+    """A Keras model config from a .json file (`model.to_json()`), read up to _MAX_CONFIG_BYTES."""
+    path = input_file(path, "Keras model config (.json)", ModelFileError)
+    with errors_named(path, "Keras model config (.json)", KERAS_ERRORS), open(path, "rb") as file:
+        text = file.read(_MAX_CONFIG_BYTES + 1)
+        if len(text) > _MAX_CONFIG_BYTES:
+            raise ModelFileError(f"{path.name} is larger than {_MAX_CONFIG_BYTES:,} bytes: not a model config")
+        return _config_object(text)
 
 
 def _config_object(text) -> dict:
@@ -181,6 +192,8 @@ def _chosen(architecture, config: dict | None):
     # An explicit architecture wins over the file's own config.
     if isinstance(architecture, Architecture):
         return architecture
+    if isinstance(architecture, (str, os.PathLike)) and os.fspath(architecture).lower().endswith(".json"):
+        return architecture_from_config(_config_file(architecture))
     if isinstance(architecture, str):
         if architecture.lower() not in _NAMED_ARCHITECTURES:
             raise InputError(f"unknown architecture {architecture!r} (known: vgg16, vgg19)")
@@ -199,7 +212,22 @@ def _from_layer_names(group: h5py.Group, architecture) -> Architecture:
         return infer_vgg([(s.name, _read_all(s.datasets)) for s in stored])
     if callable(architecture):
         architecture = architecture(include_top=_has_dense(stored))
-    return _filled(architecture, {s.name: s.datasets for s in stored})
+    return _filled(architecture, _opened(stored, {layer.name for layer in architecture.layers}))
+
+
+def _opened(stored: list, layer_names: set) -> dict:
+    """Layer name -> datasets, a nested model's group (one the architecture has no layer of) opened: each of its
+    datasets belongs to the layer whose group holds it (.../vgg16/block1_conv1/kernel: block1_conv1)."""
+    out = {}
+    for s in stored:
+        if s.name in layer_names or not s.datasets:
+            out[s.name] = s.datasets
+            continue
+        for dataset in s.datasets:
+            parts = dataset.name.split("/")
+            owner = parts[-2] if len(parts) >= 3 else s.name
+            out[owner] = out.get(owner, ()) + (dataset,)
+    return out
 
 
 def _layer_datasets(group: h5py.Group, name: str) -> tuple:
@@ -210,7 +238,7 @@ def _layer_datasets(group: h5py.Group, name: str) -> tuple:
 
 def _from_class_groups(h5: h5py.Group, architecture) -> Architecture:
     """Weights from the /layers/<class-derived name>/vars layout, matched by @name or class order."""
-    stored = [_class_group(key, group) for key, group in h5["layers"].items()]
+    stored = _class_groups(h5["layers"])
     weighted = _weighted_in_order(stored)
     named = all(s.name for s in weighted)  # only recent Keras 3 writes @name
     if architecture is None:
@@ -224,6 +252,24 @@ def _from_class_groups(h5: h5py.Group, architecture) -> Architecture:
         return _filled(architecture, {s.name: s.datasets for s in weighted})
     # Keras itself ignores @name and pairs layers with groups by class and position.
     return _filled(architecture, _by_class_order(architecture, weighted))
+
+
+def _class_groups(layers: h5py.Group, depth=0) -> list:
+    """Every /layers entry, a nested model's (.../layers/functional/layers/...) in its place."""
+    if depth > 8:
+        raise ModelFileError("layer groups nested more than 8 deep")
+    out = []
+    for key, group in layers.items():
+        inner = group.get("layers") if isinstance(group, h5py.Group) else None
+        if isinstance(inner, h5py.Group):
+            nested = _class_groups(inner, depth + 1)
+            if any(s.datasets and not s.name for s in nested):
+                raise ModelFileError(f"/layers/{key} is a nested model whose layers are not named (@name): "
+                                     f"written by an older Keras 3; save it again with a recent one")
+            out += nested
+        else:
+            out.append(_class_group(key, group))
+    return out
 
 
 def _class_group(key: str, group: h5py.Group) -> _Stored:
@@ -268,7 +314,8 @@ def _by_class_order(architecture: Architecture, weighted: list) -> dict:
 
 
 def _filled(architecture: Architecture, stored: dict) -> Architecture:
-    """A copy of `architecture` whose weights are read from `stored` (layer name -> datasets)."""
+    """A copy of `architecture` whose weights are read from `stored` (layer name -> datasets), its batch norms
+    turned into scale and shift and folded into the conv or dense layer right before them where they can be."""
     _declared_bytes(architecture)
     wanted = weighted_layers(architecture)
     missing = [layer.name for layer in wanted if not stored.get(layer.name)]
@@ -277,19 +324,69 @@ def _filled(architecture: Architecture, stored: dict) -> Architecture:
     unused = sorted({name for name, datasets in stored.items() if datasets} - {layer.name for layer in wanted})
     if unused:
         raise ArchitectureError(f"weights for layers the architecture does not have: {', '.join(unused)}")
+    batch_norms = architecture.extra.get("batch_norms", {})
     for layer in wanted:  # check every shape before reading any weights
+        if layer.name in batch_norms:
+            _batch_norm_datasets(layer, stored[layer.name], batch_norms[layer.name])
+            continue
         kernel, bias = kernel_and_bias(layer.name, stored[layer.name])
         check_shape(layer.name, "kernel", layer.kernel.shape, kernel.shape)
         check_shape(layer.name, "bias", layer.bias.shape, bias.shape)
-    loaded = {layer.name: _loaded(layer, stored[layer.name]) for layer in wanted}
+    loaded = {layer.name: _batch_norm(layer, stored[layer.name], batch_norms[layer.name]) if layer.name in batch_norms
+              else _loaded(layer, stored[layer.name]) for layer in wanted}
     layers = [loaded.get(layer.name, layer) for layer in architecture.layers]
-    return dataclasses.replace(architecture, layers=layers)
+    return _folded(dataclasses.replace(architecture, layers=layers))
 
 
 def _loaded(layer, datasets: tuple):
     """The layer with its kernel and bias read from the file."""
     kernel, bias = _read_all(datasets)
     return dataclasses.replace(layer, kernel=kernel, bias=bias)
+
+
+def _batch_norm_datasets(layer, datasets: tuple, settings: dict) -> None:
+    """ArchitectureError unless a batch norm's datasets are gamma (if scale), beta (if center), moving mean and
+    variance, one value per channel each."""
+    names = ["gamma"] * settings["scale"] + ["beta"] * settings["center"] + ["moving_mean", "moving_variance"]
+    if len(datasets) != len(names):
+        raise ArchitectureError(f"layer {layer.name}: expected {len(names)} weight arrays ({', '.join(names)}), "
+                                f"found {len(datasets)}")
+    for name, dataset in zip(names, datasets):
+        check_shape(layer.name, name, layer.kernel.shape, dataset.shape)
+
+
+def _batch_norm(layer, datasets: tuple, settings: dict):
+    """The Affine layer of an inference-mode batch norm: scale = gamma / sqrt(var + eps), shift = beta - mean *
+    scale (as Keras computes it), in float64 and stored as float32."""
+    arrays = [a.astype(np.float64) for a in _read_all(datasets)]
+    ones = np.ones(layer.kernel.shape)
+    gamma = arrays.pop(0) if settings["scale"] else ones
+    beta = arrays.pop(0) if settings["center"] else 0 * ones
+    mean, variance = arrays
+    if (variance < 0).any():
+        raise ArchitectureError(f"layer {layer.name}: its moving variance holds negative values")
+    scale = gamma / np.sqrt(variance + settings["epsilon"])  # (C,)
+    return dataclasses.replace(layer, kernel=(scale).astype(np.float32), bias=(beta - mean * scale).astype(np.float32))
+
+
+def _folded(architecture: Architecture) -> Architecture:
+    """Each batch norm (Affine) right after a conv or dense layer without activation folded into that layer
+    (kernel * scale, bias * scale + shift): the folded layer keeps the conv's name, extra['folded'] maps it to the
+    batch norm's, whose output it computes."""
+    layers, folded = [], {}
+    batch_norms = architecture.extra.get("batch_norms", {})
+    for layer in architecture.layers:
+        before = layers[-1] if layers else None
+        if isinstance(layer, Affine) and layer.name in batch_norms and isinstance(before, (Conv2D, Dense)) \
+                and before.activation == "linear":
+            scale, shift = layer.kernel.astype(np.float64), layer.bias.astype(np.float64)
+            kernel = (before.kernel.astype(np.float64) * scale).astype(np.float32)  # scales each output channel
+            bias = (before.bias.astype(np.float64) * scale + shift).astype(np.float32)
+            layers[-1] = dataclasses.replace(before, kernel=kernel, bias=bias)
+            folded[before.name] = layer.name
+        else:
+            layers.append(layer)
+    return dataclasses.replace(architecture, layers=layers, extra={**architecture.extra, "folded": folded})
 
 
 def _has_dense(stored: list) -> bool:

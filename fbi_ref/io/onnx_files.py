@@ -1,22 +1,36 @@
 """VGG-style ONNX graphs as Architectures in fbi_ref's layout, through the `onnx` package (an optional extra).
 
-A graph is read when it is one chain of these ops from its one input to its one output: Conv, Relu, MaxPool,
-Flatten or Reshape (to (N, -1)), Gemm or MatMul (+ Add), BatchNormalization (folded into the Conv or Gemm
-before it), Softmax (at the end), Dropout and Identity (the identity at inference), and Transpose where it only
-changes the layout between NCHW and NHWC (tf2onnx puts one in front of a Keras model's NHWC input, and one
-before its flatten). Any other op is refused with its name.
+A graph is read when its data flows along one chain from its one input to its one output through these ops:
+Conv, Relu, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean (over H and W), Flatten, Reshape
+or Squeeze (to (N, -1)), Gemm or MatMul, BatchNormalization, Mul / Add / Sub / Div by a constant that is one
+value per channel, Softmax (at the end), Dropout and Identity (the identity at inference), and Transpose where
+it only changes the layout between NCHW and NHWC (tf2onnx puts one in front of a Keras model's NHWC input, and
+one before its flatten). Any other op is refused with its name, and so is a graph whose data branches.
+
+Besides the chain, a graph may compute constants: shape arithmetic (Shape, Gather, Slice, Concat, Unsqueeze,
+Squeeze, Cast, Identity, Constant; tf2onnx computes a Flatten's target shape so) and casts of weights. Those
+nodes are evaluated at load time, with the input's fixed size and a batch of 1, and their results read like
+initializers.
+
+Per-channel constants (a batch norm as TensorFlow folds it, a Keras Rescaling or Normalization) are read where
+they stand: in front of the first layer they become the model's preprocessing (`extra['preprocessing']`, the
+input taken as RGB in 0..255); right after a Conv, Gemm or MatMul (before any activation) they are folded into
+its kernel and bias, as a BatchNormalization there is; anywhere else they are an Affine layer (a per-channel
+scale and shift), as a BatchNormalization there is.
 
 fbi_ref computes in NHWC: a graph whose input is NCHW (torch.onnx.export) gives a model that takes the same
 images as x.transpose(0, 2, 3, 1); a graph whose input is NHWC (tf2onnx) one that takes them as they are.
 Kernels are converted once (OIHW -> HWIO, Gemm's B to (in, out)), and a dense layer after a flatten in NCHW
 order gets its rows reordered to fbi_ref's (H, W, C) order, so the logits and every activation equal
-onnxruntime's. Layers get Keras's VGG names (block1_conv1, ..., block1_pool, flatten, fc1, ..., predictions).
+onnxruntime's. Layers get Keras's VGG names (block1_conv1, ..., block1_pool, flatten, fc1, ..., predictions;
+batch_normalization_<n> for an Affine layer, global_average_pooling2d, global_max_pooling2d).
 
 Files are untrusted: the file is read whole only up to a size its weights can need; tensors kept in other files
 (external data) are refused, since reading them would read other files; every tensor's declared size is
-checked against its data and against MAX_MODEL_BYTES before it is turned into an array. The preprocessing is
-the one the file's metadata names under `fbi_ref.preprocessing` ('caffe', 'torchvision', 'scale255',
-'identity'); without it, load_model uses caffe unless told otherwise.
+checked against its data and against MAX_MODEL_BYTES before it is turned into an array, and so is every
+constant the graph computes. The preprocessing is the graph's own (above), or the one the file's metadata
+names under `fbi_ref.preprocessing` ('caffe', 'torchvision', 'scale255', 'identity'); without either,
+load_model uses caffe unless told otherwise.
 """
 from __future__ import annotations
 
@@ -31,15 +45,19 @@ from fbi_ref.io.keras_files import MAX_MODEL_BYTES
 from fbi_ref.io.paths import errors_named, input_file
 from fbi_ref.nn.architectures import named_like_keras
 from fbi_ref.nn.geometry import same_padding
-from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Flatten, MaxPool2D
-from fbi_ref.nn.weights import fold_batch_norm
+from fbi_ref.nn.network import (Activation, Affine, Architecture, AveragePool2D, Conv2D, Dense, Flatten,
+                                GlobalAveragePool2D, MaxPool2D)
+from fbi_ref.nn.preprocessing import from_scale_and_offset
 
-SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "Flatten", "Reshape", "Gemm", "MatMul", "Add", "BatchNormalization",
-                 "Softmax", "Dropout", "Identity", "Transpose", "Constant", "AveragePool (1 x 1, the identity)")
+SUPPORTED_OPS = ("Conv", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+                 "ReduceMean (over H, W)", "Flatten", "Reshape", "Squeeze", "Gemm", "MatMul", "BatchNormalization",
+                 "Mul", "Add", "Sub", "Div (by per-channel constants)", "Softmax", "Dropout", "Identity", "Transpose",
+                 "and shape arithmetic on constants (Shape, Gather, Slice, Concat, Unsqueeze, Cast, Constant)")
 METADATA_PREPROCESSING = "fbi_ref.preprocessing"
 _MAX_FILE_BYTES = 2 * MAX_MODEL_BYTES + 16 * 2**20  # float64 weights at most, plus the graph's own records
 _MAX_NODES = 10_000
 _TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+_MAX_SHAPE_VALUES = 1024  # shape arithmetic works on short integer vectors; anything longer is not a shape
 
 
 def is_onnx_file(path) -> bool:
@@ -126,14 +144,22 @@ def _checked_size(proto, TensorProto) -> int:
 @dataclass
 class _Chain:
     """The walk along the graph: the layers so far, the current tensor, its layout and shape (H, W, C)."""
-    tensors: dict
+    tensors: dict  # the constants: initializers, Constant nodes, and what the graph computes from them
     current: str
-    layout: str  # 'input' (not yet known), 'nchw', 'nhwc', or 'flat'
+    layout: str  # 'input' (not yet known), 'nchw', 'nhwc', 'pooled' ((N, C, 1, 1) after a global pool) or 'flat'
     shape: tuple  # (H, W, C) of the feature map; (units,) once flat
     layers: list = field(default_factory=list)
     flat_chw: tuple | None = None  # (C, H, W) when the last flatten was in NCHW order and no dense has followed
     last_op: str = ""
+    open: bool = False  # the current tensor is the last layer's output before any activation (foldable into it)
+    input_dims: tuple = ()  # the input's dimensions after the batch, as written
     input_hwc: tuple = ()  # the model's input (H, W, C), known once the first node says the input's layout
+    pending: list = field(default_factory=list)  # (op, constant, node name) at the input while its layout is open
+    scale: np.ndarray | float = 1.0  # the input map so far: x * scale + offset per input channel
+    offset: np.ndarray | float = 0.0
+    input_ops: list = field(default_factory=list)  # the ops of that map, to name it
+    shapes: dict = field(default_factory=dict)  # ONNX shape (batch 1) of every data tensor seen
+    computed_bytes: int = 0  # what evaluating constants has allocated
 
 
 def onnx_architecture(model, name: str = "onnx_vgg") -> Architecture:
@@ -144,17 +170,27 @@ def onnx_architecture(model, name: str = "onnx_vgg") -> Architecture:
     tensors = _tensors(graph)
     data_input = _data_input(graph, tensors)
     dims = _input_dims(data_input)
-    chain = _Chain(tensors, data_input.name, "input", dims)
-    _check_chain(graph, tensors)
-    for node in graph.node:
-        if node.op_type != "Constant":
+    chain = _Chain(tensors, data_input.name, "input", dims, input_dims=dims)
+    chain.shapes[data_input.name] = (1, *dims)
+    computed = _computing_constants(graph, tensors)
+    _check_chain(graph, tensors, computed)
+    for index, node in enumerate(graph.node):
+        if index in computed:
+            _evaluate(chain, node)
+        else:
             _step(chain, node)
     outputs = [o.name for o in graph.output]
     if outputs != [chain.current]:
         raise ArchitectureError(f"the graph's outputs {outputs} are not the end of its chain ({chain.current})")
     layers = _named(chain.layers)
-    preprocessing = {p.key: p.value for p in model.metadata_props}.get(METADATA_PREPROCESSING)
-    extra = {"preprocessing": preprocessing} if preprocessing else {}
+    extra = {}
+    metadata = {p.key: p.value for p in model.metadata_props}.get(METADATA_PREPROCESSING)
+    own = _input_map(chain)
+    if own is not None and metadata:
+        raise ModelFileError(f"the graph computes its own preprocessing ({' '.join(chain.input_ops)} at the input) "
+                             f"and its metadata names another ({metadata!r}); fbi_ref applies one")
+    if own is not None or metadata:
+        extra["preprocessing"] = own if own is not None else metadata
     return Architecture(layers, chain.input_hwc, name, extra=extra)
 
 
@@ -172,20 +208,42 @@ def _input_dims(value_info) -> tuple:
     if len(dims) != 4 or any(d is None or d < 1 for d in dims[1:]):
         raise ArchitectureError(f"the input {value_info.name!r} has shape {dims}; fbi_ref needs (N, C, H, W) or "
                                 f"(N, H, W, C) with fixed H, W, C (export with a fixed image size)")
+    if math.prod(dims[1:]) > MAX_MODEL_BYTES // 4:
+        raise ArchitectureError(f"the input {value_info.name!r} declares shape {dims}: too large an image")
     return tuple(dims[1:])
 
 
-def _check_chain(graph, tensors: dict) -> None:
-    """Every tensor that is not a weight feeds one node at most: the graph is a chain, without branches."""
-    used = {}
-    for node in graph.node:
+# Ops that compute a constant when their inputs are constants; Shape does from any tensor, whose size is known.
+_CONSTANT_OPS = ("Shape", "Gather", "Slice", "Concat", "Unsqueeze", "Squeeze", "Cast", "Identity", "Constant")
+
+
+def _computing_constants(graph, tensors: dict) -> set:
+    """The indices of the nodes that compute constants: Constant, Shape, and the _CONSTANT_OPS whose inputs are all
+    constants (the graph's nodes are in topological order, as ONNX requires)."""
+    constant, indices = set(tensors), set()
+    for index, node in enumerate(graph.node):
+        if node.op_type in ("Constant", "Shape") or (
+                node.op_type in _CONSTANT_OPS and all(not name or name in constant for name in node.input)):
+            indices.add(index)
+            constant.update(node.output)
+    return indices
+
+
+def _check_chain(graph, tensors: dict, computed: set) -> None:
+    """Every data tensor feeds one data node at most: the data flows along one chain, without branches (a Shape
+    reading a tensor's size is not a second path)."""
+    readers = {}
+    for index, node in enumerate(graph.node):
+        if index in computed:
+            continue
         for name in node.input:
             if name and name not in tensors:
-                used[name] = used.get(name, 0) + 1
-    branching = [name for name, count in used.items() if count > 1]
+                readers.setdefault(name, []).append(node.name or node.op_type)
+    branching = [name for name, nodes in readers.items() if len(nodes) > 1]
     if branching:
-        raise ArchitectureError(f"tensor {branching[0]!r} feeds {used[branching[0]]} nodes; fbi_ref reads "
-                                f"sequential graphs (one chain of layers)")
+        nodes = readers[branching[0]]
+        raise ArchitectureError(f"tensor {branching[0]!r} feeds {len(nodes)} nodes ({', '.join(nodes[:4])}); "
+                                f"fbi_ref reads sequential graphs (one chain of layers)")
 
 
 def _step(chain: _Chain, node) -> None:
@@ -193,20 +251,52 @@ def _step(chain: _Chain, node) -> None:
     if node.op_type not in _OPS:
         raise UnsupportedLayerError(f"ONNX op {node.op_type} (node {node.name!r}) is not supported; fbi_ref reads "
                                     f"VGG-style graphs of {', '.join(SUPPORTED_OPS)}")
-    if not node.input or node.input[0] != chain.current:
+    inputs = list(node.input)
+    if node.op_type in ("Mul", "Add") and len(inputs) == 2 and inputs[1] == chain.current:
+        inputs.reverse()  # commutative: the data may come second
+    if not inputs or inputs[0] != chain.current:
         raise ArchitectureError(f"node {node.name!r} ({node.op_type}) does not take the previous layer's output; "
                                 f"fbi_ref reads sequential graphs")
-    for name in node.input[1:]:
+    for name in inputs[1:]:
         if name and name not in chain.tensors:
             raise ArchitectureError(f"node {node.name!r} ({node.op_type}): input {name!r} is not a constant")
     for extra in node.output[1:]:
         if extra:
             raise UnsupportedLayerError(f"node {node.name!r} ({node.op_type}): a second output is not supported")
-    if chain.layout == "input" and not (node.op_type == "Transpose" and _attr(node, "perm") == _TO_NCHW):
-        chain.layout, chain.input_hwc = "nchw", _nchw_to_hwc(chain.shape)
-        chain.shape = chain.input_hwc
-    _OPS[node.op_type](chain, node)
+    at_input = node.op_type in _ELEMENTWISE and chain.layout == "input"
+    if chain.layout == "input" and not at_input:
+        _decide_layout(chain, node)
+    was = len(chain.layers)
+    _OPS[node.op_type](chain, node, inputs)
     chain.current, chain.last_op = node.output[0], node.op_type
+    if len(chain.layers) > was:  # a new layer: its output is open for a bias, a scale or a batch norm until an
+        last = chain.layers[-1]  # activation or another layer closes it
+        chain.open = isinstance(last, (Conv2D, Dense, Affine)) and last.activation == "linear"
+    elif node.op_type not in _FOLDING and node.op_type not in ("Dropout", "Identity"):
+        chain.open = False
+    chain.shapes[chain.current] = _onnx_shape(chain)
+
+
+def _decide_layout(chain: _Chain, node) -> None:
+    """The input's layout, from its first node that is not an input map: a Transpose to NCHW says NHWC (tf2onnx),
+    anything else NCHW (torch.onnx). The input map read so far becomes one value per channel."""
+    nhwc = node.op_type == "Transpose" and _attr(node, "perm") == _TO_NCHW
+    dims = chain.input_dims
+    chain.input_hwc = dims if nhwc else _nchw_to_hwc(dims)
+    chain.layout, chain.shape = "nhwc" if nhwc else "nchw", chain.input_hwc
+    pending, chain.pending = chain.pending, []
+    for op, constant, name in pending:
+        _map_input(chain, op, _channel_vector(chain, constant, name, op))
+
+
+def _onnx_shape(chain: _Chain) -> tuple:
+    """The current tensor's shape as ONNX has it, with a batch of 1."""
+    if chain.layout == "input":
+        return (1, *chain.input_dims)
+    if chain.layout == "flat":
+        return (1, *chain.shape)
+    h, w, c = chain.shape
+    return {"nchw": (1, c, h, w), "nhwc": (1, h, w, c), "pooled": (1, c, 1, 1)}[chain.layout]
 
 
 def _nchw_to_hwc(dims: tuple) -> tuple:
@@ -225,11 +315,12 @@ def _attr(node, name, default=None):
     return default
 
 
-def _weight(chain: _Chain, node, index: int, ndim: tuple, what: str) -> np.ndarray | None:
+def _weight(chain: _Chain, node, index: int, ndim: tuple, what: str, inputs=None) -> np.ndarray | None:
     """A node's constant input `index` as float32, of one of the ranks `ndim` (None when absent)."""
-    if len(node.input) <= index or not node.input[index]:
+    inputs = list(node.input) if inputs is None else inputs
+    if len(inputs) <= index or not inputs[index]:
         return None
-    array = chain.tensors[node.input[index]]
+    array = chain.tensors[inputs[index]]
     if array.ndim not in ndim or array.dtype.kind != "f":
         raise ArchitectureError(f"node {node.name!r} ({node.op_type}): {what} has shape {array.shape} and dtype "
                                 f"{array.dtype}")
@@ -246,14 +337,156 @@ def _need(chain: _Chain, node, layout: str) -> None:
                                 f"tensor is {chain.layout.upper()}")
 
 
+# --- constants the graph computes -------------------------------------------------------------------------
+
+_CAST_TO = {1: np.float32, 6: np.int32, 7: np.int64, 10: np.float16, 11: np.float64}
+
+
+def _evaluate(chain: _Chain, node) -> None:
+    """A node of _CONSTANT_OPS evaluated with numpy; its output joins the constants."""
+    op = node.op_type
+    if op == "Constant":
+        return  # read with the initializers
+    values = [] if op == "Shape" else [chain.tensors[name] if name else None for name in node.input]
+    if op not in ("Cast", "Identity", "Shape"):  # shape arithmetic: short integer vectors only
+        long = [v.size for v in values if v is not None and v.size > _MAX_SHAPE_VALUES]
+        if long:
+            raise UnsupportedLayerError(f"node {node.name!r} ({op}) on a constant of {long[0]:,} values: fbi_ref "
+                                        f"evaluates shape arithmetic only")
+    try:
+        result = _CONSTANT_RULES[op](chain, node, values)
+    except (IndexError, ValueError, TypeError) as error:  # numpy's AxisError is both of the first two
+        raise ArchitectureError(f"node {node.name!r} ({op}): {error}") from None
+    result = np.asarray(result)
+    chain.computed_bytes += result.nbytes
+    if chain.computed_bytes > MAX_MODEL_BYTES:
+        raise ModelFileError(f"the constants the graph computes exceed {MAX_MODEL_BYTES:,} bytes")
+    chain.tensors[node.output[0]] = result
+
+
+def _shape_of(chain, node, values):
+    """Shape: the ONNX shape of a data tensor (batch 1) or of a constant, between its start and end."""
+    name = node.input[0]
+    shape = chain.shapes.get(name) if name not in chain.tensors else chain.tensors[name].shape
+    if shape is None:
+        raise ArchitectureError(f"node {node.name!r} (Shape) reads {name!r}, which is not on the chain")
+    return np.array(shape[slice(_attr(node, "start", 0), _attr(node, "end"))], np.int64)
+
+
+def _axes(node, values, index):
+    """The axes of Squeeze / Unsqueeze / ReduceMean: an input from opset 13 (18 for ReduceMean), else an attribute."""
+    if len(values) > index and values[index] is not None:
+        return [int(a) for a in values[index].ravel()]
+    return _attr(node, "axes")
+
+
+def _slice(chain, node, values):
+    """Slice(data, starts, ends, axes, steps)."""
+    data, starts, ends = values[0], values[1].ravel(), values[2].ravel()
+    axes = values[3].ravel() if len(values) > 3 and values[3] is not None else range(len(starts))
+    steps = values[4].ravel() if len(values) > 4 and values[4] is not None else [1] * len(starts)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[int(axis)] = slice(int(start), int(min(max(end, -2**62), 2**62)), int(step))
+    return data[tuple(index)]
+
+
+def _cast(chain, node, values):
+    """Cast to float16/32/64 or int32/64."""
+    to = _attr(node, "to")
+    if to not in _CAST_TO:
+        raise UnsupportedLayerError(f"node {node.name!r}: Cast to ONNX type {to}")
+    return values[0].astype(_CAST_TO[to])
+
+
+_CONSTANT_RULES = {
+    "Shape": _shape_of,
+    "Gather": lambda chain, node, v: np.take(v[0], v[1].astype(np.int64), axis=_attr(node, "axis", 0)),
+    "Slice": _slice,
+    "Concat": lambda chain, node, v: np.concatenate([a for a in v if a is not None], axis=_attr(node, "axis")),
+    "Unsqueeze": lambda chain, node, v: np.expand_dims(v[0], tuple(_axes(node, v, 1))),
+    "Squeeze": lambda chain, node, v: np.squeeze(v[0], None if _axes(node, v, 1) is None else tuple(_axes(node, v, 1))),
+    "Cast": _cast,
+    "Identity": lambda chain, node, v: v[0],
+}
+
+
+# --- per-channel constants: the input map, a folded scale or bias, or an Affine layer ----------------------
+
+_ELEMENTWISE = ("Mul", "Add", "Sub", "Div")
+_FOLDING = ("Conv", "Gemm", "MatMul", "BatchNormalization") + _ELEMENTWISE  # ops whose output stays foldable
+
+
+def _channel_vector(chain: _Chain, constant: np.ndarray, name: str, op: str) -> np.ndarray:
+    """A constant that ONNX broadcasts to the current tensor as one value per channel, as (C,) float64;
+    UnsupportedLayerError for anything that varies along another axis or would enlarge the tensor."""
+    shape = _onnx_shape(chain)
+    axis = {"nhwc": 3, "flat": 1}.get(chain.layout, 1)
+    padded = constant.reshape((1,) * (len(shape) - constant.ndim) + constant.shape)
+    if constant.ndim > len(shape) or any(n != 1 and (i != axis or n != shape[axis])
+                                         for i, n in enumerate(padded.shape)):
+        raise UnsupportedLayerError(f"node {name!r} ({op}): a constant of shape {constant.shape} on the "
+                                    f"{chain.layout.upper()} tensor of shape {shape} is not one value per channel "
+                                    f"(ONNX broadcasts from the right)")
+    values = np.moveaxis(padded, axis, -1).reshape(-1).astype(np.float64)
+    return np.broadcast_to(values, (shape[axis],)).copy()
+
+
+def _elementwise(chain: _Chain, node, inputs) -> None:
+    """Mul, Add, Sub or Div by a per-channel constant: the input map (in front of every layer), folded into the
+    layer whose output this is (before its activation), or an Affine layer."""
+    op = node.op_type
+    constant = _weight(chain, node, 1, range(0, 5), "the constant", inputs)
+    if op == "Div" and not constant.all():
+        raise ModelFileError(f"node {node.name!r}: Div by zero")
+    if chain.layout == "input":  # the channel axis is known once the first layer says the input's layout
+        chain.pending.append((op, constant, node.name))
+        chain.input_ops.append(op)
+        return
+    vector = _channel_vector(chain, constant, node.name, op)
+    if not chain.layers:
+        chain.input_ops.append(op)
+        _map_input(chain, op, vector)
+        return
+    scale, shift = _as_affine(op, vector)
+    if not chain.open:
+        channels = chain.shape[-1]
+        chain.layers.append(Affine("", np.ones(channels, np.float32), np.zeros(channels, np.float32)))
+    last = chain.layers[-1]
+    kernel = np.asarray(last.kernel, np.float64) * scale  # scales each output unit (the last axis)
+    bias = np.asarray(last.bias, np.float64) * scale + shift
+    chain.layers[-1] = replace(last, kernel=kernel.astype(np.float32), bias=bias.astype(np.float32))
+
+
+def _as_affine(op: str, vector: np.ndarray) -> tuple:
+    """(scale, shift) of y = x op vector."""
+    if op in ("Mul", "Div"):
+        return (vector if op == "Mul" else 1 / vector), 0.0
+    return 1.0, (vector if op == "Add" else -vector)
+
+
+def _map_input(chain: _Chain, op: str, vector: np.ndarray) -> None:
+    """The input map x * scale + offset followed by `op vector`."""
+    scale, shift = _as_affine(op, vector)
+    chain.scale, chain.offset = chain.scale * scale, chain.offset * scale + shift
+
+
+def _input_map(chain: _Chain):
+    """The graph's own preprocessing (a Preprocessing), or None when it has none."""
+    if not chain.input_ops:
+        return None
+    if chain.input_hwc[2] != 3:
+        raise UnsupportedLayerError(f"{' '.join(chain.input_ops)} at the input of {chain.input_hwc[2]} channels: "
+                                    f"fbi_ref reads an input map on RGB images only")
+    return from_scale_and_offset(chain.scale, chain.offset, "ONNX " + " ".join(chain.input_ops) + " at the input")
+
+
 # --- one op each ------------------------------------------------------------------------------------------
 
-def _transpose(chain: _Chain, node) -> None:
+def _transpose(chain: _Chain, node, inputs) -> None:
     """A layout change between NCHW and NHWC (free in fbi_ref, which is NHWC throughout)."""
     perm = _attr(node, "perm")
-    if chain.layout == "input" and perm == _TO_NCHW:  # tf2onnx: an NHWC input turned NCHW
-        chain.layout, chain.input_hwc = "nchw", chain.shape
-    elif chain.layout == "nchw" and perm == _TO_NHWC:
+    if chain.layout == "nchw" and perm == _TO_NHWC:
         chain.layout = "nhwc"
     elif chain.layout == "nhwc" and perm == _TO_NCHW:
         chain.layout = "nchw"
@@ -262,7 +495,7 @@ def _transpose(chain: _Chain, node) -> None:
                                     f"tensor is not a layout change fbi_ref follows")
 
 
-def _conv(chain: _Chain, node) -> None:
+def _conv(chain: _Chain, node, inputs) -> None:
     """Conv (OIHW, group 1, dilation 1) -> Conv2D (HWIO) with 'same' or 'valid' padding."""
     _need(chain, node, "nchw")
     weight = _weight(chain, node, 1, (4,), "the kernel")  # (O, I, kh, kw)
@@ -282,7 +515,7 @@ def _conv(chain: _Chain, node) -> None:
 
 
 def _padding(node, size, kernel, strides) -> tuple:
-    """('same' | 'valid', (Ho, Wo)) of a Conv or MaxPool; UnsupportedLayerError for any other padding."""
+    """('same' | 'valid', (Ho, Wo)) of a Conv or pool; UnsupportedLayerError for any other padding."""
     same = [same_padding(n, k, s)[1:] for n, k, s in zip(size, kernel, strides)]  # [(before, after)] per axis
     auto = _attr(node, "auto_pad", "NOTSET")
     if auto == "VALID":
@@ -301,46 +534,106 @@ def _padding(node, size, kernel, strides) -> tuple:
                                 f"TensorFlow's 'same' (the odd cell after) at input {tuple(size)}")
 
 
-def _relu(chain: _Chain, node) -> None:
-    """Fused into the conv or dense layer just before; a stand-alone Activation otherwise."""
-    last = chain.layers[-1] if chain.layers else None
-    if chain.last_op in ("Conv", "Gemm", "MatMul", "Add", "BatchNormalization") and last.activation == "linear":
-        chain.layers[-1] = replace(last, activation="relu")
+def _relu(chain: _Chain, node, inputs) -> None:
+    """Fused into the conv, dense or affine layer whose output this is; a stand-alone Activation otherwise."""
+    if chain.open:
+        chain.layers[-1] = replace(chain.layers[-1], activation="relu")
     else:
         chain.layers.append(Activation("", "relu"))
 
 
-def _maxpool(chain: _Chain, node) -> None:
-    """MaxPool (no ceil mode, dilation, storage order or indices) -> MaxPool2D."""
+def _pool_window(chain: _Chain, node) -> tuple:
+    """A MaxPool's or AveragePool's (kernel, strides, padding, output (H, W, C)): no ceil mode or dilation."""
     _need(chain, node, "nchw")
-    kernel = tuple(_attr(node, "kernel_shape"))
-    if (_attr(node, "ceil_mode", 0) or set(_attr(node, "dilations", [1, 1])) != {1} or _attr(node, "storage_order", 0)
-            or len(kernel) != 2):
-        raise UnsupportedLayerError(f"node {node.name!r}: MaxPool with ceil_mode, dilations or storage_order")
+    kernel = tuple(_attr(node, "kernel_shape", []))
+    if (len(kernel) != 2 or min(kernel) < 1 or _attr(node, "ceil_mode", 0)
+            or set(_attr(node, "dilations", [1, 1])) != {1} or _attr(node, "storage_order", 0)):
+        raise UnsupportedLayerError(f"node {node.name!r}: {node.op_type} with kernel {list(kernel)}, ceil_mode, "
+                                    f"dilations or storage_order; fbi_ref reads plain 2-D pools")
     strides = tuple(_attr(node, "strides", [1, 1]))
     h, w, c = chain.shape
     padding, (ho, wo) = _padding(node, (h, w), kernel, strides)
+    return kernel, strides, padding, (ho, wo, c)
+
+
+def _maxpool(chain: _Chain, node, inputs) -> None:
+    """MaxPool (no ceil mode, dilation, storage order or indices) -> MaxPool2D."""
+    kernel, strides, padding, chain.shape = _pool_window(chain, node)
     chain.layers.append(MaxPool2D("", kernel, strides, padding))
-    chain.shape = (ho, wo, c)
 
 
-def _flatten(chain: _Chain, node) -> None:
-    """Flatten at axis 1 (or Reshape to (N, -1)) of a feature map, in the order of its layout."""
-    if chain.layout not in ("nchw", "nhwc"):
+def _average_pool(chain: _Chain, node, inputs) -> None:
+    """AveragePool -> AveragePool2D, padding not counted (count_include_pad=0, as Keras's 'same'). A 1 x 1 one
+    with stride 1 is the identity (torch.onnx writes torchvision's AdaptiveAvgPool2d((7, 7)) so on a 7 x 7
+    map) and adds no layer."""
+    kernel, strides, padding, shape = _pool_window(chain, node)
+    if padding == "same" and _attr(node, "count_include_pad", 0):
+        raise UnsupportedLayerError(f"node {node.name!r}: AveragePool with count_include_pad=1 and padding; "
+                                    f"fbi_ref's average pools do not count padding (Keras's 'same')")
+    if kernel != (1, 1) or strides != (1, 1):
+        chain.layers.append(AveragePool2D("", kernel, strides, padding))
+    chain.shape = shape
+
+
+def _global_pool(chain: _Chain, node, inputs) -> None:
+    """GlobalAveragePool -> GlobalAveragePool2D; GlobalMaxPool -> a MaxPool2D whose window is the whole map
+    (then a Flatten where the graph squeezes it). The tensor is (N, C, 1, 1) until it is squeezed."""
+    _need(chain, node, "nchw")
+    h, w, c = chain.shape
+    if node.op_type == "GlobalAveragePool":
+        chain.layers.append(GlobalAveragePool2D(""))
+    else:
+        chain.layers.append(MaxPool2D("global_max_pooling2d_window", (h, w), (h, w), "valid"))
+    chain.layout, chain.shape = "pooled", (1, 1, c)
+
+
+def _reduce_mean(chain: _Chain, node, inputs) -> None:
+    """ReduceMean over H and W (axes 2, 3 of NCHW or 1, 2 of NHWC) -> GlobalAveragePool2D."""
+    rank_axes = {"nchw": {2, 3}, "nhwc": {1, 2}}.get(chain.layout)
+    axes = _axes(node, [chain.tensors.get(name) for name in inputs], 1)
+    if rank_axes is None or axes is None or {a % 4 for a in axes} != rank_axes:
+        raise UnsupportedLayerError(f"node {node.name!r}: ReduceMean over axes {axes} of a "
+                                    f"{chain.layout.upper()} tensor; fbi_ref reads the mean over H and W")
+    chain.layers.append(GlobalAveragePool2D(""))
+    c = chain.shape[2]
+    if _attr(node, "keepdims", 1):
+        chain.layout, chain.shape = ("pooled", (1, 1, c)) if chain.layout == "nchw" else ("nhwc", (1, 1, c))
+    else:
+        chain.layout, chain.shape = "flat", (c,)
+
+
+def _flatten(chain: _Chain, node, inputs) -> None:
+    """Flatten at axis 1, Reshape to (N, -1) or Squeeze of H and W: a feature map's values in the order of its
+    layout, or a globally pooled map's channels."""
+    if chain.layout not in ("nchw", "nhwc", "pooled"):
         raise ArchitectureError(f"node {node.name!r} ({node.op_type}): the tensor is already flat")
+    h, w, c = chain.shape
     if node.op_type == "Flatten" and _attr(node, "axis", 1) != 1:
         raise UnsupportedLayerError(f"node {node.name!r}: Flatten at axis {_attr(node, 'axis')}, not 1")
-    h, w, c = chain.shape
     if node.op_type == "Reshape":
-        shape = [int(v) for v in chain.tensors[node.input[1]].ravel()]
-        if len(shape) != 2 or shape[1] not in (-1, h * w * c) or shape[0] not in (-1, 0, 1):
+        shape = [int(v) for v in chain.tensors[inputs[1]].ravel()]
+        if len(shape) != 2 or shape[1] not in (-1, h * w * c) or shape[0] not in (-1, 0, 1) or \
+                _attr(node, "allowzero", 0):
             raise UnsupportedLayerError(f"node {node.name!r}: Reshape to {shape}; fbi_ref reads a flatten (N, -1)")
-    chain.flat_chw = (c, h, w) if chain.layout == "nchw" else None
-    chain.layers.append(Flatten(""))
+    if node.op_type == "Squeeze":
+        axes = _axes(node, [chain.tensors.get(name) for name in inputs], 1)
+        if chain.layout != "pooled" or (axes is not None and {a % 4 for a in axes} != {2, 3}):
+            raise UnsupportedLayerError(f"node {node.name!r}: Squeeze of axes {axes} of a {chain.layout.upper()} "
+                                        f"tensor; fbi_ref reads it only after a global pool")
+    pooled = chain.layout == "pooled"
+    chain.flat_chw = (c, h, w) if chain.layout == "nchw" and h * w > 1 else None
+    if not (pooled and isinstance(chain.layers[-1], GlobalAveragePool2D)):  # that one is flat already
+        chain.layers.append(Flatten("global_max_pooling2d" if pooled and _global_max(chain) else ""))
     chain.layout, chain.shape = "flat", (h * w * c,)
 
 
-def _dense(chain: _Chain, node) -> None:
+def _global_max(chain: _Chain) -> bool:
+    """Whether the last pool is a global max pool."""
+    pools = [layer for layer in chain.layers if isinstance(layer, (MaxPool2D, GlobalAveragePool2D))]
+    return bool(pools) and pools[-1].name == "global_max_pooling2d_window"
+
+
+def _dense(chain: _Chain, node, inputs) -> None:
     """Gemm (alpha = beta = 1, A not transposed) or MatMul by a constant -> Dense (in, out)."""
     _need(chain, node, "flat")
     kernel = _weight(chain, node, 1, (2,), "the weight")
@@ -363,71 +656,54 @@ def _dense(chain: _Chain, node) -> None:
 
 
 def _vector_of(node, array: np.ndarray, size: int) -> np.ndarray:
-    """A bias of shape (), (size,), (1, size) or (1, size, 1, 1) as (size,) float32."""
-    if array.size not in (1, size) or (array.ndim and max(array.shape) != array.size):
+    """A Gemm bias of shape (), (1,), (size,) or (1, size) as (size,) float32 (ONNX broadcasts C to (N, size))."""
+    if array.shape not in ((), (1,), (size,), (1, size), (1, 1)):
         raise ArchitectureError(f"node {node.name!r} ({node.op_type}): a bias of shape {array.shape} for {size} "
                                 f"units")
     return np.ascontiguousarray(np.broadcast_to(array.ravel(), (size,)), dtype=np.float32)
 
 
-def _add(chain: _Chain, node) -> None:
-    """A constant bias added right after a MatMul or Conv: folded into that layer's bias."""
-    last = chain.layers[-1] if chain.layers else None
-    if chain.last_op not in ("MatMul", "Conv", "Gemm") or last.activation != "linear":
-        raise UnsupportedLayerError(f"node {node.name!r}: Add is supported only as the bias of a MatMul or Conv")
-    bias = _weight(chain, node, 1, (0, 1, 2, 3, 4), "the added constant")
-    size = last.bias.shape[0]
-    # ONNX broadcasts from the right: after a Conv (N, C, H, W) a per-channel bias is (C, 1, 1) or (1, C, 1, 1);
-    # a (C,) or (1, C) constant would be added along W instead, which is not a bias of this layer
-    fits = ((size,), (1, size)) if chain.last_op != "Conv" else ((size, 1, 1), (1, size, 1, 1))
-    if bias.size != 1 and bias.shape not in fits:
-        raise UnsupportedLayerError(f"node {node.name!r}: Add of a constant of shape {bias.shape} after a "
-                                    f"{chain.last_op} of {size} units is not a per-unit bias "
-                                    f"(expected {' or '.join(map(str, fits))})")
-    chain.layers[-1] = replace(last, bias=last.bias + _vector_of(node, bias, size))
-
-
-def _batch_norm(chain: _Chain, node) -> None:
-    """Eval-mode BatchNormalization right after a Conv or Gemm: folded into its kernel and bias."""
-    last = chain.layers[-1] if chain.layers else None
-    if chain.last_op not in ("Conv", "Gemm", "MatMul", "Add") or last.activation != "linear":
-        raise UnsupportedLayerError(f"node {node.name!r}: BatchNormalization is supported only right after a "
-                                    f"Conv or Gemm (where it is folded into them)")
+def _batch_norm(chain: _Chain, node, inputs) -> None:
+    """Eval-mode BatchNormalization: folded into the Conv or Gemm whose output this is (before its activation),
+    else an Affine layer."""
     if _attr(node, "training_mode", 0):
         raise UnsupportedLayerError(f"node {node.name!r}: BatchNormalization in training mode")
-    size = last.bias.shape[0]
-    stats = [_vector_of(node, _weight(chain, node, i, (1,), "a statistic"), size) for i in range(1, 5)]
-    kernel, bias = fold_batch_norm(last.kernel, last.bias, *stats, _attr(node, "epsilon", 1e-5))
-    chain.layers[-1] = replace(last, kernel=np.ascontiguousarray(kernel), bias=bias)
+    channels = chain.shape[-1]
+    gamma, beta, mean, var = (_weight(chain, node, i, (1,), "a statistic").astype(np.float64) for i in range(1, 5))
+    if any(v.shape != (channels,) for v in (gamma, beta, mean, var)) or (var < 0).any():
+        raise ArchitectureError(f"node {node.name!r}: BatchNormalization statistics of shapes "
+                                f"{[v.shape for v in (gamma, beta, mean, var)]} (or a negative variance) for "
+                                f"{channels} channels")
+    scale = gamma / np.sqrt(var + _attr(node, "epsilon", 1e-5))
+    if not chain.open:
+        chain.layers.append(Affine("", np.ones(channels, np.float32), np.zeros(channels, np.float32)))
+        chain.open = True
+    last = chain.layers[-1]
+    kernel = np.asarray(last.kernel, np.float64) * scale  # scales each output unit (the last axis)
+    bias = (np.asarray(last.bias, np.float64) - mean) * scale + beta
+    chain.layers[-1] = replace(last, kernel=kernel.astype(np.float32), bias=bias.astype(np.float32))
 
 
-def _softmax(chain: _Chain, node) -> None:
+def _softmax(chain: _Chain, node, inputs) -> None:
     """The final softmax over the classes: the last dense layer's activation."""
     last = chain.layers[-1] if chain.layers else None
-    if chain.layout != "flat" or not isinstance(last, Dense) or last.activation != "linear" \
+    if chain.layout != "flat" or not isinstance(last, Dense) or not chain.open \
             or _attr(node, "axis", -1) not in (-1, 1):
-        raise UnsupportedLayerError(f"node {node.name!r}: Softmax is supported only over the classes, after the "
-                                    f"last Gemm or MatMul")
+        raise UnsupportedLayerError(f"node {node.name!r}: Softmax is supported only over the classes, right after "
+                                    f"the last Gemm or MatMul")
     chain.layers[-1] = replace(last, activation="softmax")
 
 
-def _identity(chain: _Chain, node) -> None:
+def _identity(chain: _Chain, node, inputs) -> None:
     """Dropout and Identity: the identity at inference."""
 
 
-def _average_pool(chain: _Chain, node) -> None:
-    """A 1 x 1 AveragePool with stride 1: the identity. torch.onnx.export writes torchvision's
-    AdaptiveAvgPool2d((7, 7)) so on a 7 x 7 map (224 x 224 input); any other average pool is refused."""
-    if (_attr(node, "kernel_shape") != [1, 1] or _attr(node, "strides", [1, 1]) != [1, 1]
-            or set(_attr(node, "pads", [0])) != {0}):
-        raise UnsupportedLayerError(f"node {node.name!r}: AveragePool with kernel {_attr(node, 'kernel_shape')} "
-                                    f"is not the identity (torchvision's VGG at an input other than 224 x 224?); "
-                                    f"fbi_ref reads only the 1 x 1 one")
-
-
-_OPS = {"Conv": _conv, "Relu": _relu, "MaxPool": _maxpool, "Flatten": _flatten, "Reshape": _flatten,
-        "Gemm": _dense, "MatMul": _dense, "Add": _add, "BatchNormalization": _batch_norm, "Softmax": _softmax,
-        "Dropout": _identity, "Identity": _identity, "Transpose": _transpose, "AveragePool": _average_pool}
+_OPS = {"Conv": _conv, "Relu": _relu, "MaxPool": _maxpool, "AveragePool": _average_pool,
+        "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool, "ReduceMean": _reduce_mean,
+        "Flatten": _flatten, "Reshape": _flatten, "Squeeze": _flatten, "Gemm": _dense, "MatMul": _dense,
+        "BatchNormalization": _batch_norm, "Mul": _elementwise, "Add": _elementwise, "Sub": _elementwise,
+        "Div": _elementwise, "Softmax": _softmax, "Dropout": _identity, "Identity": _identity,
+        "Transpose": _transpose}
 
 
 def _named(layers: list) -> list:

@@ -48,8 +48,9 @@ def load_model(path_or_name, architecture=None, preprocessing=None) -> Model:
         a copy in torch.hub's cache is used too); the name of an embedded model (e.g. 'shapes');
         or the path of any Keras file: .h5 (Keras 1/2/3, weights-only or full model), .weights.h5, .keras;
         of a torchvision VGG state dict: .safetensors, .pth, .pt; or of a VGG-style ONNX graph: .onnx.
-    architecture: for Keras weights-only files, 'vgg16', 'vgg19' or None to infer a VGG-shaped model from the
-        weight shapes (full-model files carry their architecture).
+    architecture: for Keras weights-only files, 'vgg16', 'vgg19', the path of the model's config as
+        `model.to_json()` writes it (.json), or None to infer a VGG-shaped model from the weight shapes
+        (full-model files carry their architecture).
     preprocessing: the input preprocessing ('caffe', 'torchvision', 'scale255', 'identity'); None takes the
         file's (torchvision's for state dicts, the ONNX file's metadata, else caffe).
 

@@ -15,7 +15,7 @@ from fbi_ref.errors import InputError
 from fbi_ref.methods import rules as R
 from fbi_ref.methods.options import Option, number
 from fbi_ref.methods.traversal import Rules, top_layer_index
-from fbi_ref.nn.network import Activation, Conv2D, Dense, MaxPool2D
+from fbi_ref.nn.network import Activation, Affine, Conv2D, Dense, MaxPool2D
 
 
 def _k(value, name, model, chosen):
@@ -79,8 +79,23 @@ OPTIONS = (
     Option("topk_order", "before-relu", choices=("before-relu", "after-relu"),
            help="top-k on the signal before or after the ReLU rule there"),
     Option("mask_image", True, choices=(True, False), help="the mask at the image input too"),
+    # Layers the paper does not have (fine-tunes): our readings, each an option.
+    Option("average_pool", "adjoint", choices=("adjoint", "min-replicate"),
+           help="(ours) an average pool: its adjoint, as a linear layer, or min(a_p, replicated g), as un-pooling",
+           applies=lambda model: any(layer.kind == "average" for layer in model.layers)),
+    Option("affine_bias", "subtract", choices=("subtract", "subtract-support", "ignore"),
+           help="(ours) an unfolded batch norm's shift, read as a dense layer's bias: subtracted, or ignored",
+           applies=lambda model: any(isinstance(layer, Affine) for layer in model.layers)),
 )
 DEFAULTS = {option.name: option.default for option in OPTIONS}  # the paper's readings
+
+def applicable(model, options):
+    """The options that can change FBI's result on `model` (those for layers it does not have left out): what a
+    record of the options used (the benchmark's results) lists."""
+    records = {option.name: option for option in OPTIONS}
+    return {name: value for name, value in options.items()
+            if name not in records or records[name].applies is None or records[name].applies(model)}
+
 
 STARTS = {"maxmin": R.start_maxmin, "onehot": R.start_onehot, "logits": R.start_logits, "contrast": R.start_log_probability}
 # ('contrast', e_c - p, is ours, not the paper's: the gradient of log p_c, the gradient methods' log-probability start)
@@ -151,8 +166,8 @@ def rules(model, options):
     relu = (lambda g: R.relu_deconvnet(g, None),)
     steps = {p: relu for p in relu_first if model.layer(p).kind == "pool"} | ({top: relu} if o["start_relu"] else {})
     unpool = MIN_REPLICATE[o["unpool_min"]] if o["unpool"] == "min-replicate" else R.POOL_RULES[o["unpool"]]
-    table = Rules(relu=R.relu_deconvnet, linear=R.linear_fbi(o["dense_bias"], o["conv_bias"]), pool=unpool,
-                  hooks={position: tuple(decisions) for position, decisions in hooks.items()}, steps=steps)
+    table = Rules(relu=R.relu_deconvnet, linear=R.linear_fbi(o["dense_bias"], o["conv_bias"], o["affine_bias"]),
+                  pool=unpool, average=R.AVERAGE_RULES[o["average_pool"]], hooks={position: tuple(decisions) for position, decisions in hooks.items()}, steps=steps)
     return start_signal(o["start"], o["start_from"]), table
 
 

@@ -82,6 +82,8 @@ class Option:
         value is not allowed; `chosen` holds the method's options checked before this one. Default: one of
         `choices`.
     help: one line for `fbi-ref methods` and docs/methods.md; paper: the paper's sentence it reads, if any.
+    applies(model) -> bool: whether the option can change anything on that model (None: always); the
+        benchmark's selection does not try an option that cannot.
     """
     name: str
     default: object
@@ -89,6 +91,7 @@ class Option:
     check: Callable | None = None
     help: str = ""
     paper: str = ""
+    applies: Callable | None = None
 
     def checked(self, value, method, model, chosen):
         """The value to use for this option of `method` (InputError if it is not allowed)."""

@@ -8,7 +8,7 @@ import numpy as np
 
 from fbi_ref.errors import InputError, UnsupportedLayerError
 from fbi_ref.nn.activations import relu_adjoint, softmax_adjoint
-from fbi_ref.nn.network import Conv2D, Dense
+from fbi_ref.nn.network import Affine, Conv2D, Dense
 from fbi_ref.nn.pooling import pick_switches
 
 
@@ -110,9 +110,9 @@ def bias_subtracted_on_support(g, b):
 BIAS_RULES = {"subtract": bias_subtracted, "ignore": bias_ignored, "subtract-support": bias_subtracted_on_support}
 
 
-def linear_fbi(dense_bias="subtract", conv_bias="ignore"):
+def linear_fbi(dense_bias="subtract", conv_bias="ignore", affine_bias="subtract"):
     """FBI's layer adjoint: W^T (g - b) where the bias is subtracted, W^T g where it is ignored."""
-    bias_rule = {Conv2D: BIAS_RULES[conv_bias], Dense: BIAS_RULES[dense_bias]}
+    bias_rule = {Conv2D: BIAS_RULES[conv_bias], Dense: BIAS_RULES[dense_bias], Affine: BIAS_RULES[affine_bias]}
 
     def rule(g, layer, a_in, at_image):
         kind = next((t for t in bias_rule if isinstance(layer, t)), None)
@@ -178,6 +178,35 @@ def pool_min_replicate_pooled(g, layer, a_in, switches):
 
 
 POOL_RULES = {"switch": pool_switch, "replicate": pool_replicate, "min-replicate": pool_min_replicate}
+
+
+# ---------------------------------------------------------------- average pooling: g w.r.t. output -> input
+
+def average_adjoint(g, layer, a_in):
+    """The transposed averaging: g / (cell count) over each window (gradient, DeconvNet, guided backprop, FBI)."""
+    return layer.adjoint(g, a_in)
+
+
+def average_min_replicate(g, layer, a_in):
+    """FBI's max-pool reading at an average pool: min(forward input, the backward signal copied over each window)."""
+    return np.minimum(a_in, layer.replicate(g, a_in))
+
+
+def average_lrp_epsilon(epsilon=1e-6):
+    """LRP-epsilon at an average pool: R_in = a_in * A^T (R / (z + eps sign z)), z the window means
+    (relevance shared in proportion to each cell's share of its window's mean)."""
+    def rule(g, layer, a_in):
+        return a_in * layer.adjoint(g / _stabilise(layer.pre_activation(a_in), epsilon), a_in)
+    return rule
+
+
+def average_lrp_zplus(g, layer, a_in):
+    """LRP-z+ at an average pool (all its weights are positive): R_in = a_in * A^T (R / z) where z > 0, else 0."""
+    z = layer.pre_activation(a_in)
+    return a_in * layer.adjoint(np.where(z > 0, g / np.where(z > 0, z, 1), 0), a_in)
+
+
+AVERAGE_RULES = {"adjoint": average_adjoint, "min-replicate": average_min_replicate}
 
 
 # ---------------------------------------------------------------- FBI's masks

@@ -11,9 +11,9 @@ from fbi_ref.methods.traversal import Rules
 GRADIENT_STARTS = {"logit": R.start_onehot, "probability": R.start_probability,
                    "log_probability": R.start_log_probability}
 
-GRADIENT = Rules(relu=R.relu_gradient, linear=R.linear_adjoint, pool=R.pool_switch)
-DECONVNET = Rules(relu=R.relu_deconvnet, linear=R.linear_adjoint, pool=R.pool_switch)
-GUIDED_BACKPROP = Rules(relu=R.relu_guided, linear=R.linear_adjoint, pool=R.pool_switch)
+GRADIENT = Rules(relu=R.relu_gradient, linear=R.linear_adjoint, pool=R.pool_switch, average=R.average_adjoint)
+DECONVNET = Rules(relu=R.relu_deconvnet, linear=R.linear_adjoint, pool=R.pool_switch, average=R.average_adjoint)
+GUIDED_BACKPROP = Rules(relu=R.relu_guided, linear=R.linear_adjoint, pool=R.pool_switch, average=R.average_adjoint)
 
 
 def gradient(model, options):
@@ -34,13 +34,13 @@ def guided_backprop(model, options):
 def lrp_epsilon(model, options):
     """LRP-epsilon with options['epsilon']."""
     return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_epsilon(options["epsilon"]),
-                                    pool=R.pool_switch)
+                                    pool=R.pool_switch, average=R.average_lrp_epsilon(options["epsilon"]))
 
 
 def lrp_zplus(model, options):
     """LRP-z+ on hidden layers, the z^B rule at the image, bounded by the model's own preprocessing."""
     return R.start_relevance, Rules(relu=R.relu_pass, linear=R.linear_lrp_zplus(*lrp_zplus_bounds(model)),
-                                    pool=R.pool_switch)
+                                    pool=R.pool_switch, average=R.average_lrp_zplus)
 
 
 def lrp_zplus_bounds(model):

@@ -13,8 +13,9 @@ backward pass goes layer by layer from the top, and at each layer
     steps (optional)   on g w.r.t. the pre-activation, for that layer (FBI's ReLU rule on the start signal, or
                        before un-pooling where its top-k scored after the ReLU rule); not recorded
     layer rule         g w.r.t. the pre-activation -> w.r.t. the layer's input: the method's rule for the layer's
-                       kind ('linear': conv and dense, 'pool': max-pool), or the layer's own adjoint (flatten,
-                       dropout, a stand-alone activation)
+                       kind ('linear': conv, dense and affine; 'pool': max-pool, global max-pool; 'average':
+                       average pooling, global average pooling), or the layer's own adjoint (flatten, dropout, a
+                       stand-alone activation)
 
 then the hooks at "input". The walk starts at the logits, the pre-activation of the top layer, so the final
 softmax is never walked back.
@@ -36,6 +37,7 @@ class Rules:
     linear(g, layer, a_in, at_image) -> g: through a conv or dense layer (pre-activation -> input); at_image is
         True for the first layer, whose input is the image.
     pool(g, layer, a_in, switches) -> g: through a max-pool, given its input and switches.
+    average(g, layer, a_in) -> g: through an average pool (default: its adjoint, the exact gradient).
     hooks: {position: (hook, ...)}: at that position, each hook(g, a) -> (g, kept) in turn, kept the binary
         support it keeps (or None).
     steps: {layer name: (step, ...)}: each step(g) -> g in turn on g w.r.t. that layer's pre-activation (its
@@ -44,6 +46,7 @@ class Rules:
     relu: Callable
     linear: Callable
     pool: Callable
+    average: Callable = field(default=lambda g, layer, a_in: layer.adjoint(g, a_in))
     hooks: Mapping = field(default_factory=dict)
     steps: Mapping = field(default_factory=dict)
 
@@ -127,4 +130,6 @@ def _layer_rule(layer, g, a_in, fp, rules, at_image):
         return rules.linear(g, layer, a_in, at_image)
     if layer.kind == "pool":
         return rules.pool(g, layer, a_in, fp.switches[layer.name])
+    if layer.kind == "average":
+        return rules.average(g, layer, a_in)
     return layer.adjoint(g, a_in, fp.switches.get(layer.name))

@@ -4,6 +4,8 @@ Every layer type is one module, its forward map, adjoint (the transposed linear 
 Jacobian's transpose at the forward point) and output shape side by side (start reading here):
     conv.py           Conv2D: cross-correlation by im2col + matmul, or Winograd where it is exact and faster
     pooling.py        MaxPool2D: max pooling, its switches, and the backward maps over its windows
+    averaging.py      AveragePool2D and GlobalAveragePool2D: means over windows, padding not counted
+    affine.py         Affine: a per-channel scale and shift (a batch norm that cannot be folded)
     dense.py          Dense and Flatten
     activations.py    ReLU and softmax with their Jacobians; the Activation and Dropout layers (whose own
                       adjoint is the identity: the walk applies the activation's rule before it)

@@ -6,7 +6,8 @@ import dataclasses
 
 import numpy as np
 
-from fbi_ref.nn.network import Activation, Architecture, Conv2D, Dense, Flatten, MaxPool2D
+from fbi_ref.nn.network import (Activation, Affine, Architecture, AveragePool2D, Conv2D, Dense, Flatten,
+                                GlobalAveragePool2D, MaxPool2D)
 from fbi_ref.nn.weights import placeholder
 
 # Convolutions per block and filters per block, as in keras.applications.
@@ -23,15 +24,16 @@ def weighted_layers(arch: Architecture) -> list:
 
 def keras_vgg_names(layers) -> list:
     """The names keras.applications gives a VGG's layers, by their types in order: block{b}_conv{i} (i from 1
-    in each block), block{b}_pool (which ends block b), flatten, fc{i} (the i-th Dense), predictions (the last
-    Dense) and activation_{n} (the n-th stand-alone Activation); any other layer keeps its name."""
-    names, block, conv, dense, activation = [], 1, 0, 0, 0
+    in each block), block{b}_pool (a max or average pool, which ends block b), flatten, fc{i} (the i-th Dense),
+    predictions (the last Dense), activation_{n} (the n-th stand-alone Activation), batch_normalization_{n} (the
+    n-th Affine) and global_average_pooling2d; a layer that has a name keeps it."""
+    names, block, conv, dense, activation, affine = [], 1, 0, 0, 0, 0
     denses = sum(isinstance(layer, Dense) for layer in layers)
     for layer in layers:
         if isinstance(layer, Conv2D):
             conv += 1
             names.append(f"block{block}_conv{conv}")
-        elif isinstance(layer, MaxPool2D):
+        elif isinstance(layer, (MaxPool2D, AveragePool2D)):
             names.append(f"block{block}_pool")
             block, conv = block + 1, 0
         elif isinstance(layer, Flatten):
@@ -42,6 +44,11 @@ def keras_vgg_names(layers) -> list:
         elif isinstance(layer, Activation):
             activation += 1
             names.append(f"activation_{activation}")
+        elif isinstance(layer, Affine):
+            affine += 1
+            names.append(f"batch_normalization_{affine}")
+        elif isinstance(layer, GlobalAveragePool2D):
+            names.append("global_average_pooling2d")
         else:
             names.append(layer.name)
     return names

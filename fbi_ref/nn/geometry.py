@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from fbi_ref.errors import InputError
+from fbi_ref.errors import ArchitectureError, InputError
 
 
 def same_padding(size, k, stride):
@@ -35,6 +35,14 @@ def geometry(hw, k, strides, padding):
     ho, pt = output_size(hw[0], k[0], strides[0], padding)
     wo, pl = output_size(hw[1], k[1], strides[1], padding)
     return ho, wo, pt, pl
+
+
+def pooled_shape(layer, shape):
+    """(H, W, C) -> (Ho, Wo, C) of a pooling layer (its pool_size, strides, padding); ArchitectureError otherwise."""
+    if len(shape) != 3:
+        raise ArchitectureError(f"layer {layer.name!r}: {type(layer).__name__} needs an (H, W, C) input, got {shape}")
+    ho, wo = geometry(shape[:2], layer.pool_size, layer.strides, layer.padding)[:2]
+    return (ho, wo, shape[2])
 
 
 def bilinear_taps(n_out, n_in):

@@ -97,3 +97,23 @@ def unpool_replicate(g, input_hw, pool_size, strides, padding, average=False):
     if average:
         out /= np.maximum(count, 1)[None, :, :, None]
     return out
+
+
+def average_pool(x, pool_size, strides, padding):
+    """x (N, H, W, C) -> (N, Ho, Wo, C): each window's mean over its cells inside the image."""
+    ho, wo, _, _ = geometry(x.shape[1:3], pool_size, strides, padding)
+    y = np.zeros((x.shape[0], ho, wo, x.shape[3]), dtype=x.dtype)  # (N, Ho, Wo, C)
+    for oh, ow, cells in _windows(x.shape[1:3], pool_size, strides, padding):
+        for i, j in cells:
+            y[:, oh, ow, :] += x[:, i, j, :]
+        y[:, oh, ow, :] /= len(cells)
+    return y
+
+
+def average_pool_adjoint(g, input_hw, pool_size, strides, padding):
+    """g (N, Ho, Wo, C) -> (N, H, W, C): each value divided by its window's cell count, added to every cell."""
+    out = np.zeros((g.shape[0], *input_hw, g.shape[3]), dtype=g.dtype)  # (N, H, W, C)
+    for oh, ow, cells in _windows(input_hw, pool_size, strides, padding):
+        for i, j in cells:
+            out[:, i, j, :] += g[:, oh, ow, :] / len(cells)
+    return out

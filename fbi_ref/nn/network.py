@@ -1,11 +1,15 @@
 """Every layer type, by name (the registry the model, the walk, the readers and reference files use), and
 the Architecture a reader returns.
 
-Each type lives beside its forward map, adjoint and output shape: Conv2D in conv.py, MaxPool2D in pooling.py,
-Dense and Flatten in dense.py, Activation and Dropout in activations.py. Every one is a small dataclass with
+Each type lives beside its forward map, adjoint and output shape: Conv2D in conv.py, MaxPool2D in pooling.py
+(a global max-pool is one whose window is the whole image, then a Flatten), AveragePool2D and
+GlobalAveragePool2D in averaging.py, Dense and Flatten in
+dense.py, Affine (an unfolded batch norm) in affine.py, Activation and Dropout in activations.py. Every one is a
+small dataclass with
 
-    kind           which rule of a method's table walks it back: 'linear', 'pool', or 'reshape' / 'identity'
-                   (the layer's own adjoint, whatever the method; see methods/traversal.py)
+    kind           which rule of a method's table walks it back: 'linear' (a kernel and a bias), 'pool' (max
+                   pooling), 'average' (average pooling), or 'reshape' / 'identity' (the layer's own adjoint,
+                   whatever the method; see methods/traversal.py)
     weights        the names of its weight arrays (('kernel', 'bias') or ())
     output_shape(shape)         its output shape (no batch axis) on an input of `shape`, or ArchitectureError
     forward(a)                  (pre-activation z, output after the activation, what the adjoint needs or None)
@@ -21,12 +25,16 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from fbi_ref.nn.activations import Activation, Dropout
+from fbi_ref.nn.affine import Affine
+from fbi_ref.nn.averaging import AveragePool2D, GlobalAveragePool2D
 from fbi_ref.nn.conv import Conv2D
 from fbi_ref.nn.dense import Dense, Flatten
 from fbi_ref.nn.pooling import MaxPool2D
 from fbi_ref.nn.weights import read_only
 
-LAYER_TYPES = {layer_type.__name__: layer_type for layer_type in (Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout)}
+LAYER_TYPES = {layer_type.__name__: layer_type for layer_type in (
+    Conv2D, MaxPool2D, Flatten, Dense, Activation, Dropout,
+    AveragePool2D, GlobalAveragePool2D, Affine)}
 
 
 @dataclass

@@ -12,9 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from fbi_ref.errors import ArchitectureError
 from fbi_ref.nn import kernels
-from fbi_ref.nn.geometry import geometry
+from fbi_ref.nn.geometry import geometry, pooled_shape
 
 
 def maxpool_forward(x, pool_size=(2, 2), strides=(2, 2), padding="valid"):
@@ -105,10 +104,7 @@ class MaxPool2D:
 
     def output_shape(self, shape):
         """(H, W, C) -> (Ho, Wo, C)."""
-        if len(shape) != 3:
-            raise ArchitectureError(f"layer {self.name!r}: MaxPool2D needs an (H, W, C) input, got {shape}")
-        ho, wo = geometry(shape[:2], self.pool_size, self.strides, self.padding)[:2]
-        return (ho, wo, shape[2])
+        return pooled_shape(self, shape)
 
     def forward(self, a):
         """a (N, H, W, C) -> (y, y, switches), y (N, Ho, Wo, C) the window maxima (no activation)."""
@@ -124,3 +120,4 @@ class MaxPool2D:
         """g (N, Ho, Wo, C) -> (N, H, W, C): each value copied over its window, averaged (or summed) where
         windows overlap."""
         return unpool_replicate(g, a_in.shape[1:3], self.pool_size, self.strides, self.padding, average=average)
+

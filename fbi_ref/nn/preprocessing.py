@@ -10,6 +10,9 @@ computed in that order in float32 so that each named rule gives its framework's 
     scale255     RGB, / 255
     identity     RGB 0..255 as it is
 
+and any other per-channel affine map a model file states itself (a Keras Rescaling or Normalization layer in
+front of the network: `from_scale_and_offset`), written down by `spec()` and read back by `preprocessing`.
+
 A Model carries one (`model.preprocessing`); images, figures, reference files and LRP-z+'s input bounds read it.
 """
 from __future__ import annotations
@@ -38,6 +41,12 @@ class Preprocessing:
 
     def __str__(self):
         return self.name
+
+    def spec(self):
+        """Its name if it is a named rule, else every constant: what `preprocessing` reads back."""
+        if PREPROCESSINGS.get(self.name) == self:
+            return self.name
+        return {"order": list(self.order), "divisor": self.divisor, "mean": list(self.mean), "std": list(self.std)}
 
     def _constants(self, dtype):
         """(divisor, mean (3,), std (3,)) in `dtype`: the constants the framework itself computes with."""
@@ -82,10 +91,35 @@ IDENTITY = Preprocessing("identity", _RGB, 1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 PREPROCESSINGS = {p.name: p for p in (CAFFE, TORCHVISION, SCALE255, IDENTITY)}
 
 
+def from_scale_and_offset(scale, offset, source):
+    """x = rgb * scale + offset per channel (RGB order) as a Preprocessing: mean = -offset / scale, std = 1 / scale.
+    InputError for a zero or non-finite scale."""
+    scale, offset = (np.broadcast_to(np.asarray(v, np.float64), (3,)) for v in (scale, offset))
+    if not (np.isfinite(scale).all() and np.isfinite(offset).all() and (scale != 0).all()):
+        raise InputError(f"{source}: scale {scale.tolist()} and offset {offset.tolist()} must be finite, scale non-zero")
+    mean, std = tuple(float(v) for v in -offset / scale), tuple(float(v) for v in 1 / scale)
+    return Preprocessing("affine", _RGB, 1.0, mean, std, f"affine ({source}): RGB * {_listed(scale)} + {_listed(offset)}")
+
+
+def _listed(values):
+    """'0.0078' for three equal values, else '[a, b, c]'."""
+    return f"{values[0]:.6g}" if np.all(values == values[0]) else "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
+
 def preprocessing(rule) -> Preprocessing:
-    """A Preprocessing from itself or its name ('caffe', 'torchvision', 'scale255', 'identity')."""
+    """A Preprocessing from itself, its name ('caffe', 'torchvision', 'scale255', 'identity') or its spec()."""
     if isinstance(rule, Preprocessing):
         return rule
     if isinstance(rule, str) and rule in PREPROCESSINGS:
         return PREPROCESSINGS[rule]
-    raise InputError(f"unknown preprocessing {rule!r} (known: {', '.join(PREPROCESSINGS)})")
+    if isinstance(rule, dict) and set(rule) == {"order", "divisor", "mean", "std"}:
+        try:
+            order, divisor = tuple(int(i) for i in rule["order"]), float(rule["divisor"])
+            mean, std = tuple(float(v) for v in rule["mean"]), tuple(float(v) for v in rule["std"])
+        except (TypeError, ValueError):
+            order = ()
+        if sorted(order) == [0, 1, 2] and len(mean) == len(std) == 3 and divisor > 0 and all(std) and \
+                np.isfinite([divisor, *mean, *std]).all():
+            return Preprocessing("affine", order, divisor, mean, std, f"affine: {rule}")
+    raise InputError(f"unknown preprocessing {rule!r} (known: {', '.join(PREPROCESSINGS)}, or a dict with order, "
+                     f"divisor, mean and std)")

@@ -188,7 +188,7 @@ def meta_json(model, options_used, walk_keys=(), model_file=None, target_rule="t
                   "class_names": model.class_names and list(model.class_names),
                   "file": model_file and Path(model_file).name, "md5": model_file and md5sum(model_file),
                   "sha256": model_file and sha256sum(model_file), "weights_digest": weights_digest(model),
-                  "preprocessing": model.preprocessing.name},
+                  "preprocessing": model.preprocessing.spec()},
         "layers": [describe_layer(layer) for layer in model.layers],
         "dtype": np.dtype(model.dtype).name, "layout": "NHWC",
         "methods": {method: plain(opts) for method, opts in options_used.items()},
