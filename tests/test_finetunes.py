@@ -347,3 +347,109 @@ def test_the_pointing_game_runs_on_a_finetune_given_its_class_names(tmp_path, ca
     assert code == 0, err
     result = json.loads((tmp_path / "out" / "pointing.json").read_text())
     assert set(result["all"]) >= {"fbi", "gradient", "centre"}
+
+
+# --- found by a hostile review: each was a wrong model or an unbounded allocation ---------------------------
+
+def torch_flatten_head(insert, seed=0):
+    """ft_gap.torch.onnx with its global pool removed (Flatten of an (8, 4, 4) map, in NCHW order, into a Gemm of
+    128 inputs) and the nodes insert(graph, flat) -> (nodes, output) put between the Flatten and the Gemm."""
+    rng = np.random.default_rng(seed)
+    model = onnx.load(str(FIXTURES / "ft_gap.torch.onnx"))
+    graph = model.graph
+    gap = next(n for n in graph.node if n.op_type == "GlobalAveragePool")
+    flatten = next(n for n in graph.node if n.op_type == "Flatten")
+    gemm = next(n for n in graph.node if n.op_type == "Gemm")
+    flatten.input[0] = gap.input[0]
+    graph.node.remove(gap)
+    weight = next(t for t in graph.initializer if t.name == gemm.input[1])
+    weight.CopyFrom(numpy_helper.from_array(rng.normal(0, 0.2, (16, 128)).astype(np.float32), weight.name))
+    nodes, out = insert(graph, flatten.output[0], rng)
+    gemm.input[0] = out
+    position = list(graph.node).index(flatten) + 1
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def constant(graph, name, array):
+    graph.initializer.append(numpy_helper.from_array(np.asarray(array, np.float32), name))
+    return name
+
+
+FLAT_INSERTS = {
+    "mul": lambda g, x, rng: ([helper.make_node("Mul", [x, constant(g, "s", rng.uniform(0.2, 3, 128))], ["y"])], "y"),
+    "add_relu": lambda g, x, rng: ([helper.make_node("Add", [x, constant(g, "t", rng.normal(0, 1, 128))], ["a"]),
+                                    helper.make_node("Relu", ["a"], ["y"])], "y"),
+    "batch_norm": lambda g, x, rng: ([helper.make_node("BatchNormalization", [x] + [
+        constant(g, k, v) for k, v in (("g", rng.uniform(.5, 2, 128)), ("b", rng.normal(0, 1, 128)),
+                                       ("m", rng.normal(0, 1, 128)), ("v", rng.uniform(.5, 2, 128)))], ["y"])], "y"),
+}
+
+
+@pytest.mark.parametrize("insert", list(FLAT_INSERTS))
+def test_per_unit_constants_after_an_nchw_flatten_are_put_in_our_order(insert, tmp_path):
+    """torch's Flatten -> BatchNorm1d -> Linear: the batch norm's 128 values are in (C, H, W) order, fbi_ref's flat
+    tensor in (H, W, C) order (before the fix: probabilities 0.17 to 0.2 off onnxruntime's)."""
+    ref = keras_outputs("ft_gap")
+    path = save(tmp_path, torch_flatten_head(FLAT_INSERTS[insert]))
+    model = fbi_ref.load_model(path, preprocessing="identity")
+    x = (ref["x_raw"] / 127.5 - 1).astype(np.float32)  # NHWC for fbi_ref, NCHW for onnxruntime
+    assert any(isinstance(layer, Affine) for layer in model.layers)
+    assert scaled_error(model.forward(x).probs, run_ort(path, x.transpose(0, 3, 1, 2).copy())) < TOLERANCE
+
+
+def test_nothing_but_the_identity_may_follow_the_final_softmax(tmp_path):
+    """A Relu after the Softmax changes nothing in onnxruntime; read as a layer, it made fbi_ref apply softmax twice."""
+    model = onnx.load(str(FIXTURES / "ft_gap.torch.onnx"))
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    softmax.output[0] = "p"
+    model.graph.node.append(helper.make_node("Relu", ["p"], [model.graph.output[0].name], name="after"))
+    one_line_error(save(tmp_path, model), UnsupportedLayerError, "'after' .* after the final Softmax")
+
+
+def test_a_size_used_as_a_value_is_refused(tmp_path):
+    """Sizes are evaluated with a batch of 1: only a Reshape's target shape may use them (a Mul by the batch size
+    gave other numbers than onnxruntime on a batch of 2)."""
+    model = onnx.load(str(FIXTURES / "ft_gap.torch.onnx"))
+    graph = model.graph
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    relu = next(n for n in graph.node if n.op_type == "Relu" and n.input[0] == conv.output[0])
+    graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), "zero"))
+    nodes = [helper.make_node("Shape", [conv.output[0]], ["size"]),
+             helper.make_node("Gather", ["size", "zero"], ["batch"]),
+             helper.make_node("Cast", ["batch"], ["batch_f"], to=1),
+             helper.make_node("Mul", [conv.output[0], "batch_f"], ["scaled"], name="by_batch")]
+    relu.input[0] = "scaled"
+    position = list(graph.node).index(conv) + 1
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    one_line_error(save(tmp_path, model), UnsupportedLayerError, "'by_batch' .* computes with a tensor's size")
+
+
+@pytest.mark.parametrize("starts, ends, steps", [([-100], [-200], [-1]), ([4], [0], [-2]), ([-1], [-6], [-1]),
+                                                 ([1], [100], [2]), ([-3], [2**62], [1])])
+def test_slice_follows_onnx_clamping(starts, ends, steps):
+    """onnxruntime's Slice of a 5-vector, negative steps and out-of-range bounds included (numpy's slices clamp
+    otherwise: starts -100, ends -200, step -1 gives [v0] in ONNX and [] in numpy)."""
+    from fbi_ref.io.onnx_files import _slice
+    values = np.arange(10, 15, dtype=np.int64)
+    graph = helper.make_graph([helper.make_node("Slice", ["v", "s", "e", "a", "t"], ["y"])], "slice",
+                              [helper.make_tensor_value_info("v", onnx.TensorProto.INT64, [5])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.INT64, [None])],
+                              [numpy_helper.from_array(np.array(v, np.int64), n)
+                               for n, v in (("s", starts), ("e", ends), ("a", [0]), ("t", steps))])
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+                                   .SerializeToString(), providers=["CPUExecutionProvider"])
+    theirs = session.run(None, {"v": values})[0]
+    ours = _slice(None, None, [values, np.array(starts), np.array(ends), np.array([0]), np.array(steps)])
+    assert ours.tolist() == theirs.tolist()
+
+
+def test_a_concat_of_many_constants_is_refused_before_it_is_allocated(tmp_path):
+    """20,000 inputs of 1,024 values each (an 80 KB file): the sum, not each input, is bounded."""
+    model = onnx.load(str(FIXTURES / "ft_gap.torch.onnx"))
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(1024, np.int64), "block"))
+    model.graph.node.insert(0, helper.make_node("Concat", ["block"] * 20_000, ["big"], axis=0, name="bomb"))
+    one_line_error(save(tmp_path, model), UnsupportedLayerError, "'bomb' .* 20,480,000 values")

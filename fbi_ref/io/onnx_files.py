@@ -160,6 +160,8 @@ class _Chain:
     input_ops: list = field(default_factory=list)  # the ops of that map, to name it
     shapes: dict = field(default_factory=dict)  # ONNX shape (batch 1) of every data tensor seen
     computed_bytes: int = 0  # what evaluating constants has allocated
+    ended: bool = False  # the final Softmax has been read: nothing but the identity may follow
+    sizes: set = field(default_factory=set)  # constants computed from a tensor's size (Shape and what follows)
 
 
 def onnx_architecture(model, name: str = "onnx_vgg") -> Architecture:
@@ -263,7 +265,14 @@ def _step(chain: _Chain, node) -> None:
     for extra in node.output[1:]:
         if extra:
             raise UnsupportedLayerError(f"node {node.name!r} ({node.op_type}): a second output is not supported")
-    at_input = node.op_type in _ELEMENTWISE and chain.layout == "input"
+    if chain.ended and node.op_type not in ("Dropout", "Identity"):
+        raise UnsupportedLayerError(f"node {node.name!r} ({node.op_type}) after the final Softmax: fbi_ref reads "
+                                    f"the Softmax's input as the logits and the Softmax as the graph's end")
+    for index, name in enumerate(inputs[1:], 1):  # a size is batch 1 here, not the batch the graph will be given
+        if name in chain.sizes and not (node.op_type == "Reshape" and index == 1):
+            raise UnsupportedLayerError(f"node {node.name!r} ({node.op_type}) computes with a tensor's size "
+                                        f"({name!r}); fbi_ref evaluates sizes only for a Reshape's target shape")
+    at_input = node.op_type in (*_ELEMENTWISE, "Dropout", "Identity") and chain.layout == "input"
     if chain.layout == "input" and not at_input:
         _decide_layout(chain, node)
     was = len(chain.layers)
@@ -348,11 +357,13 @@ def _evaluate(chain: _Chain, node) -> None:
     if op == "Constant":
         return  # read with the initializers
     values = [] if op == "Shape" else [chain.tensors[name] if name else None for name in node.input]
-    if op not in ("Cast", "Identity", "Shape"):  # shape arithmetic: short integer vectors only
-        long = [v.size for v in values if v is not None and v.size > _MAX_SHAPE_VALUES]
-        if long:
-            raise UnsupportedLayerError(f"node {node.name!r} ({op}) on a constant of {long[0]:,} values: fbi_ref "
+    if op not in ("Cast", "Identity", "Shape"):  # shape arithmetic: short integer vectors only (Concat's sum too)
+        sizes = [v.size for v in values if v is not None]
+        if max(sizes, default=0) > _MAX_SHAPE_VALUES or (op == "Concat" and sum(sizes) > _MAX_SHAPE_VALUES):
+            raise UnsupportedLayerError(f"node {node.name!r} ({op}) on constants of {sum(sizes):,} values: fbi_ref "
                                         f"evaluates shape arithmetic only")
+    if op == "Shape" or any(name in chain.sizes for name in node.input):
+        chain.sizes.update(node.output)
     try:
         result = _CONSTANT_RULES[op](chain, node, values)
     except (IndexError, ValueError, TypeError) as error:  # numpy's AxisError is both of the first two
@@ -385,10 +396,18 @@ def _slice(chain, node, values):
     data, starts, ends = values[0], values[1].ravel(), values[2].ravel()
     axes = values[3].ravel() if len(values) > 3 and values[3] is not None else range(len(starts))
     steps = values[4].ravel() if len(values) > 4 and values[4] is not None else [1] * len(starts)
-    index = [slice(None)] * data.ndim
     for start, end, axis, step in zip(starts, ends, axes, steps):
-        index[int(axis)] = slice(int(start), int(min(max(end, -2**62), 2**62)), int(step))
-    return data[tuple(index)]
+        axis, step = int(axis), int(step)
+        dim = data.shape[axis]
+        start, end = (int(v) + dim if v < 0 else int(v) for v in (max(start, -2**62), min(max(end, -2**62), 2**62)))
+        if step > 0:  # ONNX clamps start and end to [0, dim] for a positive step, to [0, dim-1] and [-1, dim-1]
+            start, end = min(max(start, 0), dim), min(max(end, 0), dim)  # for a negative one
+        elif step < 0:
+            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+        else:
+            raise ValueError("a step of 0")
+        data = np.take(data, np.arange(start, end, step, dtype=np.int64), axis=axis)
+    return data
 
 
 def _cast(chain, node, values):
@@ -443,7 +462,7 @@ def _elementwise(chain: _Chain, node, inputs) -> None:
         chain.pending.append((op, constant, node.name))
         chain.input_ops.append(op)
         return
-    vector = _channel_vector(chain, constant, node.name, op)
+    vector = _in_our_order(chain, _channel_vector(chain, constant, node.name, op))
     if not chain.layers:
         chain.input_ops.append(op)
         _map_input(chain, op, vector)
@@ -456,6 +475,14 @@ def _elementwise(chain: _Chain, node, inputs) -> None:
     kernel = np.asarray(last.kernel, np.float64) * scale  # scales each output unit (the last axis)
     bias = np.asarray(last.bias, np.float64) * scale + shift
     chain.layers[-1] = replace(last, kernel=kernel.astype(np.float32), bias=bias.astype(np.float32))
+
+
+def _in_our_order(chain: _Chain, vector: np.ndarray) -> np.ndarray:
+    """A per-unit vector of a tensor flattened in NCHW order, (C, H, W), put in fbi_ref's (H, W, C) order."""
+    if chain.layout != "flat" or chain.flat_chw is None:
+        return vector
+    c, h, w = chain.flat_chw
+    return vector.reshape(c, h, w).transpose(1, 2, 0).ravel()
 
 
 def _as_affine(op: str, vector: np.ndarray) -> tuple:
@@ -594,10 +621,14 @@ def _reduce_mean(chain: _Chain, node, inputs) -> None:
     if rank_axes is None or axes is None or {a % 4 for a in axes} != rank_axes:
         raise UnsupportedLayerError(f"node {node.name!r}: ReduceMean over axes {axes} of a "
                                     f"{chain.layout.upper()} tensor; fbi_ref reads the mean over H and W")
+    keep = _attr(node, "keepdims", 1)
+    if keep and chain.layout == "nhwc":
+        raise UnsupportedLayerError(f"node {node.name!r}: ReduceMean keeping the dimensions of an NHWC tensor; "
+                                    f"fbi_ref reads it on NCHW, or without keepdims")
     chain.layers.append(GlobalAveragePool2D(""))
     c = chain.shape[2]
-    if _attr(node, "keepdims", 1):
-        chain.layout, chain.shape = ("pooled", (1, 1, c)) if chain.layout == "nchw" else ("nhwc", (1, 1, c))
+    if keep:
+        chain.layout, chain.shape = "pooled", (1, 1, c)
     else:
         chain.layout, chain.shape = "flat", (c,)
 
@@ -670,6 +701,8 @@ def _batch_norm(chain: _Chain, node, inputs) -> None:
         raise UnsupportedLayerError(f"node {node.name!r}: BatchNormalization in training mode")
     channels = chain.shape[-1]
     gamma, beta, mean, var = (_weight(chain, node, i, (1,), "a statistic").astype(np.float64) for i in range(1, 5))
+    if any(v.shape == (channels,) for v in (gamma, beta, mean, var)):
+        gamma, beta, mean, var = (_in_our_order(chain, v) for v in (gamma, beta, mean, var))
     if any(v.shape != (channels,) for v in (gamma, beta, mean, var)) or (var < 0).any():
         raise ArchitectureError(f"node {node.name!r}: BatchNormalization statistics of shapes "
                                 f"{[v.shape for v in (gamma, beta, mean, var)]} (or a negative variance) for "
@@ -692,6 +725,7 @@ def _softmax(chain: _Chain, node, inputs) -> None:
         raise UnsupportedLayerError(f"node {node.name!r}: Softmax is supported only over the classes, right after "
                                     f"the last Gemm or MatMul")
     chain.layers[-1] = replace(last, activation="softmax")
+    chain.ended = True
 
 
 def _identity(chain: _Chain, node, inputs) -> None:
