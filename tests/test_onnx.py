@@ -1,6 +1,10 @@
 """ONNX import of VGG-style graphs, against onnxruntime: a graph written with onnx.helper (NHWC input and the
 Transpose tf2onnx puts in front, MatMul + Add, BatchNormalization, Softmax), and torchvision-style VGGs exported
 by torch.onnx.export (when torch is installed). Bad files fail with one typed line naming the problem."""
+import copy
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -201,3 +205,92 @@ def test_an_add_after_a_conv_that_onnx_would_broadcast_along_width_is_refused(tm
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [kernel, bias, dense])
     path = write(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
     one_line_error(path, UnsupportedLayerError, "is not one value per channel")
+
+
+# --- hardening round 2 (issue 24): what onnxruntime refuses or reads otherwise ----------------------------
+
+def set_attribute(node, name, value):
+    for attribute in list(node.attribute):
+        if attribute.name == name:
+            node.attribute.remove(attribute)
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def first(model, op):
+    return next(n for n in model.graph.node if n.op_type == op)
+
+
+def foreign_relu(model):
+    first(model, "Relu").domain = "com.example"
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+
+
+def gemm_bias_5_by_1(model):
+    """The last MatMul + Add as a Gemm whose bias has shape (5, 1), which ONNX broadcasts to (5, 5)."""
+    graph = model.graph
+    matmul = [n for n in graph.node if n.op_type == "MatMul"][-1]
+    add = next(n for n in graph.node if n.op_type == "Add" and n.input[0] == matmul.output[0])
+    bias = next(t for t in graph.initializer if t.name == add.input[1])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias).reshape(5, 1), bias.name))
+    matmul.op_type = "Gemm"
+    matmul.input.append(bias.name)
+    add.op_type = "Identity"
+    del add.input[1:]
+
+
+ONNXRUNTIME_REFUSES = {  # edit, error, what the message says
+    "a Relu of a foreign domain": (foreign_relu, UnsupportedLayerError, "of domain 'com.example'"),
+    "a kernel_shape other than the weight's": (lambda m: set_attribute(first(m, "Conv"), "kernel_shape", [5, 5]),
+                                               ArchitectureError, r"kernel_shape \[5, 5\]"),
+    "auto_pad=VALID beside pads": (lambda m: set_attribute(first(m, "Conv"), "auto_pad", "VALID"),
+                                   ArchitectureError, "auto_pad VALID"),
+    "three strides": (lambda m: set_attribute(first(m, "Conv"), "strides", [1, 1, 1]), ModelFileError,
+                      "onnx.checker refuses it"),
+    "a 0 x 0 pool": (lambda m: set_attribute(first(m, "MaxPool"), "kernel_shape", [0, 0]), ModelFileError,
+                     "onnx.checker refuses it"),
+    "Reshape with allowzero (opset 13)": (lambda m: set_attribute(first(m, "Reshape"), "allowzero", 1),
+                                          ModelFileError, "onnx.checker refuses it"),
+    "a Gemm bias of shape (5, 1)": (gemm_bias_5_by_1, ArchitectureError, r"a bias of shape \(5, 1\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(ONNXRUNTIME_REFUSES))
+def test_a_graph_onnxruntime_refuses_is_refused(tmp_path, case):
+    edit, error, says = ONNXRUNTIME_REFUSES[case]
+    model = tf2onnx_like(batch_norm=False)
+    edit(model)
+    path = write(tmp_path, model)
+    with pytest.raises(Exception):  # the premise: onnxruntime will not run it
+        run_ort(path, np.zeros((1, 16, 16, 3), np.float32))
+    one_line_error(path, error, says)
+
+
+def test_two_initializers_with_one_name_are_refused(tmp_path):
+    """onnxruntime takes the first, fbi_ref took the last (logits 101 % off)."""
+    model = tf2onnx_like(batch_norm=False)
+    twin = copy.deepcopy(model.graph.initializer[0])
+    twin.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(twin) * 3, twin.name))
+    model.graph.initializer.append(twin)
+    one_line_error(write(tmp_path, model), ModelFileError, f"two tensors are named '{twin.name}'")
+
+
+def test_the_logits_are_the_input_of_the_first_softmax(tmp_path):
+    """Gemm -> Softmax -> Relu: the Relu's input is already the probabilities (read as logits before the fix:
+    p = 0.39 where the model's is 0.965)."""
+    model = tf2onnx_like(batch_norm=False)
+    graph = model.graph
+    softmax = first(model, "Softmax")
+    softmax.output[0] = "inner_probs"
+    graph.node.append(helper.make_node("Relu", ["inner_probs"], [graph.output[0].name], name="relu_after"))
+    one_line_error(write(tmp_path, model), UnsupportedLayerError, "'relu_after' .* after the final Softmax")
+
+
+def test_a_small_onnx_file_loads_under_a_4_gib_address_space_limit(tmp_path):
+    """The reader read into a buffer of the size limit (4 GiB) up front: every ONNX file failed with MemoryError
+    under `ulimit -v 4194304`. It reads what the file holds."""
+    resource = pytest.importorskip("resource")
+    path = write(tmp_path, tf2onnx_like())
+    code = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({4 * 2**30}, {4 * 2**30})); "
+            f"import fbi_ref; print(len(fbi_ref.load_model({str(path)!r}).layers))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

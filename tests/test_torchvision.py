@@ -142,6 +142,50 @@ def test_pth_reads_the_same_as_safetensors(tmp_path):
                 np.testing.assert_array_equal(getattr(la, attr), getattr(lb, attr))
 
 
+def rezipped(source, target, compress):
+    """The zip `source` written again as Info-ZIP does: the members compress(name) says DEFLATE-compressed."""
+    import zipfile
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            kind = zipfile.ZIP_DEFLATED if compress(info.filename) else zipfile.ZIP_STORED
+            new.writestr(info.filename, old.read(info.filename), compress_type=kind)
+    return target
+
+
+@pytest.mark.parametrize("which", ["some", "all"])
+def test_a_pth_rezipped_with_compressed_records_reads_as_torch_does(tmp_path, which):
+    """torch.load(mmap=True) hands back a compressed record's bytes as the tensor (biases of 1e20 before the fix;
+    with every record compressed, a false 'holds NaN'): such files are read without mmap, as torch reads them."""
+    net = small("vgg11", True, seed=5)
+    torch.save(net.state_dict(), tmp_path / "vgg.pth")
+    safetensors_numpy.save_file(net.state_dict_numpy(), str(tmp_path / "vgg.safetensors"))
+    data_records = lambda name: "/data/" in name  # noqa: E731 (the tensors' records)
+    compress = {"some": lambda name: data_records(name) and int(name.rsplit("/", 1)[1]) % 2 == 0,
+                "all": lambda name: True}[which]
+    path = rezipped(tmp_path / "vgg.pth", tmp_path / "rezipped.pth", compress)
+    ours, plain = fbi_ref.load_model(path), fbi_ref.load_model(tmp_path / "vgg.safetensors")
+    for a, b in zip(ours.layers, plain.layers):
+        for name in a.weights:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+@pytest.mark.parametrize("side", [1, 5])
+def test_a_kernel_other_than_3_by_3_is_not_a_torchvision_vgg(tmp_path, side):
+    """torchvision's VGG pads by 1, which is 'same' only for 3 x 3 kernels: a 5 x 5 or 1 x 1 kernel read with
+    'same' padding gave logits 4e-3 and 8e-3 off; such a file is refused."""
+    state = small().state_dict_numpy()
+    out, ins = state["features.0.weight"].shape[:2]
+    state["features.0.weight"] = np.zeros((out, ins, side, side), np.float32)
+    one_line_error(save(tmp_path, state), ArchitectureError, r"features\.0\.weight .* every conv 3 x 3")
+
+
+def test_a_module_index_with_a_leading_zero_is_refused(tmp_path):
+    """'features.00.weight' beside 'features.0.weight': one silently won; torch's load_state_dict refuses it."""
+    state = small().state_dict_numpy()
+    state["features.00.weight"] = state["features.0.weight"] * 2
+    one_line_error(save(tmp_path, state), ArchitectureError, "unexpected key 'features.00.weight'")
+
+
 def test_pth_without_torch_says_how_to_read_it(tmp_path, monkeypatch):
     torch.save(small().state_dict(), tmp_path / "vgg.pth")
     monkeypatch.setitem(sys.modules, "torch", None)  # what `import torch` meets where torch is not installed

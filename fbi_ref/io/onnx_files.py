@@ -35,6 +35,7 @@ load_model uses caffe unless told otherwise.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -79,12 +80,29 @@ def _load(path: Path):
     except ImportError:
         raise ModelFileError("reading .onnx needs the onnx package: pip install 'fbi_ref[onnx]'") from None
     with open(path, "rb") as file:
-        data = file.read(_MAX_FILE_BYTES + 1)  # never more than the limit, whatever the file grows to
-    if len(data) > _MAX_FILE_BYTES:
-        raise ModelFileError(f"more than {_MAX_FILE_BYTES:,} bytes, more than a model of at most "
-                             f"{MAX_MODEL_BYTES:,} bytes of weights can need (FBI_REF_MAX_MODEL_BYTES)")
+        size = os.fstat(file.fileno()).st_size
+        if size > _MAX_FILE_BYTES:
+            raise ModelFileError(f"{size:,} bytes, more than a model of at most {MAX_MODEL_BYTES:,} bytes of "
+                                 f"weights can need (FBI_REF_MAX_MODEL_BYTES)")
+        data = file.read(size + 1)  # what the file holds (a buffer of the limit's size would be 4 GiB)
+    if len(data) > size:
+        raise ModelFileError("the file grew while it was read")
     # From bytes, onnx has no folder to look for external data in: it never opens another file.
     return onnx.load_model_from_string(data)
+
+
+def _checked(model) -> None:
+    """onnx.checker's full check (what onnxruntime would refuse), and ops of the default domain only."""
+    import onnx
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
+        first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+        raise ModelFileError(f"onnx.checker refuses it: {first[:300]}") from None
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedLayerError(f"node {node.name!r}: op {node.op_type} of domain {node.domain!r}; fbi_ref "
+                                        f"reads the default ONNX domain")
 
 
 # --- tensors ----------------------------------------------------------------------------------------------
@@ -101,6 +119,10 @@ def _tensors(graph) -> dict:
     if total > MAX_MODEL_BYTES:
         raise ModelFileError(f"the tensors declare {total:,} bytes, more than the {MAX_MODEL_BYTES:,} allowed "
                              f"(FBI_REF_MAX_MODEL_BYTES)")
+    names = [proto.name for proto in protos]
+    if len(set(names)) != len(names):
+        twice = next(name for name in names if names.count(name) > 1)
+        raise ModelFileError(f"two tensors are named {twice!r} (onnxruntime takes the first, other readers the last)")
     from onnx import numpy_helper
     return {proto.name: numpy_helper.to_array(proto) for proto in protos}
 
@@ -169,7 +191,8 @@ def onnx_architecture(model, name: str = "onnx_vgg") -> Architecture:
     graph = model.graph
     if len(graph.node) > _MAX_NODES:
         raise ModelFileError(f"{len(graph.node):,} nodes: not a VGG-style graph")
-    tensors = _tensors(graph)
+    tensors = _tensors(graph)  # first: refuses external data before anything could look for it
+    _checked(model)
     data_input = _data_input(graph, tensors)
     dims = _input_dims(data_input)
     chain = _Chain(tensors, data_input.name, "input", dims, input_dims=dims)
@@ -542,7 +565,17 @@ def _conv(chain: _Chain, node, inputs) -> None:
 
 
 def _padding(node, size, kernel, strides) -> tuple:
-    """('same' | 'valid', (Ho, Wo)) of a Conv or pool; UnsupportedLayerError for any other padding."""
+    """('same' | 'valid', (Ho, Wo)) of a Conv or pool; UnsupportedLayerError for any other padding, and for
+    window attributes onnxruntime refuses (a kernel_shape other than the weight's, strides or pads of the wrong
+    length, auto_pad beside explicit pads)."""
+    given = _attr(node, "kernel_shape")
+    pads_given = _attr(node, "pads")
+    if (given is not None and tuple(given) != tuple(kernel)) or len(strides) != 2 or min(strides) < 1 or \
+            (pads_given is not None and (len(pads_given) != 4 or min(pads_given) < 0)) or \
+            (pads_given is not None and _attr(node, "auto_pad", "NOTSET") != "NOTSET"):
+        raise ArchitectureError(f"node {node.name!r} ({node.op_type}): kernel_shape {given}, strides {list(strides)}, "
+                                f"pads {pads_given}, auto_pad {_attr(node, 'auto_pad', 'NOTSET')} do not describe "
+                                f"a {list(kernel)} window (onnxruntime refuses them too)")
     same = [same_padding(n, k, s)[1:] for n, k, s in zip(size, kernel, strides)]  # [(before, after)] per axis
     auto = _attr(node, "auto_pad", "NOTSET")
     if auto == "VALID":

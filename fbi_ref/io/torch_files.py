@@ -36,8 +36,11 @@ AVGPOOL_SIDE = 7  # torchvision's VGG: AdaptiveAvgPool2d((7, 7))
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PTH_SUFFIXES = (".pth", ".pt")
 _MAX_TENSORS = 10_000
-_FEATURE = re.compile(r"features\.(\d+)\.(weight|bias|running_mean|running_var|num_batches_tracked)")
-_CLASSIFIER = re.compile(r"classifier\.(\d+)\.(weight|bias)")
+# Module indices as torch writes them: no leading zeros ('features.00.weight' would collide with 'features.0.weight',
+# which torch's load_state_dict tells apart and refuses).
+_FEATURE = re.compile(r"features\.(0|[1-9]\d{0,5})\.(weight|bias|running_mean|running_var|num_batches_tracked)")
+_CLASSIFIER = re.compile(r"classifier\.(0|[1-9]\d{0,5})\.(weight|bias)")
+KERNEL_SIDE = 3  # torchvision's VGG: every conv 3 x 3 with padding 1
 # safetensors dtype names -> NumPy; bfloat16 has no NumPy type (convert such a file to float32 first).
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64}
 
@@ -97,8 +100,10 @@ def _read_pth(path: Path) -> dict:
                              f"weights can need (FBI_REF_MAX_MODEL_BYTES)")
     with open(path, "rb") as file:
         is_zip = file.read(4) == b"PK\x03\x04"
-    # mmap maps the tensors instead of reading them (only the zip format, torch >= 1.6, allows it).
-    loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    # mmap maps the tensors instead of reading them (only the zip format, torch >= 1.6, allows it), and only
+    # where the records are stored as they are: torch maps a compressed record's bytes as if they were the
+    # tensor's (a checkpoint re-zipped by Info-ZIP gave biases of 1e20). Those are read without mmap.
+    loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip and _all_stored(path))
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]  # a training checkpoint: {'state_dict': ..., 'epoch': ...}
     if not isinstance(loaded, dict):
@@ -109,6 +114,16 @@ def _read_pth(path: Path) -> dict:
             raise ModelFileError(f"entry {str(key)[:60]!r} is a {type(value).__name__}, not a tensor")
     _check_bytes(tuple(value.shape) for value in loaded.values())
     return {key: _as_weight(key, _tensor_to_numpy(torch, value)) for key, value in loaded.items()}
+
+
+def _all_stored(path: Path) -> bool:
+    """True when every record of the zip is stored uncompressed (as torch.save writes them)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+    except zipfile.BadZipFile:
+        return False  # torch.load says what is wrong with it
 
 
 def _tensor_to_numpy(torch, tensor) -> np.ndarray:
@@ -225,9 +240,9 @@ def _conv_weights(features: dict, index: int, channels: int) -> tuple:
     module = features[index]
     weight = module["weight"]  # (O, I, kh, kw)
     out, ins, kh, kw = weight.shape
-    if ins != channels or kh != kw or kh % 2 == 0:
-        raise ArchitectureError(f"features.{index}.weight has shape {weight.shape}; expected ({out}, {channels}, "
-                                f"k, k) with k odd (torchvision's VGG: 3 x 3, padding 1)")
+    if ins != channels or kh != KERNEL_SIDE or kw != KERNEL_SIDE:
+        raise ArchitectureError(f"features.{index}.weight has shape {weight.shape}; expected ({out}, {channels}, 3, 3) "
+                                f"(torchvision's VGG: every conv 3 x 3 with padding 1)")
     bias = _vector(module, "bias", index, out, default=np.zeros(out, np.float32))
     if index + 1 in features:
         weight, bias = fold_batch_norm(weight, bias, *_batch_norm(features[index + 1], index + 1, out), BN_EPS, axis=0)
