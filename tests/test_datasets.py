@@ -4,10 +4,12 @@ Everything runs for real: the command line in subprocesses killed with SIGKILL a
 LocalCluster of 2 worker processes, a VOC-style folder written by the Shapes generator.
 """
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,6 +124,52 @@ def test_explain_in_batches_resumes_from_its_index(images, tmp_path, capsys):
     assert "resuming: 9 of 10 images already explained" in capsys.readouterr().out
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
     assert {k for k in after if after[k] != before.get(k)} == {"im004_explain.png"}
+
+
+@pytest.mark.parametrize("index", ['{"site": "my web site"}', '{"format": "fbi_ref reference shards", "shards": []}'])
+def test_reference_never_writes_into_a_folder_whose_index_is_not_its_own(images, tmp_path, capsys, index):
+    """A folder with anybody's index.json (a web site's; or ours without a run) and files named like our shards:
+    both are left as they are and the run is refused (the old code overwrote the index and deleted the shards)."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "index.json").write_text(index)
+    (folder / "shard-00000.npz").write_bytes(b"the user's own file")
+    capsys.readouterr()
+    assert cli(reference_args(images, folder, "--batch-size", "5")) == 2
+    err = capsys.readouterr().err
+    assert "give a new or empty folder" in err and err.count("\n") == 1
+    assert (folder / "index.json").read_text() == index
+    assert (folder / "shard-00000.npz").read_bytes() == b"the user's own file"
+
+
+FINETUNES = Path(__file__).resolve().parent / "fixtures" / "finetunes"
+
+
+def test_explain_resume_refuses_a_model_file_replaced_at_the_same_path(images, tmp_path, capsys):
+    """The run records the model file's SHA-256 (as reference's does): another model at the same path is another
+    run, not one to continue (the old figures were kept, exit 0)."""
+    model, out = tmp_path / "model.keras", tmp_path / "out"
+    shutil.copy(FINETUNES / "ft_gap.keras", model)
+    args = ["explain", images, "--model", model, "--method", "gradient", "--batch-size", "4", "--out", out, "-q"]
+    assert cli(args) == 0
+    shutil.copy(FINETUNES / "ft_pools.keras", model)
+    capsys.readouterr()
+    assert cli(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "model_sha256 differ" in err and err.count("\n") == 1
+
+
+def test_an_explain_index_whose_entry_is_not_a_record_is_one_line(images, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["explain", images, "--model", "shapes", "--method", "gradient", "--batch-size", "4", "--out", out, "-q"]
+    assert cli(args) == 0
+    index = json.loads((out / "explain-index.json").read_text())
+    index["done"]["im000_explain.png"] = "a string"
+    (out / "explain-index.json").write_text(json.dumps(index))
+    capsys.readouterr()
+    assert cli(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "not an index of fbi-ref explain" in err and err.count("\n") == 1
 
 
 def stop_mid_run(folder, count, process, timeout=120):
@@ -281,6 +329,9 @@ UTF16_ENTITY = ('<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY c 
     (annotation((-20, -20, -5, -5)), "lies outside the 64 x 64 image"),  # negative: would count from the end
     (annotation((100, 100, 200, 200)), "lies outside the 64 x 64 image"),
     (annotation((1, 1, 5, 5), size=200000), "is not within 1..16384"),  # a 298 GiB mask otherwise
+    (annotation(("inf", 1, 5, 5)), "not a VOC annotation"),  # a traceback (OverflowError) before
+    (annotation((1, 1, "1e400", 5)), "not a VOC annotation"),
+    ('<?xml version="1.0" encoding="x-no-such-encoding"?><annotation/>', "not valid XML"),
 ])
 def test_bad_annotations_are_one_line_errors(voc_folder, tmp_path, capsys, xml, says):
     import shutil
@@ -314,6 +365,29 @@ def test_the_pointing_game_end_to_end_with_a_subset_and_the_centre_by_hand(voc_f
     kept = len(held & {"circle", "ring"})  # TorchRay's rule: an image the subset lists keeps only its listed pairs
     assert result["subset_pairs"] == pairs - len(held) + kept and result["subset"]["centre"]["pairs"] == result["subset_pairs"]
     assert "| centre |" in (tmp_path / "out" / "pointing.md").read_text()
+
+
+@pytest.mark.parametrize("which", ["Annotations/p00000.xml", "JPEGImages/p00000.jpg"])
+def test_a_symlink_in_a_data_set_is_never_followed(voc_folder, tmp_path, capsys, which):
+    """A link at Annotations/ID.xml (or at an image) pointing outside the data set was followed; refused as shard
+    folders refuse them. The link points at a copy of the right file: only the rule can refuse it."""
+    import shutil
+    root = tmp_path / "voc"
+    shutil.copytree(voc_folder, root)
+    outside = tmp_path / "outside" / Path(which).name
+    outside.parent.mkdir()
+    shutil.move(root / which, outside)
+    (root / which).symlink_to(outside)
+    assert cli(["evaluate", "--dataset", root, "--methods", "centre", "--out", tmp_path / "o", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "is a symbolic link" in err and err.count("\n") == 1
+
+
+def test_pointing_json_is_strict_json(voc_folder, tmp_path):
+    """An accuracy that is NaN (a class without pairs) is written as null: NaN is not JSON."""
+    from fbi_ref.cli.voc import strict
+    assert json.dumps(strict({"a": float("nan"), "b": [1.0, float("inf")], "c": "x"}), allow_nan=False) == \
+        '{"a": null, "b": [1.0, null], "c": "x"}'
 
 
 @pytest.mark.parametrize("image_id", ["../../secret/s", "/etc/passwd", "a/b"])

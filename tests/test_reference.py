@@ -461,3 +461,21 @@ def test_a_finetunes_layers_are_rebuilt_from_its_reference_and_it_replays_itself
     for key, expected in result.expected.items():
         assert np.array_equal(expected, ref[key]), key
     assert compare(ref, dict(ref)).passed
+
+
+def test_a_reference_never_makes_compare_open_a_path_it_names(tmp_path):
+    """meta.model.name is a name, never a file to open (an absolute path made compare load and parse that file).
+    The model file here is the very one the reference was made from, so only the rule can refuse it."""
+    import shutil
+    from fbi_ref.reference.model import reference_model
+    source = Path(__file__).resolve().parent / "fixtures" / "finetunes" / "ft_gap.keras"
+    path = tmp_path / "ft_gap.keras"
+    shutil.copy(source, path)
+    model = fbi_ref.load_model(path)
+    arrays = build_reference(model, randn(0, 1, 32, 32, 3, dtype=np.float32), methods=("gradient",))
+    meta = json.loads(str(arrays["meta"]))
+    meta["model"]["name"] = str(path)  # what a hostile or careless file can say
+    arrays["meta"] = np.array(json.dumps(meta))
+    found, why = reference_model(arrays)
+    assert found is None and "names no model fbi_ref knows" in why
+    assert reference_model(arrays, model)[0] is model  # --model is how a model is given

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from fbi_ref.cli.args import int_between, output_folder, process_age, say
+from fbi_ref.cli.args import int_between, model_file, output_folder, process_age, say
 from fbi_ref.errors import InputError
 from fbi_ref.evaluation.scheduler import dask_distributed, run_batches, scheduler, worker_model
 from fbi_ref.evaluation.workers import cpu_count
@@ -155,12 +155,20 @@ def start_folder(folder, run, images, size, resume):
         raise InputError(f"{shown(folder)}: exists and is not a folder; a reference of several batches is a folder "
                          "(give --out NAME.npz for a single file)")
     has_index = (folder / shards.INDEX).exists()
+    if has_index:  # ours only if it is an index of our shards with a run's settings; anybody's else is not ours
+        try:
+            index = shards.read_index(folder)
+        except InputError as error:
+            raise InputError(f"{error}; {shown(folder)} is not a folder of fbi-ref reference shards: give a new or "
+                             f"empty folder") from None
+        if not isinstance(index.get("run"), dict):
+            raise InputError(f"{shown(folder / shards.INDEX)}: an index without a run's settings; give a new or "
+                             f"empty folder")
     if folder.is_dir() and not has_index and any(folder.iterdir()):
         raise InputError(f"{shown(folder)}: a folder that holds other files and no {shards.INDEX}; give a new or "
                          "empty folder")
     output_folder(folder)
     if resume and has_index:
-        index = shards.read_index(folder)
         same_run(index, run, folder)
         good = shards.verified_shards(folder, index)
         index["shards"] = [e for e in index["shards"] if e["number"] in good]
@@ -217,7 +225,9 @@ def stream_explain(args, plan, model, inputs, indexed):
     """Explain every image of `plan` [(image, figure path, .npz path or None)] batch by batch; with `indexed`,
     record each finished image in OUT/explain-index.json, which --resume reads."""
     out = Path(args.out)
-    run = {"model": args.model, "methods": list(args.method), "options": plain(args.options),
+    # the model file's hash, as reference's run records it: a file replaced at the same path is another run
+    run = {"model": args.model, "model_sha256": model_record(model_file(args.model))["sha256"],
+           "methods": list(args.method), "options": plain(args.options),
            "target": plain(args.target), "batch_size": args.batch_size or 1, "threads": threads_of(args),
            "save_npz": bool(args.save_npz), "inputs": digest_of([shown(p) for p, _, _ in plan])}
     index = explain_index(out, run, args.resume) if indexed else None
@@ -261,8 +271,11 @@ def explain_index(out, run, resume):
             index = json.loads(path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             raise InputError(f"{shown(path)}: not a valid index ({e})") from None
-        if not isinstance(index, dict) or not isinstance(index.get("done"), dict):
-            raise InputError(f"{shown(path)}: not an index of fbi-ref explain")
+        done = index.get("done") if isinstance(index, dict) else None
+        if not isinstance(done, dict) or not all(isinstance(e, dict) and isinstance(e.get("files"), dict)
+                                                 for e in done.values()):
+            raise InputError(f"{shown(path)}: not an index of fbi-ref explain (each entry of 'done' is "
+                             f"{{\"source\": ..., \"files\": {{name: sha256}}}})")
         same_run(index, run, out)
         return index
     return {"format": "fbi_ref explain run", "run": run, "done": {}}

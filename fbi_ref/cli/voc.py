@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 
 from fbi_ref.cli.args import emit, model_file
@@ -80,6 +81,17 @@ def given_class_names(text, model):
     return names
 
 
+def strict(value):
+    """A result as strict JSON values: NaN and infinities (an empty class's accuracy) as null."""
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def method_options(args):
     """The options of the methods that take a size (the benchmark's flags), and --fbi-option."""
     return {"integrated_gradients": {"steps": args.ig_steps}, "smoothgrad": {"samples": args.smoothgrad_samples},
@@ -112,7 +124,8 @@ def run_voc(args):
     args.out.mkdir(parents=True, exist_ok=True)
     text = voc.table(result)
     write_text(args.out / "pointing.md", f"# Pointing game: {model.name} on {args.dataset}\n\n{text}\n")
-    write_text(args.out / "pointing.json", json.dumps(result, indent=1, sort_keys=True, default=str) + "\n")
+    write_text(args.out / "pointing.json", json.dumps(strict(result), indent=1, sort_keys=True, default=str,
+                                                      allow_nan=False) + "\n")
     emit(text)
     emit(f"written to {args.out}")
     return 0

@@ -72,17 +72,28 @@ class VocDataset:
     annotations: list
 
     def image_path(self, annotation):
-        """The image file of an annotation (JPEGImages/<filename>, else JPEGImages/<ID>.jpg)."""
+        """The image file of an annotation (JPEGImages/<filename>, else JPEGImages/<ID>.jpg), a file of the folder
+        itself (InputError for a symbolic link, which could lead out of it)."""
         images = self.root / "JPEGImages"
         named = images / Path(annotation.filename).name if annotation.filename else None
-        return named if named is not None and named.is_file() else images / f"{annotation.image_id}.jpg"
+        path = named if named is not None and named.is_file() else images / f"{annotation.image_id}.jpg"
+        return own_file(path, "image")
+
+
+def own_file(path, what):
+    """`path` itself, refused (InputError) when it is a symbolic link: a data set's files are read only from the
+    data set's own folder, as shard folders are."""
+    if Path(path).is_symlink():
+        raise InputError(f"{shown(path)}: the {what} is a symbolic link; fbi_ref reads a data set's files only from "
+                         f"its own folder")
+    return Path(path)
 
 
 # --- reading ---------------------------------------------------------------------------------
 
 def parse_annotation(path):
     """An Annotations/*.xml file as an Annotation; InputError for anything that is not a plain VOC annotation."""
-    path = input_file(path, "annotation")
+    path = input_file(own_file(path, "annotation"), "annotation")
     if path.stat().st_size > MAX_XML_BYTES:
         raise InputError(f"{shown(path)}: {path.stat().st_size:,} bytes, more than an annotation may take "
                          f"({MAX_XML_BYTES:,})")
@@ -90,12 +101,12 @@ def parse_annotation(path):
     _no_declarations(path, data)
     try:
         root = ET.fromstring(data)
-    except ET.ParseError as e:
+    except (ET.ParseError, LookupError, ValueError) as e:  # LookupError: an encoding Python does not know
         raise InputError(f"{shown(path)}: not valid XML ({e})") from None
     try:
         width, height = int(_text(root, "size/width")), int(_text(root, "size/height"))
         objects = tuple(_object(node) for node in root.findall("object"))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:  # OverflowError: a coordinate of inf or 1e400
         raise InputError(f"{shown(path)}: not a VOC annotation ({e})") from None
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise InputError(f"{shown(path)}: image size {width} x {height} is not within 1..{MAX_SIDE}")
@@ -115,7 +126,7 @@ def _no_declarations(path, data):
     parser.StartDoctypeDeclHandler = parser.EntityDeclHandler = refuse
     try:
         parser.Parse(data, True)
-    except expat.ExpatError as e:
+    except (expat.ExpatError, LookupError, ValueError) as e:
         raise InputError(f"{shown(path)}: not valid XML ({e})") from None
 
 

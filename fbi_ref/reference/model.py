@@ -7,7 +7,8 @@ import json
 import numpy as np
 
 from fbi_ref.errors import FbiRefError, UnsupportedLayerError
-from fbi_ref.io.zoo import load_model
+from fbi_ref.io.weights_cache import KNOWN_WEIGHTS
+from fbi_ref.io.zoo import embedded_models, load_model
 from fbi_ref.nn.model import Model
 from fbi_ref.nn.network import LAYER_TYPES, Architecture, rebuild
 from fbi_ref.reference.build import weights_digest
@@ -23,7 +24,7 @@ def reference_model(ref, model=None):
     if any(k.startswith("w/") for k in ref):
         candidates.append(("the file's weights", lambda: from_file(ref, meta)))
     name = meta.get("model", {}).get("name")
-    if name:
+    if isinstance(name, str) and name in known_names():  # a name only: a file never makes us open a path it names
         candidates.append((f"model {name!r}", lambda: load_model(name)))
     for what, build in candidates:
         try:
@@ -35,8 +36,14 @@ def reference_model(ref, model=None):
             return found, ""
         reason = f"{what} has other weights than the reference (weights_digest differs)"
     if not candidates:
-        return None, "the reference holds no weights (write it with --with-weights) and names no model"
+        return None, ("the reference holds no weights (write it with --with-weights) and names no model fbi_ref "
+                      "knows; give the model with --model")
     return None, reason
+
+
+def known_names():
+    """The model names load_model knows without a path: the cached weights' and the embedded models'."""
+    return {*KNOWN_WEIGHTS, *embedded_models()}
 
 
 def from_file(ref, meta):
