@@ -444,3 +444,44 @@ def test_a_symlinked_shard_is_never_read(shard_folder, tmp_path, capsys):
     (folder / first).symlink_to(outside)  # the same bytes, so its SHA-256 still matches
     assert cli(["compare", folder, shard_folder]) == 2
     assert "does not match its SHA-256" in capsys.readouterr().err
+
+
+def rewritten_shard(shard_folder, tmp_path, number, change):
+    """A copy of the shard folder whose shard `number` holds change(arrays), its SHA-256 updated in the index (a
+    consistent folder whose content is wrong, not a damaged one)."""
+    from fbi_ref.io.arrays import write_npz
+    folder = lying(shard_folder, tmp_path, lambda i: None)
+    index = json.loads((folder / INDEX).read_text())
+    entry = next(e for e in index["shards"] if e["number"] == number)
+    arrays = load_npz(folder / entry["file"])
+    (folder / entry["file"]).unlink()
+    write_npz(folder / entry["file"], change(arrays))
+    entry["sha256"] = sha256sum(folder / entry["file"])
+    (folder / INDEX).write_text(json.dumps(index))
+    return folder
+
+
+def with_meta(text):
+    def change(arrays):
+        arrays["meta"] = np.array(text)
+        return arrays
+    return change
+
+
+def narrower_act(arrays):
+    key = next(k for k in arrays if k.startswith("act/") and arrays[k].ndim == 4)
+    arrays[key] = arrays[key][:, :, :, :-1]
+    return arrays
+
+
+@pytest.mark.parametrize("change, says", [
+    (narrower_act, "of shape"),  # np.concatenate's traceback before
+    (with_meta("{not json"), "its meta is not JSON"),
+    (with_meta('{"near_ties": [1]}'), "meta's 'near_ties' is a JSON array"),
+])
+def test_a_shard_folder_with_a_wrong_shard_is_one_line(shard_folder, tmp_path, capsys, change, says):
+    folder = rewritten_shard(shard_folder, tmp_path, 1, change)
+    capsys.readouterr()
+    assert cli(["compare", folder, shard_folder]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err

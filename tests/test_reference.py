@@ -479,3 +479,80 @@ def test_a_reference_never_makes_compare_open_a_path_it_names(tmp_path):
     found, why = reference_model(arrays)
     assert found is None and "names no model fbi_ref knows" in why
     assert reference_model(arrays, model)[0] is model  # --model is how a model is given
+
+
+def huge_zero_member(archive, key, shape):
+    """A member of zeros declaring `shape` (float32), written in 1 MB pieces: a small file, a large array."""
+    import zipfile
+    info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with archive.open(info, "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        left, piece = int(np.prod(shape)) * 4, bytes(2**20)
+        while left:
+            f.write(piece[:min(left, len(piece))])
+            left -= min(left, len(piece))
+
+
+def test_compare_reads_no_array_of_other_whose_header_cannot_match(tmp_path):
+    """Three members of 400 MB of zeros in a file of 1.2 MB, under keys of the reference with other shapes:
+    compare reports the shapes from the headers and reads none of them (`k in other` and np.ndim(other[k])
+    decompressed whole members: 6.8 GB and 77 s for three 1.9 GiB ones)."""
+    import tracemalloc
+    import zipfile
+    from fbi_ref.io.arrays import open_npz
+    ref = {"x": np.zeros((1, 4, 4, 3), np.float32), "act/a": np.ones((1, 8), np.float32),
+           "act/b": np.ones((1, 2, 2, 5), np.float32), "logits": np.ones((1, 3), np.float32)}
+    write_npz(tmp_path / "ref.npz", ref)
+    with zipfile.ZipFile(tmp_path / "other.npz", "w") as archive:
+        for key in ("act/a", "act/b", "extra"):
+            huge_zero_member(archive, key, (10_000, 10_000))
+    assert (tmp_path / "other.npz").stat().st_size < 2 * 2**20
+    tracemalloc.start()
+    with open_npz(tmp_path / "ref.npz") as r, open_npz(tmp_path / "other.npz") as o:
+        result = compare(r, o)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2**20, f"peak {peak:,} bytes"
+    rows = {row.key: row for row in result.rows}
+    assert not rows["act/a"].passed and "shape (1, 8) vs (10000, 10000)" in rows["act/a"].note
+    assert not rows["act/b"].passed and not rows["extra"].passed and not result.passed
+
+
+@pytest.fixture(scope="module")
+def small_reference():
+    model = fbi_ref.load_model("shapes")
+    return build_reference(model, randn(0, 2, *model.input_shape, dtype=np.float32), methods=("gradient",),
+                           with_weights=True)
+
+
+def meta_edited(change):
+    def edit(arrays):
+        meta = json.loads(str(arrays["meta"]))
+        arrays["meta"] = np.array(json.dumps(change(meta)))
+    return edit
+
+
+def replaced(key, value):
+    def edit(arrays):
+        arrays[key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, says", [
+    (replaced("meta", np.array("{not json")), "its meta is not JSON"),
+    (replaced("meta", np.array("[1, 2]")), "its meta is a JSON list, not an object"),
+    (meta_edited(lambda m: {**m, "model": [1]}), "meta's 'model' is a JSON array"),
+    (meta_edited(lambda m: {**m, "layers": "junk"}), "meta's 'layers' is a JSON string"),
+    (meta_edited(lambda m: {**m, "layers": [1, 2]}), "meta's 'layers' are not records"),
+    (meta_edited(lambda m: {**m, "dtype": {"a": 1}}), "meta's 'dtype' is a JSON object"),
+    (replaced("target", np.array([999, 0])), "its target [999, 0] is not a class index"),
+], ids=["not-json", "a-list", "model-a-list", "layers-text", "layers-numbers", "dtype-object", "target-out-of-range"])
+def test_a_damaged_reference_is_one_line_in_compare(small_reference, tmp_path, capsys, edit, says):
+    """Each was a traceback (or, for the target, a pass of a reference that could not have been computed)."""
+    arrays = dict(small_reference)
+    edit(arrays)
+    write_npz(tmp_path / "bad.npz", arrays)
+    write_npz(tmp_path / "good.npz", small_reference)
+    code, out, err = cli(capsys, "compare", tmp_path / "bad.npz", tmp_path / "good.npz")
+    assert code == 2 and says in err and err.count("\n") == 1 and "bad.npz" in err, err

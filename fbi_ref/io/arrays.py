@@ -120,6 +120,18 @@ class NpzFile(Mapping):
             # a damaged stream (zlib, lzma), an encrypted member (RuntimeError), an unknown compression
             raise InputError(f"{self.name}: member {info.filename!r} is corrupt ({_first_line(e)})") from None
 
+    def __contains__(self, key):  # Mapping's own would read the whole member to find out
+        return key in self._members
+
+    def declared_shape(self, key):
+        """The shape a member's .npy header declares, read without its data (KeyError if there is no such key)."""
+        info = self._members[key]
+        try:
+            with self._zip.open(info) as f:
+                return _npy_header(f, f"{self.name}: member {info.filename!r}")[0]
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, RuntimeError, NotImplementedError) as e:
+            raise InputError(f"{self.name}: member {info.filename!r} is corrupt ({_first_line(e)})") from None
+
     def __iter__(self):
         return iter(self._members)
 
@@ -136,18 +148,22 @@ class NpzFile(Mapping):
         self.close()
 
 
-def _read_npy(f, size, name):
-    """The array in the .npy stream f, whose whole length is `size` bytes: header checked before allocating."""
+def _npy_header(f, name):
+    """(shape, fortran order, dtype) from the header of the .npy stream f."""
     try:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f"unknown .npy version {version}")
+            return np.lib.format.read_array_header_1_0(f)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f)
+        raise ValueError(f"unknown .npy version {version}")
     except (ValueError, EOFError, SyntaxError, TypeError) as e:
         raise InputError(f"{name}: not a valid .npy array ({_first_line(e)})") from None
+
+
+def _read_npy(f, size, name):
+    """The array in the .npy stream f, whose whole length is `size` bytes: header checked before allocating."""
+    shape, fortran, dtype = _npy_header(f, name)
     if dtype.hasobject:
         raise InputError(f"{name}: holds Python objects (a pickle), which fbi_ref never loads")
     nbytes = math.prod(shape) * dtype.itemsize

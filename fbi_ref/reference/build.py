@@ -200,6 +200,46 @@ def meta_json(model, options_used, walk_keys=(), model_file=None, target_rule="t
     return stable_json(meta)
 
 
+# What the readers of a reference use from meta, and the JSON type each must have: anything else is refused in one
+# line (a reference file may come from anybody).
+META_FIELDS = {"model": dict, "layers": list, "methods": dict, "dtype": str, "near_ties": dict, "warnings": list,
+               "walks": dict, "fbi_walk": list}
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def read_meta(text, source="the reference"):
+    """A reference's meta record as a dict whose fields have the types meta_json writes; InputError otherwise."""
+    try:
+        meta = json.loads(str(text))
+    except (ValueError, RecursionError) as error:
+        raise InputError(f"{source}: its meta is not JSON ({str(error)[:80]})") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{source}: its meta is a JSON {type(meta).__name__}, not an object")
+    for name, kind in META_FIELDS.items():
+        if name in meta and not isinstance(meta[name], kind):
+            raise InputError(f"{source}: meta's {name!r} is a JSON {_JSON_TYPES.get(type(meta[name]), 'value')}, not "
+                             f"a JSON {_JSON_TYPES[kind]}")
+    if any(not isinstance(layer, dict) or not isinstance(layer.get("name"), str) or
+           not isinstance(layer.get("type"), str) for layer in meta.get("layers", [])):
+        raise InputError(f"{source}: meta's 'layers' are not records with a name and a type")
+    if meta.get("dtype", "float32") not in ("float16", "float32", "float64"):
+        raise InputError(f"{source}: meta's dtype {meta['dtype'][:40]!r} is not float16, float32 or float64")
+    if any(not isinstance(options, dict) for options in meta.get("methods", {}).values()):
+        raise InputError(f"{source}: meta's 'methods' are not records of options")
+    if any(not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values())
+           for counts in meta.get("near_ties", {}).values()):
+        raise InputError(f"{source}: meta's 'near_ties' are not counts per max-pool")
+    model = meta.get("model", {})
+    if not isinstance(model.get("name", ""), (str, type(None))) or \
+            not isinstance(model.get("input_shape", []), list) or \
+            not all(isinstance(v, int) and 0 < v < 2**16 for v in model.get("input_shape", [])):
+        raise InputError(f"{source}: meta's 'model' has no plain name and input shape")
+    return meta
+
+
 def stable_json(record):
     """A dict as JSON with sorted keys, one line per top-level entry and per item below it: stable and readable."""
     def entry(key, value):

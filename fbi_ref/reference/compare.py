@@ -21,13 +21,13 @@ lacks is listed, and fails only under a `require` prefix.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from fbi_ref.errors import InputError
+from fbi_ref.reference.build import read_meta
 from fbi_ref.reference.model import reference_model
 from fbi_ref.reference.replay import replay
 
@@ -104,26 +104,37 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
     to replay near ties (None: built from the reference's weights if it holds them, else no replay).
     """
     tol = _tolerances(tolerances)
+    _check_targets(ref)
     ref_keys = [k for k in ref if k != "meta"]
     other_keys = [k for k in other if k != "meta"]
     layout, layout_note = _layout(ref, other, layout)
     shared = [k for k in ref_keys if k in other]
-    aligned = Aligned(other, layout)
+    # Read no array of other whose header says it cannot match: its size is then bounded by the reference's.
+    declared = {k: _aligned_shape(declared_shape(other, k), layout) for k in other_keys}
+    misfits = {k for k in shared if declared[k] != tuple(declared_shape(ref, k))}
+    aligned = Aligned(other, layout, misfits)
     expected, note = {}, ""
     near = {}
     if replay and "meta" in ref and "x" in ref and "target" in ref:
         expected, near, note = _replayed(ref, aligned, model, tol)
     rows = []
     for key in shared:
+        if key in misfits:
+            ref_shape, shape = tuple(declared_shape(ref, key)), declared[key]
+            hint = "; other looks NCHW: try --layout nchw" if len(shape) == 4 and _transposed_shape(shape) == \
+                ref_shape and layout == "nhwc" else ""
+            rows.append(KeyComparison(key, ref_shape, tuple(declared_shape(other, key)), "-", passed=False,
+                                      tolerance=_tolerance(tol, key), note=f"shape {ref_shape} vs {shape}{hint}"))
+            continue
         reference = expected["arrays"][key] if expected and key in expected["arrays"] else np.asarray(ref[key])
-        row = compare_arrays(key, reference, aligned[key], _tolerance(tol, key), np.asarray(other[key]).shape)
+        row = compare_arrays(key, reference, aligned[key], _tolerance(tol, key), tuple(declared_shape(other, key)))
         if expected:
             _note_replay(row, key, expected)
         rows.append(row)
     decisions = _decision_keys(ref)
     unknown = [k for k in other_keys if k not in ref and k not in decisions and not any(map(k.startswith, ignore))]
     for key in unknown:
-        rows.append(KeyComparison(key, (), tuple(np.asarray(other[key]).shape), "-", passed=False,
+        rows.append(KeyComparison(key, (), tuple(declared_shape(other, key)), "-", passed=False,
                                   note=f"not a key of the reference{_suggestion(key, [*ref_keys, *decisions])}"))
     missing = [k for k in ref_keys if k not in other]
     for prefix in require:
@@ -135,6 +146,16 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
     replayed = dict(expected.get("accepted", {})) if expected else {}
     return Comparison(rows, missing, [k for k in other_keys if k not in ref], layout, layout_note, tol,
                       failed[0] if failed else None, failed, near, replayed, note)
+
+
+def _check_targets(ref):
+    """A reference's targets are classes of its logits (InputError otherwise: it could not have been computed)."""
+    if "target" not in ref or "logits" not in ref:
+        return
+    target, classes = np.asarray(ref["target"]), declared_shape(ref, "logits")[-1:]
+    if target.dtype.kind not in "iu" or not classes or ((target < 0) | (target >= classes[0])).any():
+        raise InputError(f"{getattr(ref, 'name', 'the reference')}: its target {target.ravel()[:4].tolist()} is not "
+                         f"a class index of its logits (0..{classes[0] - 1 if classes else '?'})")
 
 
 def _tolerances(tolerances):
@@ -160,7 +181,7 @@ def _decision_keys(ref):
     """The keys another file may add for the replay: <method>/switch/<pool> for the reference's many-input methods."""
     if "meta" not in ref:
         return []
-    meta = json.loads(str(ref["meta"]))
+    meta = read_meta(ref["meta"], getattr(ref, "name", "the reference"))
     pools = [layer["name"] for layer in meta.get("layers", []) if "Pool" in layer.get("type", "")]
     return [f"{prefix}{pool}" for prefix in DECISIONS if prefix.split("/")[0] in meta.get("methods", {})
             for pool in pools]
@@ -179,14 +200,16 @@ def _layout(ref, other, layout):
         return layout, "given"
     if layout != "auto":
         raise InputError(f"layout must be 'auto', 'nhwc' or 'nchw', got {layout!r}")
-    candidates = [k for k in ref if k in other and k != "meta" and np.ndim(ref[k]) == 4 == np.ndim(other[k])]
+    shapes = {k: (tuple(declared_shape(ref, k)), tuple(declared_shape(other, k))) for k in ref
+              if k in other and k != "meta"}
+    candidates = [k for k, (r, o) in shapes.items() if len(r) == 4 == len(o)]
     for key in candidates:
-        r, o = np.shape(ref[key]), np.shape(other[key])
+        r, o = shapes[key]
         as_nhwc, as_nchw = o == r, _transposed_shape(o) == r
         if as_nhwc != as_nchw:
             return ("nhwc" if as_nhwc else "nchw"), f"from the shape of {key}"
-    for key in candidates:  # every shape fits both ways (C = H = W): decide by which reading agrees better
-        a, b = np.asarray(ref[key], np.float64), np.asarray(other[key], np.float64)
+    for key in [k for k in candidates if shapes[k][0] == shapes[k][1]]:  # every shape fits both ways (C = H = W)
+        a, b = np.asarray(ref[key], np.float64), np.asarray(other[key], np.float64)  # decide by the values
         if a.shape == b.shape and np.any(a):
             direct, transposed = np.abs(b - a).max(), np.abs(_to_nhwc(b, "nchw") - a).max()
             if direct != transposed:
@@ -194,23 +217,45 @@ def _layout(ref, other, layout):
     return "nhwc", "no 4-D array to tell"
 
 
-class Aligned(Mapping):
-    """Another file's arrays read one at a time (when asked for) and put in the reference's layout."""
+def declared_shape(arrays, key):
+    """The shape of arrays[key], from its header where the mapping can tell it without reading the data."""
+    if hasattr(arrays, "declared_shape"):
+        return tuple(arrays.declared_shape(key))
+    return tuple(np.shape(arrays[key]))
 
-    def __init__(self, arrays, layout):
-        self.arrays, self.layout = arrays, layout
+
+def _aligned_shape(shape, layout):
+    """A shape of other as it will be in the reference's layout."""
+    if layout == "nchw" and len(shape) == 4:
+        return _transposed_shape(shape)
+    if layout == "nchw" and len(shape) == 5:
+        return (shape[0], shape[1], shape[3], shape[4], shape[2])
+    return tuple(shape)
+
+
+class Aligned(Mapping):
+    """Another file's arrays read one at a time (when asked for) and put in the reference's layout; the keys in
+    `misfits` (shapes that cannot match the reference's) are left out, never read."""
+
+    def __init__(self, arrays, layout, misfits=()):
+        self.arrays, self.layout, self.misfits = arrays, layout, set(misfits)
+
+    def __contains__(self, key):
+        return key in self.arrays and key not in self.misfits
 
     def __getitem__(self, key):
+        if key in self.misfits:
+            raise KeyError(key)
         a = np.asarray(self.arrays[key])
         if a.dtype.kind == "f" and a.dtype.itemsize < 4:  # float16: compared (and replayed) as float32
             a = a.astype(np.float32)
         return _to_nhwc(a, self.layout)
 
     def __iter__(self):
-        return iter(self.arrays)
+        return (key for key in self.arrays if key not in self.misfits)
 
     def __len__(self):
-        return len(self.arrays)
+        return sum(1 for _ in self)
 
 
 def _transposed_shape(shape):
@@ -230,7 +275,7 @@ def _to_nhwc(a, layout):
 def _replayed(ref, aligned, model, tol):
     """The arrays to compare against after replaying the near-tie decisions of other: ({'arrays', 'accepted',
     'refused', 'exempt'}, near ties in the reference, a note)."""
-    meta = json.loads(str(ref["meta"]))
+    meta = read_meta(ref["meta"], getattr(ref, "name", "the reference"))
     near = meta.get("near_ties", {})
     if model is None:
         model, why = reference_model(ref)

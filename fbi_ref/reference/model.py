@@ -2,7 +2,6 @@
 found by name, for replaying near ties (replay.py). The weights' digest in meta must match."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
@@ -11,12 +10,12 @@ from fbi_ref.io.weights_cache import KNOWN_WEIGHTS
 from fbi_ref.io.zoo import embedded_models, load_model
 from fbi_ref.nn.model import Model
 from fbi_ref.nn.network import LAYER_TYPES, Architecture, rebuild
-from fbi_ref.reference.build import weights_digest
+from fbi_ref.reference.build import read_meta, weights_digest
 
 
 def reference_model(ref, model=None):
     """(the reference's model, '') or (None, why not): from `model` if given, the file's weights, or by name."""
-    meta = json.loads(str(ref["meta"]))
+    meta = read_meta(ref["meta"], getattr(ref, "name", "the reference"))
     digest = meta.get("model", {}).get("weights_digest")
     candidates = []
     if model is not None:

@@ -24,7 +24,6 @@ difference between the two attributions shows are applied to the reference, larg
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,7 +36,7 @@ from fbi_ref.methods.tables import GRADIENT
 from fbi_ref.methods.traversal import walk
 from fbi_ref.nn.network import MaxPool2D
 from fbi_ref.nn.pooling import maxpool_forward, pick_switches, window_gaps
-from fbi_ref.reference.build import near_ties as near_ties_of
+from fbi_ref.reference.build import near_ties as near_ties_of, read_meta
 
 SWITCH_ROUTED = ("gradient", "gradient_x_input", "deconvnet", "guided_backprop", "lrp_epsilon", "lrp_zplus",
                  "gradcam", "guided_gradcam")
@@ -254,7 +253,7 @@ def _largest_error(mine, theirs):
 
 def _methods(ref):
     """{method: options} from the reference's meta."""
-    return json.loads(str(ref["meta"]))["methods"]
+    return read_meta(ref["meta"], getattr(ref, "name", "the reference")).get("methods", {})
 
 
 def _options(options):

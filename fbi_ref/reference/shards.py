@@ -25,7 +25,7 @@ import numpy as np
 from fbi_ref.errors import InputError
 from fbi_ref.io.arrays import MAX_ARRAY_BYTES, open_npz
 from fbi_ref.io.paths import input_file, shown, write_text
-from fbi_ref.reference.build import stable_json
+from fbi_ref.reference.build import read_meta, stable_json
 from fbi_ref.io.weights_cache import sha256sum
 
 INDEX = "index.json"
@@ -52,9 +52,9 @@ def merge_meta(metas, sizes):
     One batch: its meta unchanged. Several: the first's, with near_ties summed over batches (a count of
     windows), warnings prefixed by the images they concern, and `batches`: the batch size and count.
     """
+    records = [read_meta(m, f"batch {i}") for i, m in enumerate(metas)]  # checked, even when there is one
     if len(metas) == 1:
         return metas[0]
-    records = [json.loads(m) for m in metas]
     merged = dict(records[0])
     ties = {}
     for record in records:
@@ -201,6 +201,9 @@ class ShardedReference(Mapping):
         parts, size = [], 0
         for path, rows in zip(self._paths, self._sizes):
             parts.append(self._read(path, key))
+            if np.ndim(parts[-1]) == 0 or np.shape(parts[-1])[1:] != np.shape(parts[0])[1:]:
+                raise InputError(f"{self.name}: shard {path.name} holds {key!r} of shape {np.shape(parts[-1])}, the "
+                                 f"first shard of shape {np.shape(parts[0])}")
             if len(parts[-1]) != rows:
                 raise InputError(f"{self.name}: shard {path.name} holds {len(parts[-1])} images of {key!r}, its "
                                  f"index says {rows}")
@@ -209,6 +212,17 @@ class ShardedReference(Mapping):
                 raise InputError(f"{self.name}: {key} takes more than the {MAX_ARRAY_BYTES:,} bytes allowed at once "
                                  "over all shards (FBI_REF_MAX_ARRAY_BYTES); compare fewer images at a time")
         return np.concatenate(parts)
+
+    def __contains__(self, key):
+        return key in self._keys
+
+    def declared_shape(self, key):
+        """The shape of `key` over all shards, from the first shard's header and the index (nothing read)."""
+        if key not in self._keys:
+            raise KeyError(key)
+        with open_npz(self._paths[0]) as first:
+            shape = first.declared_shape(key)
+        return (sum(self._sizes), *shape[1:]) if per_image(key) and len(shape) else tuple(shape)
 
     def _read(self, path, key):
         """One array of one shard."""
