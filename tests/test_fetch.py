@@ -386,3 +386,56 @@ def test_the_deadline_holds_while_the_headers_trickle_in(tmp_path, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- hardening round 2 (issue 24) -----------------------------------------------------------------------
+
+class Endless(BaseHTTPRequestHandler):
+    """/lying: Content-Length 1e15, then zeros until the client goes; /endless: no length, zeros until it goes."""
+
+    def do_GET(self):
+        self.send_response(200)
+        if self.path == "/lying":
+            self.send_header("Content-Length", str(10**15))
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(bytes(2**16))
+        except OSError:  # the client stopped reading
+            pass
+
+    def log_message(self, *args):
+        """Keep the test output quiet."""
+
+
+@pytest.fixture
+def endless(monkeypatch):
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("route, says", [("/lying", "announces 1,000,000,000,000,000 bytes"),
+                                         ("/endless", "sent more than the 5,242,880 bytes")])
+def test_a_download_stops_at_the_size_the_file_can_take(endless, tmp_path, route, says):
+    """A server announcing 1e15 bytes, or sending an endless body, wrote 1.2 GB into the cache for a 56 MiB
+    file: the download is refused at once, or stopped at the cap, and leaves nothing behind."""
+    with pytest.raises(DownloadError, match=says):
+        download(endless + route, tmp_path / "w.h5", progress=False, max_bytes=5 * 2**20)
+    assert files_in(tmp_path) == []
+
+
+def test_every_known_file_has_a_size_cap_near_its_size():
+    for name, known in fetch.KNOWN_WEIGHTS.items():
+        assert known.size and known.size < known.max_bytes <= known.size * 1.1 + 2**20, name
+
+
+def test_a_deadline_past_what_a_timer_can_wait_is_still_a_deadline(server, tmp_path):
+    """--deadline 1e10 made the watchdog's timer raise OverflowError (and the deadline was not enforced)."""
+    got = download(server.url("/files/tiny.h5"), tmp_path / "t.h5", md5=PAYLOAD_MD5, progress=False, deadline=1e10)
+    assert got.read_bytes() == PAYLOAD

@@ -35,6 +35,8 @@ CHUNK_SIZE = 1 << 20  # 1 MiB: few system calls, little memory
 # bring something within `timeout` on every read: a server that trickles a byte every few seconds is stopped too.
 DEFAULT_DEADLINE = 3600.0
 DEFAULT_HOME = "~/.cache/fbi_ref"
+SIZE_MARGIN = 0.1  # a known file may come 10 % (+ 1 MiB) larger than its size before a download is stopped
+DEFAULT_MAX_BYTES = int(os.environ.get("FBI_REF_MAX_DOWNLOAD_BYTES", 4 * 2**30))  # a download of an unknown file
 KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications"
 TORCHVISION_MODELS = "https://download.pytorch.org/models"
 
@@ -46,6 +48,12 @@ class KnownFile:
     url: str
     md5: str | None = None
     sha256_prefix: str | None = None
+    size: int | None = None  # bytes: a download stops once it passes this by SIZE_MARGIN (the hash decides the rest)
+
+    @property
+    def max_bytes(self) -> int:
+        """The most bytes a download of this file may bring before it is stopped."""
+        return int(self.size * (1 + SIZE_MARGIN)) + 2**20 if self.size else DEFAULT_MAX_BYTES
 
     @property
     def filename(self) -> str:
@@ -64,29 +72,31 @@ class KnownFile:
         return sha256 is not None and sha256.startswith(self.sha256_prefix.lower())
 
 
-def _torchvision(name: str) -> KnownFile:
+def _torchvision(name: str, size: int) -> KnownFile:
     """A torchvision file, whose name ends with the first 8 hex digits of its SHA-256."""
-    return KnownFile(f"{TORCHVISION_MODELS}/{name}.pth", sha256_prefix=name.rsplit("-", 1)[1])
+    return KnownFile(f"{TORCHVISION_MODELS}/{name}.pth", sha256_prefix=name.rsplit("-", 1)[1], size=size)
 
 
 KNOWN_WEIGHTS = {
     "vgg16": KnownFile(
         f"{KERAS_APPLICATIONS}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-        "64373286793e3c8b2b4e3219cbf3544b"),
+        "64373286793e3c8b2b4e3219cbf3544b", size=553_467_096),
     "vgg16_notop": KnownFile(
         f"{KERAS_APPLICATIONS}/vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "6d6bbae143d832006294945121d1f1fc"),
+        "6d6bbae143d832006294945121d1f1fc", size=58_889_256),
     # The two VGG19 hashes are copied from keras.applications.vgg19 (its get_file file_hash
     # values; 32 hex digits, which Keras treats as MD5), not computed here.
     "vgg19": KnownFile(
         f"{KERAS_APPLICATIONS}/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5",
-        "cbe5617147190e668d6c5d5026f83318"),
+        "cbe5617147190e668d6c5d5026f83318", size=574_710_816),
     "vgg19_notop": KnownFile(
         f"{KERAS_APPLICATIONS}/vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "253f8cb515780f3b799900260a226db6"),
-    # torchvision.models.VGG16_Weights.IMAGENET1K_V1 and VGG19_Weights.IMAGENET1K_V1 (torchvision preprocessing).
-    "torchvision_vgg16": _torchvision("vgg16-397923af"),
-    "torchvision_vgg19": _torchvision("vgg19-dcbb9e9d"),
+        "253f8cb515780f3b799900260a226db6", size=80_134_624),
+    # torchvision.models.VGG16_Weights.IMAGENET1K_V1 and VGG19_Weights.IMAGENET1K_V1 (torchvision preprocessing;
+    # their meta["_file_size"], 527.796 and 548.051 MiB, agrees with these sizes). The Keras sizes are the files'
+    # as published; only the download cap reads any of them.
+    "torchvision_vgg16": _torchvision("vgg16-397923af", 553_433_881),
+    "torchvision_vgg19": _torchvision("vgg19-dcbb9e9d", 574_673_361),
 }
 
 
@@ -204,7 +214,7 @@ def fetch_weights(name: str, force: bool = False, url: str | None = None,
     if not force and verify_known(dest, known):
         return dest
     return download(url or known.url, dest, md5=known.md5, progress=progress, deadline=deadline,
-                    sha256_prefix=known.sha256_prefix)
+                    sha256_prefix=known.sha256_prefix, max_bytes=known.max_bytes)
 
 
 def md5sum(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
@@ -242,7 +252,8 @@ def verify(path: str | os.PathLike, md5: str) -> bool:
 # --- downloading ----------------------------------------------------------------------------
 
 def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress: bool = True,
-             timeout: float = 30, deadline: float = DEFAULT_DEADLINE, sha256_prefix: str | None = None) -> Path:
+             timeout: float = 30, deadline: float = DEFAULT_DEADLINE, sha256_prefix: str | None = None,
+             max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
     """Download `url` to `dest` atomically, checking its size and (optionally) its MD5 or SHA-256 prefix.
 
     Streams into a hidden temporary file in dest's folder (created if needed), with a tqdm progress bar on
@@ -251,14 +262,15 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress
     a special file at dest is refused). On any failure, Ctrl-C included, the temporary file is removed and
     dest is untouched; the temporary files of downloads that were killed (SIGKILL) are removed by the next
     download into the same folder. `timeout` (seconds) bounds the connection and each read, `deadline` the
-    whole download. Raises DownloadError with a one-line message: cannot connect, HTTP error status,
-    connection dropped or stalled mid-file, too slow, checksum mismatch, or a folder that cannot be written.
+    whole download, `max_bytes` its size: a server that announces or sends more is stopped there. Raises
+    DownloadError with a one-line message: cannot connect, HTTP error status, connection dropped or stalled
+    mid-file, too slow, too large, checksum mismatch, or a folder that cannot be written.
     """
     dest = output_file(dest)
     tmp = temporary_beside(dest, secrets.token_hex(4))
     try:
         actual_md5, actual_sha256 = _download_to(url, tmp, timeout, time.monotonic() + deadline, progress,
-                                                 label=dest.name)
+                                                 label=dest.name, max_bytes=max_bytes)
         if md5 is not None and actual_md5 != md5.lower():
             raise DownloadError(
                 f"checksum mismatch for {url}: expected md5 {md5.lower()}, got {actual_md5}")
@@ -272,7 +284,8 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, progress
     return dest
 
 
-def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress: bool, label: str) -> str:
+def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress: bool, label: str,
+                 max_bytes: int) -> str:
     """Stream `url` into the new file `tmp` (locked while it is written); return the content's (MD5, SHA-256)."""
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -281,7 +294,7 @@ def _download_to(url: str, tmp: Path, timeout: float, deadline: float, progress:
         with open(tmp, "xb") as out, Watchdog(deadline) as watchdog:
             try_lock(out)  # held while it writes: another process's remove_stale_parts leaves the file alone
             with _open_url(url, timeout, watchdog) as response:
-                return _stream(response, out, url, deadline, progress, label, watchdog)
+                return _stream(response, out, url, deadline, progress, label, watchdog, max_bytes)
     except OSError as e:  # network errors are DownloadError already: these are local disk ones
         raise DownloadError(f"cannot write {tmp.parent / label}: {e.strerror or e}") from None
 
@@ -292,7 +305,8 @@ class Watchdog:
 
     def __init__(self, deadline: float):
         self.deadline, self.expired, self.sockets = deadline, False, []
-        self.timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._expire)
+        # threading's waits take at most TIMEOUT_MAX seconds (about 292 years): a later deadline waits that long
+        self.timer = threading.Timer(min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX), self._expire)
         self.timer.daemon = True
 
     def __enter__(self):
@@ -366,8 +380,11 @@ def _open_error(url, error) -> DownloadError:
     return DownloadError(f"cannot download {url}: {error or type(error).__name__}")  # timeouts, resets, garbage
 
 
-def _stream(response, out, url: str, deadline: float, progress: bool, label: str, watchdog: Watchdog) -> tuple:
+def _stream(response, out, url: str, deadline: float, progress: bool, label: str, watchdog: Watchdog,
+            max_bytes: int) -> tuple:
     expected = _content_length(response)  # None when the server does not say
+    if expected is not None and expected > max_bytes:
+        raise DownloadError(f"{url} announces {expected:,} bytes, more than the {max_bytes:,} the file can take")
     digest, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     received = 0
     # disable=None: tqdm draws only when stderr is a terminal
@@ -378,6 +395,8 @@ def _stream(response, out, url: str, deadline: float, progress: bool, label: str
             digest.update(chunk)
             sha256.update(chunk)
             received += len(chunk)
+            if received > max_bytes:  # an endless body: stop, whatever the headers said
+                raise DownloadError(f"{url} sent more than the {max_bytes:,} bytes the file can take; stopped")
             bar.update(len(chunk))
             if time.monotonic() > deadline:
                 raise _too_slow(url, received, expected)
