@@ -27,3 +27,7 @@ class InputError(FbiRefError, ValueError):
 
 class DownloadError(FbiRefError):
     """A download that failed or whose checksum does not match."""
+
+
+class RunError(FbiRefError):
+    """A run that could not go on (a worker process died): what it completed is kept."""

@@ -25,3 +25,11 @@ def assert_one_line_exit_2(capsys, *args, says=""):
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (code, err)
     assert says in err, err
     return err
+
+
+def die_at(i):
+    """A task for a worker pool that kills its own process (SIGKILL, as the out-of-memory killer would) at i = 1."""
+    import os
+    if i == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i

@@ -485,3 +485,53 @@ def test_a_shard_folder_with_a_wrong_shard_is_one_line(shard_folder, tmp_path, c
     assert cli(["compare", folder, shard_folder]) == 2
     err = capsys.readouterr().err
     assert says in err and err.count("\n") == 1, err
+
+
+def test_a_worker_killed_mid_run_is_one_typed_error_not_a_traceback():
+    """A real worker process dies (SIGKILL): the pool breaks; the run says so in one line (RunError, exit 2 in
+    the command line) instead of a BrokenProcessPool traceback."""
+    from fbi_ref.errors import RunError
+    from fbi_ref.evaluation.workers import stream_tasks
+    from .cli_helpers import die_at
+    with pytest.raises(RunError, match="a worker process died") as info:
+        list(stream_tasks(die_at, [(i,) for i in range(6)], jobs=2, threads=1))
+    assert "\n" not in str(info.value)
+
+
+@pytest.fixture
+def not_dask():
+    """A TCP server on 127.0.0.1 that answers anything with a frame header announcing 2**64 - 1 bytes."""
+    import socket
+    import threading
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            with connection:
+                try:
+                    connection.sendall(b"\xff" * 64)
+                    connection.recv(1024)
+                except OSError:
+                    pass
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_scheduler_that_is_not_dask_is_one_line_and_nothing_is_written(images, tmp_path, capsys, not_dask):
+    pytest.importorskip("distributed")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert cli(reference_args(images, out, "--batch-size", "5", "--scheduler", not_dask)) == 2
+    err = capsys.readouterr().err
+    assert "no Dask scheduler answers there" in err and err.count("\n") == 1, err
+    assert not out.exists() or not any(out.iterdir())

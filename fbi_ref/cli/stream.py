@@ -10,6 +10,7 @@ once its files are complete, with their SHA-256, and --resume skips exactly thos
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -129,13 +130,16 @@ def stream_reference(args, model, sources, load_batch, out, is_folder, inputs):
     folder = out if is_folder else None
     if folder is None and args.resume:
         raise InputError(f"{shown(out)}: --resume needs a folder output (--out DIR), whose shards a run can resume")
-    index, done = start_folder(folder, run, len(sources), size, args.resume) if folder else (None, {})
-    todo = [n for n in range(len(batches)) if n not in done]
-    tasks = ((args.model, load_batch(*batches[n]), args.methods, args.target, args.options, args.with_weights,
-              record) for n in todo)
-    kept = {}
-    with cluster(args) as client, progress(args, len(sources), sum(e["stop"] - e["start"] for e in done.values()),
-                                           "reference") as bar:
+    found = check_folder(folder, run, args.resume) if folder else None
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(cluster(args))  # before any write: nothing is written if no scheduler answers
+        index, done = start_folder(folder, found, run, len(sources), size, args.resume) if folder else (None, {})
+        todo = [n for n in range(len(batches)) if n not in done]
+        tasks = ((args.model, load_batch(*batches[n]), args.methods, args.target, args.options, args.with_weights,
+                  record) for n in todo)
+        kept = {}
+        bar = stack.enter_context(progress(args, len(sources), sum(e["stop"] - e["start"] for e in done.values()),
+                                           "reference"))
         for i, arrays in run_batches(reference_batch, tasks, client, args.jobs, threads_of(args)):
             n = todo[i]
             if folder is None:
@@ -149,31 +153,40 @@ def stream_reference(args, model, sources, load_batch, out, is_folder, inputs):
     return None, shards.concatenate_batches([kept[n] for n in range(len(batches))])
 
 
-def start_folder(folder, run, images, size, resume):
-    """The index to continue ({shard number: entry} already complete), checked against this run's settings."""
+def check_folder(folder, run, resume):
+    """Before anything is written: the shard index to continue (checked against this run's settings) or None
+    for a fresh run, which a folder of anybody else's files refuses (InputError)."""
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{shown(folder)}: exists and is not a folder; a reference of several batches is a folder "
                          "(give --out NAME.npz for a single file)")
     has_index = (folder / shards.INDEX).exists()
-    if has_index:  # ours only if it is an index of our shards with a run's settings; anybody's else is not ours
-        try:
-            index = shards.read_index(folder)
-        except InputError as error:
-            raise InputError(f"{error}; {shown(folder)} is not a folder of fbi-ref reference shards: give a new or "
-                             f"empty folder") from None
-        if not isinstance(index.get("run"), dict):
-            raise InputError(f"{shown(folder / shards.INDEX)}: an index without a run's settings; give a new or "
-                             f"empty folder")
-    if folder.is_dir() and not has_index and any(folder.iterdir()):
-        raise InputError(f"{shown(folder)}: a folder that holds other files and no {shards.INDEX}; give a new or "
-                         "empty folder")
-    output_folder(folder)
-    if resume and has_index:
+    if not has_index:
+        if folder.is_dir() and any(folder.iterdir()):
+            raise InputError(f"{shown(folder)}: a folder that holds other files and no {shards.INDEX}; give a new "
+                             f"or empty folder")
+        return None
+    try:  # ours only if it is an index of our shards with a run's settings; anybody's else is not ours
+        index = shards.read_index(folder)
+    except InputError as error:
+        raise InputError(f"{error}; {shown(folder)} is not a folder of fbi-ref reference shards: give a new or "
+                         f"empty folder") from None
+    if not isinstance(index.get("run"), dict):
+        raise InputError(f"{shown(folder / shards.INDEX)}: an index without a run's settings; give a new or "
+                         f"empty folder")
+    if resume:
         same_run(index, run, folder)
-        good = shards.verified_shards(folder, index)
-        index["shards"] = [e for e in index["shards"] if e["number"] in good]
-        return index, good
-    if has_index:  # a fresh run over an old one: its shards go, so that none is mistaken for this run's
+    return index
+
+
+def start_folder(folder, found, run, images, size, resume):
+    """The index to write to and {shard number: entry} already complete: `found` (check_folder's) continued with
+    --resume, else a new index, the old run's shards removed so that none is mistaken for this run's."""
+    output_folder(folder)
+    if resume and found is not None:
+        good = shards.verified_shards(folder, found)
+        found["shards"] = [e for e in found["shards"] if e["number"] in good]
+        return found, good
+    if found is not None:
         for path in folder.iterdir():
             if SHARD_FILE.fullmatch(path.name) and path.is_file():
                 path.unlink()

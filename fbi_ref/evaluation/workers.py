@@ -17,10 +17,13 @@ import contextlib
 import multiprocessing
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
+from concurrent.futures.process import BrokenProcessPool
 
 import numba
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
+
+from fbi_ref.errors import RunError
 
 
 def cpu_count():
@@ -103,7 +106,13 @@ def stream_tasks(fn, tasks, jobs, threads, window=None):
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                yield pending.pop(future), future.result()
+                try:
+                    result = future.result()
+                except BrokenProcessPool:  # a worker was killed (out of memory, a signal): the others go too
+                    raise RunError(f"a worker process died ({len(pending)} batches in flight were lost); what "
+                                   f"was written before is kept: run the same command again, with --resume "
+                                   f"where it takes it") from None
+                yield pending.pop(future), result
             for i, task in queue:  # refill the window
                 pending[pool.submit(run_limited, fn, threads, task)] = i
                 if len(pending) >= window:
