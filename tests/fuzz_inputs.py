@@ -211,3 +211,172 @@ def test_any_input_array_is_explained_or_refused_in_one_line(dtype, shape, fill,
     with np.errstate(all="ignore"):
         x = np.full(shape, fill).astype(dtype)
     typed_or_fine(lambda: fbi_ref.explain(model, x, method))
+
+
+# --- issue 24: the readers and files added since the first round --------------------------------------
+
+FINETUNES = Path(__file__).resolve().parent / "fixtures" / "finetunes"
+ONNX_FILES = sorted(FINETUNES.glob("*.onnx"))
+
+
+def cli_one_line(args):
+    """Exit 0 or 1 with nothing on stderr but warnings, or exit 2 with one line; never a traceback."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in args])
+    text = err.getvalue()
+    assert code in (0, 1, 2), (code, text)
+    assert "Traceback" not in text and (code != 2 or text.count("\n") == 1), text
+    return code
+
+
+@fuzz
+@given(st.sampled_from(ONNX_FILES), edits)
+def test_mutated_onnx_files_load_or_fail_in_one_line(path, changes):
+    with scratch() as folder:
+        target = folder / path.name
+        target.write_bytes(mutate(path.read_bytes(), changes))
+        typed_or_fine(lambda: fbi_ref.load_model(target))
+
+
+ATTRIBUTES = {"kernel_shape": st.lists(st.integers(-1, 5), min_size=1, max_size=3),
+              "strides": st.lists(st.integers(-1, 3), min_size=1, max_size=3),
+              "pads": st.lists(st.integers(-1, 3), min_size=1, max_size=5),
+              "dilations": st.lists(st.integers(0, 3), min_size=1, max_size=3),
+              "auto_pad": st.sampled_from(["NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER", "BOGUS"]),
+              "axis": st.integers(-5, 5), "perm": st.permutations([0, 1, 2, 3]),
+              "keepdims": st.integers(0, 1), "group": st.integers(0, 3), "epsilon": st.floats(-1, 1),
+              "transB": st.integers(0, 1), "count_include_pad": st.integers(0, 1), "ceil_mode": st.integers(0, 1)}
+
+
+@fuzz
+@given(st.sampled_from(ONNX_FILES), st.data())
+def test_onnx_graphs_with_other_attributes_give_onnxruntimes_answer_or_one_line(path, data):
+    """Random attributes on the supported ops, a reshaped or duplicated initializer: what fbi_ref accepts,
+    onnxruntime must run, with the same probabilities; everything else is refused in one line."""
+    import onnx
+    import onnxruntime
+    from onnx import helper, numpy_helper
+    model = onnx.load(str(path))
+    nodes = [n for n in model.graph.node if n.op_type not in ("Shape", "Gather", "Cast", "Slice", "Concat")]
+    for _ in range(data.draw(st.integers(1, 3))):
+        kind = data.draw(st.sampled_from(["attribute", "reshape", "duplicate"]))
+        if kind == "attribute":
+            node = data.draw(st.sampled_from(nodes))
+            name = data.draw(st.sampled_from(sorted(ATTRIBUTES)))
+            for attribute in [a for a in node.attribute if a.name == name]:
+                node.attribute.remove(attribute)
+            node.attribute.append(helper.make_attribute(name, data.draw(ATTRIBUTES[name])))
+        else:
+            tensor = data.draw(st.sampled_from(list(model.graph.initializer)))
+            array = numpy_helper.to_array(tensor)
+            if kind == "reshape" and array.size:
+                array = array.reshape(data.draw(st.sampled_from([(array.size,), (1, array.size), (array.size, 1)])))
+                tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+            else:
+                model.graph.initializer.append(numpy_helper.from_array(array * 2, tensor.name))
+    x_raw = np.load(FINETUNES / (path.name.split(".")[0] + ".npz"))["x_raw"][:1]
+    torch_graph = path.name.endswith(".torch.onnx")
+    with scratch() as folder:
+        target = folder / "edited.onnx"
+        onnx.save(model, str(target))
+        # the fixtures' images as each graph takes them: raw RGB (the graph's own input map, or none in
+        # ft_flatten), or torch's x / 127.5 - 1 in NCHW
+        own = None if path.name.split(".")[0] in ("ft_gap", "ft_pools", "ft_sequential_flatten") and not torch_graph \
+            else "identity"
+        ours = typed_or_fine(lambda: fbi_ref.load_model(target, preprocessing=own))
+        if ours is None:
+            return
+        x = (x_raw / 127.5 - 1).astype(np.float32) if torch_graph else x_raw
+        session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])  # must accept it
+        theirs = session.run(None, {session.get_inputs()[0].name: x.transpose(0, 3, 1, 2) if torch_graph else x})[0]
+        mine = ours.forward(fbi_ref.io.images.preprocess(x, ours.preprocessing)).probs
+        assert np.abs(mine - theirs).max() <= 1e-5 * np.abs(theirs).max(), (mine, theirs)
+
+
+safetensors_dtypes = st.sampled_from(["F32", "F16", "F64", "I64", "BF16", "U8", "BOOL", "X"])
+
+
+@fuzz
+@given(st.lists(st.tuples(st.sampled_from(["features.0.weight", "features.0.bias", "classifier.0.weight",
+                                           "classifier.0.bias", "features.00.weight", "other"]),
+                          safetensors_dtypes, st.lists(st.one_of(st.integers(0, 4), st.just(2**40)), max_size=4),
+                          st.integers(-8, 2**40), st.integers(-8, 2**40)), max_size=5),
+       st.integers(0, 256))
+def test_safetensors_headers_load_or_fail_in_one_line(entries, data_bytes):
+    """Overlapping, out-of-file and huge offsets, colliding keys, odd dtypes and shapes."""
+    import json
+    import struct
+    header = {key: {"dtype": dtype, "shape": shape, "data_offsets": [start, stop]}
+              for key, dtype, shape, start, stop in entries}
+    text = json.dumps(header).encode()
+    with scratch() as folder:
+        path = folder / "m.safetensors"
+        path.write_bytes(struct.pack("<Q", len(text)) + text + bytes(data_bytes))
+        typed_or_fine(lambda: fbi_ref.load_model(path))
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(),
+                                     st.text(max_size=6)),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                   st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                           max_leaves=8)
+REFERENCE = FIXTURES / "small_vgg_forward_reference.npz"
+
+
+@fuzz
+@given(st.sampled_from(["model", "layers", "methods", "dtype", "near_ties", "warnings", "walks", "fbi_walk",
+                        "format_version"]), json_values)
+def test_a_reference_meta_of_any_shape_compares_or_fails_in_one_line(field, value):
+    import json
+    from fbi_ref.io.arrays import write_npz
+    arrays = load_arrays(REFERENCE)
+    meta = json.loads(str(arrays["meta"])) if "meta" in arrays else {}
+    meta[field] = value
+    arrays["meta"] = np.array(json.dumps(meta))
+    with scratch() as folder:
+        write_npz(folder / "ref.npz", arrays)
+        cli_one_line(["compare", folder / "ref.npz", REFERENCE, "--no-replay"])
+        cli_one_line(["compare", folder / "ref.npz", REFERENCE])
+
+
+@fuzz
+@given(json_values, st.booleans())
+def test_a_shard_index_of_any_shape_compares_or_fails_in_one_line(value, whole):
+    """index.json replaced (whole) or one of its fields replaced by any JSON value."""
+    import json
+    from fbi_ref.io.arrays import write_npz
+    arrays = load_arrays(REFERENCE)
+    with scratch() as folder:
+        shard = write_npz(folder / "ref" / "shard-00000.npz", arrays) if (folder / "ref").mkdir() is None else None
+        from fbi_ref.io.weights_cache import sha256sum
+        n = len(arrays["x"])
+        index = {"format": "fbi_ref reference shards", "format_version": 1, "run": {}, "images": n,
+                 "batch_size": n, "complete": True,
+                 "shards": [{"number": 0, "file": shard.name, "start": 0, "stop": n, "sha256": sha256sum(shard)}]}
+        if whole:
+            index = value
+        else:
+            index[sorted(index)[hash(json.dumps(value, sort_keys=True)) % len(index)]] = value
+        (folder / "ref" / "index.json").write_text(json.dumps(index))
+        cli_one_line(["compare", folder / "ref", REFERENCE])
+
+
+@fuzz
+@given(st.lists(st.one_of(st.integers(-5, 100), st.sampled_from(["inf", "-inf", "nan", "1e400", "", "x", "3.5"])),
+                min_size=6, max_size=6),
+       st.sampled_from(["utf-8", "utf-16", "latin-1", "x-unknown", None]), st.booleans())
+def test_voc_annotations_of_any_content_read_or_fail_in_one_line(numbers, encoding, declaration):
+    from fbi_ref.evaluation import voc
+    width, height, *box = numbers
+    body = (f"<annotation><size><width>{width}</width><height>{height}</height></size><object><name>circle</name>"
+            f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax>"
+            f"</bndbox></object></annotation>")
+    head = f'<?xml version="1.0" encoding="{encoding}"?>' if encoding and declaration else ""
+    codec = encoding if encoding in ("utf-8", "utf-16", "latin-1") else "utf-8"
+    with scratch() as folder:
+        (folder / "Annotations").mkdir()
+        (folder / "ImageSets" / "Main").mkdir(parents=True)
+        (folder / "ImageSets" / "Main" / "test.txt").write_text("a1\n")
+        (folder / "Annotations" / "a1.xml").write_bytes((head + body).encode(codec))
+        typed_or_fine(lambda: voc.read_dataset(folder))

@@ -453,3 +453,15 @@ def test_a_concat_of_many_constants_is_refused_before_it_is_allocated(tmp_path):
     model.graph.initializer.append(numpy_helper.from_array(np.zeros(1024, np.int64), "block"))
     model.graph.node.insert(0, helper.make_node("Concat", ["block"] * 20_000, ["big"], axis=0, name="bomb"))
     one_line_error(save(tmp_path, model), UnsupportedLayerError, "'bomb' .* 20,480,000 values")
+
+
+@pytest.mark.parametrize("file", ["ft_pools.keras", "ft_pools.tf2onnx.onnx", "ft_gap.h5"])
+def test_another_preprocessing_never_replaces_a_models_own_input_map(file):
+    """A model with its own Rescaling / Normalization (or the graph's Mul, Add at the input) takes RGB 0..255:
+    preprocessing='identity' dropped that map silently (found by the ONNX fuzz: probabilities 0.74 off
+    onnxruntime's); now refused in one line. Its own map, given again, is fine."""
+    with pytest.raises(fbi_ref.errors.InputError, match="maps its input itself") as info:
+        fbi_ref.load_model(FIXTURES / file, preprocessing="identity")
+    assert "\n" not in str(info.value)
+    own = fbi_ref.load_model(FIXTURES / file).preprocessing
+    assert fbi_ref.load_model(FIXTURES / file, preprocessing=own.spec()).preprocessing == own

@@ -37,6 +37,7 @@ def architecture_from_config(config: dict) -> Architecture:
     extra = {"batch_norms": {}}
     if leading:
         extra["preprocessing"] = _input_map(layer_configs[:leading], shape)
+        extra["input_map"] = True  # the model's own layers: no other preprocessing may replace it
     layers = []
     for layer_config in layer_configs[leading:]:
         built, shape = _build_layer(layer_config, shape)

@@ -216,6 +216,8 @@ def onnx_architecture(model, name: str = "onnx_vgg") -> Architecture:
                              f"and its metadata names another ({metadata!r}); fbi_ref applies one")
     if own is not None or metadata:
         extra["preprocessing"] = own if own is not None else metadata
+    if own is not None:
+        extra["input_map"] = True  # the graph's own ops: no other preprocessing may replace it
     return Architecture(layers, chain.input_hwc, name, extra=extra)
 
 
@@ -410,13 +412,18 @@ def _shape_of(chain, node, values):
 def _axes(node, values, index):
     """The axes of Squeeze / Unsqueeze / ReduceMean: an input from opset 13 (18 for ReduceMean), else an attribute."""
     if len(values) > index and values[index] is not None:
-        return [int(a) for a in values[index].ravel()]
+        if values[index].ndim != 1 or values[index].dtype.kind not in "iu":
+            raise ArchitectureError(f"node {node.name!r} ({node.op_type}): axes of shape {values[index].shape} and "
+                                    f"dtype {values[index].dtype}, not a vector of integers")
+        return [int(a) for a in values[index]]
     return _attr(node, "axes")
 
 
 def _slice(chain, node, values):
     """Slice(data, starts, ends, axes, steps)."""
-    data, starts, ends = values[0], values[1].ravel(), values[2].ravel()
+    if any(v is not None and v.ndim != 1 for v in values[1:]):
+        raise ValueError("starts, ends, axes and steps must be vectors")
+    data, starts, ends = values[0], values[1], values[2]
     axes = values[3].ravel() if len(values) > 3 and values[3] is not None else range(len(starts))
     steps = values[4].ravel() if len(values) > 4 and values[4] is not None else [1] * len(starts)
     for start, end, axis, step in zip(starts, ends, axes, steps):
@@ -570,6 +577,9 @@ def _padding(node, size, kernel, strides) -> tuple:
     length, auto_pad beside explicit pads)."""
     given = _attr(node, "kernel_shape")
     pads_given = _attr(node, "pads")
+    if _attr(node, "auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise ArchitectureError(f"node {node.name!r} ({node.op_type}): auto_pad {_attr(node, 'auto_pad')!r} is not an "
+                                f"ONNX padding")
     if (given is not None and tuple(given) != tuple(kernel)) or len(strides) != 2 or min(strides) < 1 or \
             (pads_given is not None and (len(pads_given) != 4 or min(pads_given) < 0)) or \
             (pads_given is not None and _attr(node, "auto_pad", "NOTSET") != "NOTSET"):
@@ -675,7 +685,11 @@ def _flatten(chain: _Chain, node, inputs) -> None:
     if node.op_type == "Flatten" and _attr(node, "axis", 1) != 1:
         raise UnsupportedLayerError(f"node {node.name!r}: Flatten at axis {_attr(node, 'axis')}, not 1")
     if node.op_type == "Reshape":
-        shape = [int(v) for v in chain.tensors[inputs[1]].ravel()]
+        target = chain.tensors[inputs[1]]
+        if target.ndim != 1 or target.dtype.kind not in "iu":
+            raise ArchitectureError(f"node {node.name!r}: Reshape's shape has shape {target.shape} and dtype "
+                                    f"{target.dtype}, not a vector of integers")
+        shape = [int(v) for v in target]
         if len(shape) != 2 or shape[1] not in (-1, h * w * c) or shape[0] not in (-1, 0, 1) or \
                 _attr(node, "allowzero", 0):
             raise UnsupportedLayerError(f"node {node.name!r}: Reshape to {shape}; fbi_ref reads a flatten (N, -1)")

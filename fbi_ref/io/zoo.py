@@ -16,6 +16,7 @@ from fbi_ref.io.onnx_files import is_onnx_file, read_onnx_file
 from fbi_ref.io.paths import shown
 from fbi_ref.io.torch_files import is_torch_file, read_torchvision_file
 from fbi_ref.nn.model import Model
+from fbi_ref.nn.preprocessing import preprocessing as preprocessing_rule
 from fbi_ref.nn.weights import read_only
 
 # The models that ship inside the package (the embedded, trained Shapes model): package data, in the wheel too.
@@ -92,7 +93,11 @@ def _model(arch, preprocessing) -> Model:
     defaults for that input scale (the paper's for caffe, SCALE_FREE_FBI_DEFAULTS otherwise), and the
     ImageNet class names when it has 1000 classes."""
     classes = [label for _, label in CLASSES] if _num_classes(arch) == 1000 else None
-    rule = preprocessing or arch.extra.get("preprocessing") or DEFAULT_PREPROCESSING
+    own = arch.extra.get("preprocessing")
+    if arch.extra.get("input_map") and preprocessing is not None and preprocessing_rule(preprocessing) != own:
+        raise InputError(f"{arch.name}: the model maps its input itself ({own.description}) and takes RGB 0..255; "
+                         f"another preprocessing ({preprocessing}) would replace that map, not go before it: give none")
+    rule = preprocessing or own or DEFAULT_PREPROCESSING
     defaults = {} if str(rule) == "caffe" else SCALE_FREE_FBI_DEFAULTS
     return Model(_owned(arch), classes, preprocessing=rule, fbi_defaults=defaults)
 

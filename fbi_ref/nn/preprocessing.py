@@ -17,7 +17,7 @@ A Model carries one (`model.preprocessing`); images, figures, reference files an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Preprocessing:
     divisor: float
     mean: tuple  # in the network's channel order, after the division
     std: tuple
-    description: str
+    description: str = field(compare=False)  # two maps with the same constants are the same map
 
     def __str__(self):
         return self.name
