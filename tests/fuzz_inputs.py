@@ -371,3 +371,66 @@ def test_voc_annotations_of_any_content_read_or_fail_in_one_line(numbers, encodi
         (folder / "ImageSets" / "Main" / "test.txt").write_text("a1\n")
         (folder / "Annotations" / "a1.xml").write_bytes((head + body).encode(codec))
         typed_or_fine(lambda: voc.read_dataset(folder))
+
+
+PTH = Path(__file__).resolve().parent / "fixtures" / "torch-small" / "vgg11_w8.pth"  # torch.save's (generate.py)
+
+
+@fuzz
+@given(st.lists(st.booleans(), min_size=1, max_size=40), st.sampled_from(["none", "drop", "duplicate", "bytes"]),
+       st.integers(0, 10**6), edits)
+def test_pth_zips_of_any_records_give_torchs_weights_or_fail_in_one_line(deflate, change, which, changes):
+    """torch.save's zip re-written with records DEFLATE-compressed at random (as Info-ZIP does), a record dropped
+    or duplicated, or bytes changed: fbi_ref gives the weights of the original file or one typed line (a
+    compressed record read through mmap gave biases of 1e20)."""
+    import zipfile
+    original = fbi_ref.load_model(PTH) if _has_torch() else None
+    with scratch() as folder, zipfile.ZipFile(PTH) as old:
+        target = folder / "re.pth"
+        members = old.infolist()
+        skip = members[which % len(members)].filename if change == "drop" else None
+        with zipfile.ZipFile(target, "w") as new:
+            for n, info in enumerate(members):
+                if info.filename == skip:
+                    continue
+                kind = zipfile.ZIP_DEFLATED if deflate[n % len(deflate)] else zipfile.ZIP_STORED
+                new.writestr(info.filename, old.read(info.filename), compress_type=kind)
+            if change == "duplicate":
+                name = members[which % len(members)].filename
+                with contextlib.suppress(Exception):  # zipfile warns about a duplicate name, and writes it
+                    new.writestr(name, old.read(name)[::-1])
+        if change == "bytes":
+            target.write_bytes(mutate(target.read_bytes(), changes))
+        loaded = typed_or_fine(lambda: fbi_ref.load_model(target))
+        if loaded is not None and change == "none":
+            for a, b in zip(loaded.layers, original.layers):
+                for name in a.weights:
+                    assert np.array_equal(getattr(a, name), getattr(b, name)), (a.name, name)
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@fuzz
+@given(json_values, st.sampled_from(["whole", "done", "entry", "run"]))
+def test_an_explain_index_of_any_shape_resumes_or_fails_in_one_line(value, where):
+    """explain's resume index (explain-index.json) replaced, or its 'done', one entry or its 'run' replaced."""
+    import json
+    model = FIXTURES / "small_vgg_k3.keras"
+    with scratch() as folder:
+        args = ["explain", IMAGE, "--model", model, "--method", "gradient", "--batch-size", "2", "--out", folder, "-q"]
+        assert cli_one_line(args) == 0
+        index = json.loads((folder / "explain-index.json").read_text())
+        if where == "whole":
+            index = value
+        elif where == "entry":
+            index["done"][next(iter(index["done"]))] = value
+        else:
+            index[where] = value
+        (folder / "explain-index.json").write_text(json.dumps(index))
+        cli_one_line(args + ["--resume"])
