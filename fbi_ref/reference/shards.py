@@ -52,7 +52,7 @@ def merge_meta(metas, sizes):
     One batch: its meta unchanged. Several: the first's, with near_ties summed over batches (a count of
     windows), warnings prefixed by the images they concern, and `batches`: the batch size and count.
     """
-    records = [read_meta(m, f"batch {i}") for i, m in enumerate(metas)]  # checked, even when there is one
+    records = [read_meta(m, f"{i} of {len(metas)}") for i, m in enumerate(metas)]  # checked, even when there is one
     if len(metas) == 1:
         return metas[0]
     merged = dict(records[0])
@@ -194,7 +194,10 @@ class ShardedReference(Mapping):
             raise KeyError(key)
         if key == "meta":
             if self._meta is None:
-                self._meta = np.array(merge_meta([str(self._read(p, "meta")) for p in self._paths], self._sizes))
+                try:
+                    self._meta = np.array(merge_meta([str(self._read(p, "meta")) for p in self._paths], self._sizes))
+                except InputError as error:  # merge_meta names the batch: say which folder and shard
+                    raise InputError(f"{self.name}: shard {error}") from None
             return self._meta
         if not per_image(key):
             return self._read(self._paths[0], key)
