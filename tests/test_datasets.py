@@ -487,14 +487,18 @@ def test_a_shard_folder_with_a_wrong_shard_is_one_line(shard_folder, tmp_path, c
     assert says in err and err.count("\n") == 1, err
 
 
-def test_a_worker_killed_mid_run_is_one_typed_error_not_a_traceback():
+@pytest.mark.parametrize("consumer", ["fast", "slow"])
+def test_a_worker_killed_mid_run_is_one_typed_error_not_a_traceback(consumer):
     """A real worker process dies (SIGKILL): the pool breaks; the run says so in one line (RunError, exit 2 in
-    the command line) instead of a BrokenProcessPool traceback."""
+    the command line) instead of a BrokenProcessPool traceback, whether the break shows at a result or, when
+    the caller is busy with a finished batch, at the next submission (found by a review)."""
     from fbi_ref.errors import RunError
     from fbi_ref.evaluation.workers import stream_tasks
     from .cli_helpers import die_at
     with pytest.raises(RunError, match="a worker process died") as info:
-        list(stream_tasks(die_at, [(i,) for i in range(6)], jobs=2, threads=1))
+        for _ in stream_tasks(die_at, [(i,) for i in range(8)], jobs=2, threads=1, window=2):
+            if consumer == "slow":
+                time.sleep(1.0)  # the worker dies meanwhile; the refill's submit meets the broken pool
     assert "\n" not in str(info.value)
 
 

@@ -294,3 +294,15 @@ def test_a_small_onnx_file_loads_under_a_4_gib_address_space_limit(tmp_path):
             f"import fbi_ref; print(len(fbi_ref.load_model({str(path)!r}).layers))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_file_of_a_newer_ir_than_the_installed_onnx_is_still_read(tmp_path):
+    """onnx.checker cannot check an IR newer than its own (an export from a newer torch read with an older onnx);
+    fbi_ref's own checks still apply and the model is read (a review found it refused)."""
+    model = tf2onnx_like()
+    model.ir_version = onnx.IR_VERSION + 1
+    path = write(tmp_path, model)
+    x = np.random.default_rng(0).standard_normal((1, 16, 16, 3)).astype(np.float32)
+    model.ir_version = onnx.IR_VERSION
+    reference = write(tmp_path, model, "current.onnx")
+    assert scaled_error(fbi_ref.load_model(path).forward(x).probs, run_ort(reference, x)) < RTOL

@@ -74,7 +74,8 @@ def run_tasks(fn, tasks, settings, desc, costs=None):
             return results
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: numba's threads do not fork
         jobs = max(1, min(settings.jobs, len(tasks)))
-        with worker_threads(settings.threads), ProcessPoolExecutor(jobs, mp_context=context) as pool:
+        with worker_threads(settings.threads), ProcessPoolExecutor(jobs, mp_context=context) as pool, \
+                worker_death_is_one_line(tasks):
             futures = {pool.submit(run_limited, fn, settings.threads, tasks[i]): i for i in order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
@@ -99,26 +100,34 @@ def stream_tasks(fn, tasks, jobs, threads, window=None):
         pool = ProcessPoolExecutor(jobs, mp_context=context)
     try:
         pending, queue = {}, iter(enumerate(tasks))
-        for i, task in queue:
-            pending[pool.submit(run_limited, fn, threads, task)] = i
-            if len(pending) >= window:
-                break
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                try:
-                    result = future.result()
-                except BrokenProcessPool:  # a worker was killed (out of memory, a signal): the others go too
-                    raise RunError(f"a worker process died ({len(pending)} batches in flight were lost); what "
-                                   f"was written before is kept: run the same command again, with --resume "
-                                   f"where it takes it") from None
-                yield pending.pop(future), result
-            for i, task in queue:  # refill the window
+        with worker_death_is_one_line(pending):
+            for i, task in queue:
                 pending[pool.submit(run_limited, fn, threads, task)] = i
                 if len(pending) >= window:
                     break
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                with worker_death_is_one_line(pending):
+                    result = future.result()
+                yield pending.pop(future), result
+            with worker_death_is_one_line(pending):
+                for i, task in queue:  # refill the window
+                    pending[pool.submit(run_limited, fn, threads, task)] = i
+                    if len(pending) >= window:
+                        break
     finally:  # Ctrl-C or an error: stop at once, do not wait for the batches in flight
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def worker_death_is_one_line(in_flight):
+    """A worker process killed (out of memory, a signal) breaks the pool, wherever it is next used: one RunError."""
+    try:
+        yield
+    except BrokenProcessPool:
+        raise RunError(f"a worker process died ({len(in_flight)} tasks in flight were lost); what was written "
+                       f"before is kept: run the same command again, with --resume where it takes it") from None
 
 
 _client = None  # a dask.distributed Client while inside on_client()

@@ -28,7 +28,7 @@ def reference_model(ref, model=None):
     for what, build in candidates:
         try:
             found = build()
-        except (FbiRefError, KeyError, ValueError) as error:
+        except (FbiRefError, KeyError, ValueError, TypeError) as error:  # TypeError: a layer record of junk
             reason = f"{what}: {error}"
             continue
         if digest is None or weights_digest(found) == digest:
