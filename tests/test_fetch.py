@@ -319,15 +319,20 @@ class Trickle(BaseHTTPRequestHandler):
         """Quiet."""
 
 
-@pytest.fixture
-def trickle(monkeypatch):
+def serving(monkeypatch, handler):
+    """A real HTTP server of `handler` on 127.0.0.1 in a background thread: yields its base URL."""
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def trickle(monkeypatch):
+    yield from serving(monkeypatch, Trickle)
 
 
 def test_a_trickling_server_is_stopped_by_the_deadline(trickle, tmp_path):
@@ -410,14 +415,7 @@ class Endless(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endless(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    httpd.server_close()
+    yield from serving(monkeypatch, Endless)
 
 
 @pytest.mark.parametrize("route, says", [("/lying", "announces 1,000,000,000,000,000 bytes"),

@@ -168,15 +168,21 @@ def _conv(name: str, options: dict, shape: tuple):
     return Conv2D(name, kernel, bias, strides, padding, _activation(name, options)), out_shape
 
 
-def _pool(name: str, options: dict, shape: tuple):
-    """A MaxPool2D spec; strides default to the pool size as in Keras."""
-    _require_image(name, "MaxPooling2D", shape)
-    _require_channels_last(name, options)
-    pool_size = _pair(options.get("pool_size", 2), name, "pool_size")
-    strides = _pair(options.get("strides") or pool_size, name, "strides")
-    padding = _padding(name, options)
-    out_shape = _spatial(name, shape, pool_size, strides, padding) + (shape[2],)
-    return MaxPool2D(name, pool_size, strides, padding), out_shape
+def _window_pool(layer_type, keras_class):
+    """The spec builder of a windowed pool (MaxPooling2D, AveragePooling2D); strides default to the pool size as
+    in Keras, and 'same' average windows average over their cells inside the image, as Keras does."""
+    def build(name: str, options: dict, shape: tuple):
+        _require_image(name, keras_class, shape)
+        _require_channels_last(name, options)
+        pool_size = _pair(options.get("pool_size", 2), name, "pool_size")
+        strides = _pair(options.get("strides") or pool_size, name, "strides")
+        padding = _padding(name, options)
+        out_shape = _spatial(name, shape, pool_size, strides, padding) + (shape[2],)
+        return layer_type(name, pool_size, strides, padding), out_shape
+    return build
+
+
+_pool, _average_pool = _window_pool(MaxPool2D, "MaxPooling2D"), _window_pool(AveragePool2D, "AveragePooling2D")
 
 
 def _flatten(name: str, options: dict, shape: tuple):
@@ -197,17 +203,6 @@ def _dense(name: str, options: dict, shape: tuple):
     units = _count(name, options, "units")
     layer = Dense(name, placeholder((shape[0], units)), placeholder((units,)), _activation(name, options))
     return layer, (units,)
-
-
-def _average_pool(name: str, options: dict, shape: tuple):
-    """An AveragePooling2D spec ('same' windows average over their cells inside the image, as Keras does)."""
-    _require_image(name, "AveragePooling2D", shape)
-    _require_channels_last(name, options)
-    pool_size = _pair(options.get("pool_size", 2), name, "pool_size")
-    strides = _pair(options.get("strides") or pool_size, name, "strides")
-    padding = _padding(name, options)
-    out_shape = _spatial(name, shape, pool_size, strides, padding) + (shape[2],)
-    return AveragePool2D(name, pool_size, strides, padding), out_shape
 
 
 def _global_average(name: str, options: dict, shape: tuple):
