@@ -88,10 +88,21 @@ def shapes_tau0_ref(tmp_path_factory, shapes_images):
 
 
 @pytest.fixture(scope="module")
+def shapes_half_k_ref(tmp_path_factory, shapes_images):
+    """FBI with the Shapes model's defaults (top-k at every conv layer) and k = 0.15625: k * 16 = 2.5 at the
+    16-channel layers, where rounding half up (3) and half to even (2) differ."""
+    return reference(tmp_path_factory, "halfk", "--model", "shapes", "--images", *shapes_images[0], "--methods", "fbi",
+                     "--k", "0.15625")
+
+
+@pytest.fixture(scope="module")
 def keras_ref(tmp_path_factory, keras_fixtures):
     x = tmp_path_factory.mktemp("x") / "x.npy"
     np.save(x, np.load(keras_fixtures / "small_vgg_forward_reference.npz")["x"])
-    return reference(tmp_path_factory, "keras", "--model", keras_fixtures / "small_vgg_k3.keras", "--inputs", x, *FAST)
+    # FBI at the paper's readings with a relative tau: the paper's tau = 10 is VGG16's scale and empties this
+    # model's walk (compare would fail it as checking nothing)
+    return reference(tmp_path_factory, "keras", "--model", keras_fixtures / "small_vgg_k3.keras", "--inputs", x, *FAST,
+                     "--preset", "paper")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -121,7 +132,7 @@ def test_near_ties_that_a_port_breaks_the_other_way_are_replayed_not_failed(tied
 PLANTED = {
     "flipped_kernels": (("gradient",), "shapes", "act/block1_conv1"),
     "swapped_kernel_axes": (("gradient",), "shapes", "act/block1_conv1"),
-    "flatten_chw": (("gradient",), "keras", "act/flatten"),
+    "flatten_chw": (("gradient",), "keras", "act/fc1"),  # its flatten vector is torch's, and read as such
     "no_bgr": (("gradient",), "shapes", "x"),
     "guided_with_deconvnet_rule": (("guided_backprop",), "shapes", "guided_backprop/backward/fc1"),
     "softmax_target": (("gradient",), "shapes", "gradient/backward/predictions"),
@@ -133,6 +144,7 @@ PLANTED = {
     "fbi_no_min": (("fbi",), "paper", "fbi/support/block5_conv3"),
     "fbi_topk_forward_score": (("fbi",), "paper", "fbi/support/block5_conv3"),
     "fbi_mask_ge": (("fbi",), "tau0", "fbi/support/fc2"),
+    "fbi_topk_round_half_even": (("fbi",), "halfk", "fbi/support/block1_conv2"),
     "fbi_no_image_mask": (("fbi",), "paper", "fbi/backward/input"),
     "fbi_contrast_cancellation": (("fbi",), "shapes", "fbi/backward/predictions"),
 }
@@ -153,21 +165,22 @@ def test_every_bug_of_the_port_is_planted_here():
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
 def test_a_planted_bug_fails_at_the_first_array_where_it_goes_wrong(shapes_ref, shapes_paper_ref, shapes_tau0_ref,
-                                                                     keras_ref, shapes_images, bug):
+                                                                     shapes_half_k_ref, keras_ref, shapes_images, bug):
     methods, which, first = PLANTED[bug]
-    ref = {"shapes": shapes_ref, "paper": shapes_paper_ref, "tau0": shapes_tau0_ref, "keras": keras_ref}[which]
+    ref = {"shapes": shapes_ref, "paper": shapes_paper_ref, "tau0": shapes_tau0_ref, "halfk": shapes_half_k_ref,
+           "keras": keras_ref}[which]
     rgb = shapes_images[1] if bug == "no_bgr" else None  # this port preprocesses the images itself
-    result = compare(ref, torch_port.run(ref, torch.float32, (bug,), rgb=rgb, methods=methods))
+    result = compare(ref, torch_port.run(ref, torch.float32, (bug,), rgb=rgb, methods=methods), methods=methods)
     assert not result.passed, f"{bug} was not caught:\n{format_comparison(result)}"
     assert result.first_divergence == first, f"{bug}: first divergence {result.first_divergence}, expected {first}"
     clean = compare(ref, torch_port.run(ref, torch.float32, (), rgb=shapes_images[1] if rgb is not None else None,
-                                        methods=methods))
+                                        methods=methods), methods=methods)
     assert clean.passed, format_comparison(clean)  # the same port without the bug: the control
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED_ON_DEFAULTS))
 def test_an_fbi_bug_fails_under_the_models_own_defaults_too(shapes_ref, bug):
-    result = compare(shapes_ref, torch_port.run(shapes_ref, torch.float32, (bug,), methods=("fbi",)))
+    result = compare(shapes_ref, torch_port.run(shapes_ref, torch.float32, (bug,), methods=("fbi",)), methods=["fbi"])
     assert not result.passed, f"{bug} was not caught:\n{format_comparison(result)}"
     assert result.first_divergence == PLANTED_ON_DEFAULTS[bug], (bug, result.first_divergence)
 
@@ -179,16 +192,17 @@ def test_a_last_maximum_rule_on_the_many_inputs_fails_even_with_its_winners_expo
     good = torch_port.run(shapes_ref, torch.float32, methods=methods)
     bad = torch_port.run(shapes_ref, torch.float32, ("last_max_on_ties",), methods=methods)
     mixed = {**good, **{k: v for k, v in bad.items() if k.startswith(("integrated_gradients/", "attr/"))}}
-    result = compare(shapes_ref, mixed)
+    result = compare(shapes_ref, mixed, methods=methods)
     assert result.first_divergence == "attr/integrated_gradients", format_comparison(result)
     assert "exact ties (equal window maxima) won by another cell than the first" in result.rows[
         [row.key for row in result.rows].index("attr/integrated_gradients")].note
-    assert compare(shapes_ref, good).passed  # the control
+    assert compare(shapes_ref, good, methods=methods).passed  # the control
 
 
 def test_a_port_that_writes_neither_winners_nor_pool_inputs_is_told_what_to_write(tied_ref):
     port = torch_port.run(tied_ref, torch.float32, methods=("gradient",), rounding="other")
-    result = compare(tied_ref, {k: v for k, v in port.items() if not k.startswith(("switch/", "act/"))})
+    result = compare(tied_ref, {k: v for k, v in port.items() if not k.startswith(("switch/", "act/"))},
+                     methods=["gradient"])
     assert not result.passed, format_comparison(result)
     first = next(row for row in result.rows if row.key == result.first_divergence)
     assert "holds neither switch/<pool> nor the pool's input" in first.note
@@ -240,3 +254,50 @@ def test_the_planted_bug_table_of_the_documentation_is_the_tested_one():
             for line in table.splitlines() if line.startswith("| `")]
     assert {bug: (caught, first) for bug, _, caught, first in rows} == \
         {bug: ("yes", first) for bug, (_, _, first) in PLANTED.items()}
+
+
+DIAGNOSED = {  # bug -> what the note of its first failing row says about the decision it took otherwise
+    "fbi_topk_forward_score": "decided otherwise: the top-k selection: image",
+    "fbi_topk_round_half_even": "(k = 0.15625 of 16 maps: 3, by max(1, floor(k * C + 0.5))",
+    "fbi_bias_ignored": "decided otherwise: the tau mask (g * a > tau, tau = 0.05 relative)",
+}
+
+
+@pytest.mark.parametrize("bug", sorted(DIAGNOSED))
+def test_an_fbi_support_that_differs_says_which_decision_differed(shapes_paper_ref, shapes_half_k_ref, bug):
+    ref = shapes_half_k_ref if PLANTED[bug][1] == "halfk" else shapes_paper_ref
+    result = compare(ref, torch_port.run(ref, torch.float32, (bug,), methods=("fbi",)))
+    first = result.rows[[row.key for row in result.rows].index(result.first_divergence)]
+    assert DIAGNOSED[bug] in first.note, first.note
+
+
+def test_a_torch_native_port_passes_with_its_own_flatten_order(keras_ref):
+    """A port that uses its network as torch has it: flatten in (C, H, W) order, and fc1's kernel rows in that
+    order (as torchvision's classifier.0 holds them). Its act/flatten and walks' flatten vectors are read as such."""
+    h, w, c = keras_ref["act/block3_pool"].shape[1:]
+    kernel = keras_ref["w/fc1/kernel"]  # rows in (H, W, C) order
+    torch_rows = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(h * w * c, -1)
+    as_torch = {**keras_ref, "w/fc1/kernel": torch_rows}
+    methods = ("gradient", "guided_backprop")  # autograd's walks: consistent with its forward flatten (the port's
+    # hand-written FBI walk un-flattens in Keras's order, and would be wrong here)
+    port = torch_port.run(as_torch, torch.float32, ("flatten_chw",), methods=methods)  # torch's flatten: no bug here
+    result = compare(keras_ref, port, methods=methods)
+    assert result.passed and result.flatten_order == "chw", format_comparison(result)
+
+
+def test_a_correct_port_passes_on_a_model_given_by_path(tmp_path_factory, shapes_images):
+    """The reference of a model file (not a name) stores its weights, so that compare replays its near ties: a
+    correct port used to fail here (attr/smoothgrad, 2.5e-4 of the scale) when the file was not repeated."""
+    from importlib.resources import files
+    folder = tmp_path_factory.mktemp("bypath")
+    path = folder / "shapes_copy.h5"
+    path.write_bytes((files("fbi_ref.io.embedded") / "shapes.h5").read_bytes())
+    ref_path = folder / "ref.npz"
+    assert main(["reference", "--model", str(path), "--images", *map(str, shapes_images[0]), *FAST, "--preset", "paper",
+                 "--out", str(ref_path), "-q"]) == 0  # by path the file has no manifest: the paper's tau = 10
+    # absolute would empty FBI
+    path.unlink()
+    ref = load_npz(ref_path)
+    assert "w/fc1/kernel" in ref
+    result = compare(ref, torch_port.run(ref, torch.float32))
+    assert result.passed and result.replay_note == "", format_comparison(result)

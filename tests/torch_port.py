@@ -40,6 +40,7 @@ BUGS = {
     "fbi_no_min": "FBI's unpooling replicates without the min with the forward activation",
     "fbi_topk_forward_score": "FBI's top-k scored by the forward maps instead of the backward ones",
     "fbi_mask_ge": "FBI's mask keeps g * a >= tau instead of > tau",
+    "fbi_topk_round_half_even": "FBI's k * C rounded half to even (Python's round: 2.5 -> 2) instead of half up",
     "fbi_no_image_mask": "FBI's mask not applied at the image",
     "fbi_contrast_cancellation": "FBI's contrast start e_c - p computed as one-hot minus softmax (1 - p_c cancels)",
 }
@@ -348,8 +349,9 @@ class Port:
             if i in topk_at:  # top-k feature maps at the (top) conv layer's output
                 score = out[name] if "fbi_topk_forward_score" in self.bugs else g
                 channels = g.shape[1]
-                count = max(1, int(round(options["k"] * channels))) if isinstance(options["k"], float) \
-                    else min(options["k"], channels)
+                rounded = round(options["k"] * channels) if "fbi_topk_round_half_even" in self.bugs else \
+                    math.floor(options["k"] * channels + 0.5)  # half up, as docs/methods.md says
+                count = max(1, int(rounded)) if isinstance(options["k"], float) else min(options["k"], channels)
                 order = torch.sort(-score.sum((2, 3)), dim=1, stable=True).indices[:, :count]
                 keep = torch.zeros(g.shape[:2], dtype=torch.bool).scatter_(1, order, True)[:, :, None, None].expand_as(g)
                 keys.pop(f"fbi/backward/{name}", None)

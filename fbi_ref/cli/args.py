@@ -17,6 +17,7 @@ from fbi_ref.errors import InputError, ModelFileError
 from fbi_ref.io import weights_cache, zoo
 from fbi_ref.io.paths import input_file, output_file, shown
 from fbi_ref.methods.catalog import METHODS, method
+from fbi_ref.methods.fbi import PRESETS
 
 IMPORTED = time.time()
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -167,9 +168,14 @@ def add_target(parser):
 
 
 def add_fbi_options(parser):
-    """--k, --tau, --tau-mode."""
-    parser.add_argument("--k", type=number, default=None, help="FBI: maps kept at the top conv layer: a fraction "
-                        "in (0, 1] (0.5) or a count (3) (default: the model's, 0.5 for VGG)")
+    """--preset, --k, --tau, --tau-mode."""
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="FBI: the option set under the options given: model (default: the model's own "
+                             "defaults) or paper (every option at the paper's reading; tau 10 absolute on the "
+                             "ImageNet VGG16/VGG19, 0.05 relative on other models)")
+    parser.add_argument("--k", type=number, default=None, help="FBI: maps kept at each top-k position (the top conv "
+                        "layer's output, or every conv layer's with fbi.topk_layers=all): a fraction in (0, 1] (0.5) "
+                        "or a count (3) (default: the model's, 0.5 for VGG)")
     parser.add_argument("--tau", type=tau_value, default=None, help="FBI: forward-backward mask threshold, none "
                         "for no mask (default: the model's, 10 for VGG)")
     add_tau_mode(parser)
@@ -189,9 +195,10 @@ def add_options(parser):
 
 
 def method_options(args, methods):
-    """{method: {option: value}} from --k/--tau/--tau-mode (FBI) and --option."""
+    """{method: {option: value}} from --preset/--k/--tau/--tau-mode (FBI) and --option ('preset' goes to
+    explain's preset)."""
     options = {m: {} for m in methods}
-    given = [(name, getattr(args, name, None)) for name in ("k", "tau", "tau_mode")]
+    given = [(name, getattr(args, name, None)) for name in ("preset", "k", "tau", "tau_mode")]
     fbi = [("fbi", name, value) for name, value in given if value is not None]
     for method, name, value in fbi + list(getattr(args, "option", [])):
         if method not in options:  # an option nobody would use: most likely a mistake

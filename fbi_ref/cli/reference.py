@@ -1,6 +1,7 @@
 """`fbi-ref reference` and `fbi-ref compare`: reference files for checking another implementation."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -16,9 +17,18 @@ from fbi_ref.io.arrays import load_arrays, write_npz
 from fbi_ref.io.images import preprocess_image
 from fbi_ref.io.paths import output_file
 from fbi_ref.methods.explain import METHODS
-from fbi_ref.reference.build import build_reference
+from fbi_ref.reference.build import AUTO_WEIGHTS_BYTES, build_reference, stores_weights
 from fbi_ref.reference.shards import open_reference
 from fbi_ref.reference.compare import DEFAULT_TOLERANCE, compare, format_comparison
+
+
+def compared_methods(text):
+    """--methods of compare: names separated by commas, or 'none' (checked against REF by compare)."""
+    names = [] if text.strip() == "none" else [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} (or none)")
+    return names
 
 
 def reference_inputs(args, model):
@@ -51,6 +61,7 @@ def run_reference(args):
         return run_reference_batches(args, files, inputs)
     output_file(args.out, inputs)  # before any work: never an input, a symlink or a special file
     model = load_model(args.model)
+    args.with_weights = stores_weights(model, args.with_weights)
     x = reference_inputs(args, model)
     arrays = build_reference(model, x, args.methods, args.target, method_options(args, args.methods),
                              model_file(args.model), args.with_weights, progress=not args.quiet)
@@ -66,6 +77,7 @@ def run_reference_batches(args, files, inputs):
     stream.scheduler_available(args)
     model = stream.worker_model(args.model)  # cached: with --jobs 1 the batches use this very copy
     args.options, args.model_path = method_options(args, args.methods), model_file(args.model)
+    args.with_weights = stores_weights(model, args.with_weights)
     if files is not None:
         sources = files
         load = lambda a, b: np.concatenate([preprocess_image(p, model.input_shape, preprocessing=model.preprocessing) for p in files[a:b]])  # noqa: E731
@@ -93,8 +105,12 @@ def report_reference(args, path, arrays, x_shape):
     summary["warnings"], summary["near_ties"] = meta["warnings"], meta["near_ties"]
     for warning in meta["warnings"]:  # on stderr, so that --json stays machine-readable
         if not args.quiet:
-            print(f"fbi-ref reference: warning: {warning}: a port is barely checked there (see meta.warnings)",
-                  file=sys.stderr)
+            print(f"fbi-ref reference: warning: {warning}: a port is barely checked there, and compare fails it "
+                  f"unless --allow-empty (see meta.warnings)", file=sys.stderr)
+    if meta["model"]["file"] and not any(k.startswith("w/") for k in arrays) and not args.quiet:
+        print(f"fbi-ref reference: note: the file does not hold {meta['model']['file']}'s weights (too large, or "
+              f"--no-weights): compare replays near ties only with --model {meta['model']['file']} "
+              f"(sha256 {meta['model']['sha256'][:16]}...)", file=sys.stderr)
     if args.json:
         emit_json(summary)
     else:
@@ -112,7 +128,8 @@ def run_compare(args):
     with open_reference(args.ref) as ref, open_reference(args.other) as other:  # one array at a time; a folder of
         # shards reads as one reference
         result = compare(ref, other, dict(args.tol) or None, args.layout, args.require, args.ignore, model,
-                         replay=not args.no_replay)
+                         replay=not args.no_replay, methods=args.methods, allow_empty=args.allow_empty,
+                         flatten=args.flatten)
     if args.json:
         emit_json({"ref": args.ref, "other": args.other, **result.to_dict()})
     elif not args.quiet:
@@ -127,7 +144,8 @@ def register(sub, command_parser):
                        "logits, each method's attribution and FBI's walk (docs/reference-format.md). The file is "
                        "identical byte for byte on every run.",
                        "fbi-ref reference --model vgg16 --images cat.jpg dog.jpg --methods all --out ref.npz")
-    p.add_argument("--model", required=True, metavar="NAME|PATH", help="vgg16, vgg19, shapes or a .h5/.keras file")
+    p.add_argument("--model", required=True, metavar="NAME|PATH", help="vgg16, vgg19, shapes or a model file "
+                   "(.h5, .keras, .weights.h5, .safetensors, .pth, .onnx)")
     inputs = p.add_mutually_exclusive_group(required=True)
     inputs.add_argument("--inputs", metavar="X.npy", help="preprocessed NHWC inputs (.npy, or .npz with 'x')")
     inputs.add_argument("--images", nargs="+", metavar="FILE", help="image files (or folders), preprocessed as Keras")
@@ -138,7 +156,13 @@ def register(sub, command_parser):
     add_target(p)
     add_fbi_options(p)
     add_options(p)
-    p.add_argument("--with-weights", action="store_true", help="also store every kernel and bias (w/<layer>/...)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--with-weights", action="store_const", const=True, default=None,
+                         help="store every kernel and bias (w/<layer>/...); by default they are stored when they "
+                              f"take at most {AUTO_WEIGHTS_BYTES // 2**20} MiB, so that compare can replay near ties "
+                              "without the model")
+    weights.add_argument("--no-weights", dest="with_weights", action="store_const", const=False,
+                         help="never store the weights")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     stream.add_batch_options(p, 8)
     p.set_defaults(run=run_reference)
@@ -159,6 +183,14 @@ def register(sub, command_parser):
                         "longest wins; it replaces every built-in tolerance under PREFIX); repeatable")
     p.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto",
                    help="OTHER's layout for 4-D arrays (default auto: from the shapes, else the values)")
+    p.add_argument("--methods", type=compared_methods, default=None, metavar="M1,M2,...|none",
+                   help="check only these methods of REF (default: all of them, and each must have a key in OTHER: "
+                        "its attr/<method> or its walk); none: the forward pass only")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="pass a method whose attribution in REF is all zero on every image (it checks nothing)")
+    p.add_argument("--flatten", choices=("auto", "hwc", "chw"), default="auto",
+                   help="the order of OTHER's flatten vectors (act/flatten, */backward/flatten) under NCHW: auto "
+                        "(from the values), hwc (Keras's) or chw (torch's x.flatten(1))")
     p.add_argument("--require", action="append", default=[], metavar="PREFIX",
                    help="keys under PREFIX must be in OTHER (e.g. act/, attr/); repeatable")
     p.add_argument("--ignore", action="append", default=[], metavar="PREFIX",

@@ -39,6 +39,7 @@ class Method:
     run: Callable | None = None   # several: run(model, fp, target, options, progress) -> attribution
     times_input: bool = False     # the walk's signal times the input (gradient x input)
     model_defaults: Callable | None = None  # model -> {option: value} overriding the defaults (FBI's, per model)
+    presets: Callable | None = None  # (model, name) -> {option: value}: named option sets (FBI's 'paper')
     summary: str = ""
 
     @property
@@ -174,7 +175,7 @@ BATCH_SIZE = Option("batch_size", 32, check=_batch_size, help="inputs per forwar
 
 METHODS = {method.name: method for method in (
     Method("fbi", "FBI", "max_abs", "image", fbi.OPTIONS, walk=fbi.rules,
-           model_defaults=lambda model: model.fbi_defaults,
+           model_defaults=lambda model: model.fbi_defaults, presets=fbi.preset_options,
            summary="Forward-Backward Interpretability: DeconvNet's walk with the forward-backward mask and top-k maps"),
     Method("gradient", "Gradient", "max_abs", "image", (OUTPUT,), walk=tables.gradient,
            summary="the gradient of the target at the input (Simonyan et al. 2014)"),

@@ -67,7 +67,7 @@ def _class_index(model, t):
     raise InputError(f"unknown target {t!r}: give a class index or one of the model's class names")
 
 
-def explain(model, x, method="fbi", target=None, record_layers=False, progress=False, **options):
+def explain(model, x, method="fbi", target=None, record_layers=False, progress=False, preset=None, **options):
     """Explain the model's decision on a batch of preprocessed images.
 
     Parameters
@@ -79,6 +79,9 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     record_layers : for the one-walk methods, also return every layer's backward signal and
         (for FBI) binary support, by Keras layer name.
     progress : show a progress bar for the multi-pass methods.
+    preset : FBI only: None or 'model' (the model's own defaults, `model.fbi_defaults`), or 'paper' (every
+        option at the paper's reading; tau = 10 absolute on the ImageNet VGG16/VGG19, 0.05 relative on other
+        models, whose scale is not VGG16's). The options given override it.
     **options : the method's options, e.g. FBI's k or tau; each method's options and their defaults are
         in docs/methods.md and `fbi-ref methods`. An unknown option is an InputError.
 
@@ -94,6 +97,10 @@ def explain(model, x, method="fbi", target=None, record_layers=False, progress=F
     fixed = target_indices(model, target, len(x))
     if record_layers and not record.one_walk:
         raise InputError(f"record_layers is only available for {', '.join(ONE_WALK)}")
+    if preset is not None:
+        if record.presets is None:
+            raise InputError(f"preset: {method} has no presets (FBI has: 'model', 'paper')")
+        options = {**record.presets(model, preset), **options}
     used = record.checked(model, options)
     if record.one_walk:
         start, rules = record.walk(model, used)

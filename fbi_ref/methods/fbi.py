@@ -89,6 +89,30 @@ OPTIONS = (
 )
 DEFAULTS = {option.name: option.default for option in OPTIONS}  # the paper's readings
 
+# Presets: named sets of FBI's options, under the options given. 'model' is the model's own defaults
+# (`Model.fbi_defaults`, chosen by the benchmark for the Shapes model); 'paper' is every option at the paper's
+# reading (DEFAULTS), with the paper's tau = 10 absolute only on the ImageNet VGG the paper used: tau is a value
+# of g * a, whose scale is VGG16's there and not on another model, where it empties the walk (a relative
+# tau = 0.05, ours, keeps it scale-free).
+PRESETS = ("model", "paper")
+PAPER_TAU_ELSEWHERE = {"tau": 0.05, "tau_mode": "relative"}
+
+
+def paper_scale(model):
+    """True for the ImageNet VGG16 and VGG19 on caffe input: the models (and scale) of the paper's tau = 10."""
+    return model.name in ("vgg16", "vgg19") and str(model.preprocessing) == "caffe" and model.num_classes == 1000
+
+
+def preset_options(model, preset):
+    """FBI's options of a preset on `model` (PRESETS): 'model' its own defaults, 'paper' every option at the
+    paper's reading (tau relative, PAPER_TAU_ELSEWHERE, where the model's scale is not the paper's)."""
+    if preset == "model":
+        return dict(model.fbi_defaults)
+    if preset == "paper":
+        return {**DEFAULTS, **({} if paper_scale(model) else PAPER_TAU_ELSEWHERE)}
+    raise InputError(f"preset must be one of {', '.join(map(repr, PRESETS))}, got {preset!r}")
+
+
 def applicable(model, options):
     """The options that can change FBI's result on `model` (those for layers it does not have left out): what a
     record of the options used (the benchmark's results) lists."""

@@ -4,6 +4,8 @@ Each rule is a small function with the signature `traversal.Rules` documents; a 
 plus a `Rules` table (see `tables.py` and `fbi.py`). Arrays: g is the backward signal, a_in / a_out the forward input /
 output of the layer, both NHWC (or (N, F) for dense layers).
 """
+import math
+
 import numpy as np
 
 from fbi_ref.errors import InputError, UnsupportedLayerError
@@ -242,13 +244,15 @@ def topk_scores(g, a, score, total="signed"):
 
 
 def count_of(k, channels, name="k"):
-    """k as a channel count: an int is a count, a float in (0, 1] a fraction of the channels (at least one)."""
+    """k as a channel count: an int is a count, a float in (0, 1] a fraction of the channels, rounded half up and
+    at least one: max(1, floor(k * C + 0.5)) in float64 (a rule a port writes in one line in any language;
+    Python's round() would take k * C = 2.5 to 2)."""
     if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, float, np.integer, np.floating)):
         raise InputError(f"{name} must be an int (a count) or a float in (0, 1] (a fraction), got {k!r}")
     if isinstance(k, (float, np.floating)):
         if not 0 < k <= 1:
             raise InputError(f"{name} as a fraction must be in (0, 1], got {k}")
-        return max(1, int(round(k * channels)))
+        return max(1, math.floor(float(k) * channels + 0.5))
     if not 1 <= k:
         raise InputError(f"{name} as a count must be at least 1, got {k}")
     return min(int(k), channels)

@@ -32,6 +32,10 @@ FORMAT = "fbi_ref reference"
 FORMAT_VERSION = 2
 # the methods whose walk is stored: the one-walk methods whose attribution is their walk's signal
 WALKED = tuple(name for name, record in RECORDS.items() if record.one_walk and not record.times_input)
+# By default a reference stores the weights when they take at most this (the Shapes model: 4.5 MB), so that compare
+# can rebuild the model to replay near ties without opening any path; a larger model is found again by name, or its
+# file is named by its sha256 in meta and compare asks for it (--model).
+AUTO_WEIGHTS_BYTES = 64 * 2**20
 NEAR_TIE = 1e-4  # a max-pool window is a near tie when its two largest values differ by at most this x max|input|
 
 # What a re-implementation must match; the same rules as the docstrings of fbi_ref/nn/conv.py, pooling.py and dense.py.
@@ -96,6 +100,14 @@ def build_reference(model, x, methods=METHODS, target=None, options=None, model_
             "walks": {method: list(keys) for method, keys in walks.items()}}
     arrays["meta"] = np.array(meta_json(model, used, list(walks.get("fbi", ())), model_file, target_rule, meta))
     return arrays
+
+
+def stores_weights(model, with_weights=None):
+    """Whether a reference stores the weights: as asked (True, False), or (None) when they take at most
+    AUTO_WEIGHTS_BYTES, so that compare can rebuild the model without opening any file."""
+    if with_weights is not None:
+        return bool(with_weights)
+    return sum(getattr(layer, name).nbytes for layer in model.layers for name in layer.weights) <= AUTO_WEIGHTS_BYTES
 
 
 def _checked(methods, options):

@@ -17,6 +17,17 @@ switches, supports) must be equal, apart from near-tie decisions accepted by the
 Keys. A key of `other` that the reference lacks fails (a misspelt key would otherwise check nothing), with
 the nearest reference key suggested, unless it is under an `ignore` prefix; a reference key that `other`
 lacks is listed, and fails only under a `require` prefix.
+
+Methods. Every method of the reference must have a key in `other` (its attribution, or any key of its walk),
+unless the check is restricted to some of them (`methods`): a port that left FBI out does not pass by
+writing nothing for it. A method whose reference attribution is all zero on every image checks nothing (an
+FBI walk emptied by its masks passes any port whose walk is empty too): it fails unless `allow_empty`, and
+says from which position of its walk the reference is zero.
+
+Flatten vectors. Under the NCHW layout, the vectors at a Flatten layer's output (`act/flatten`, the walks'
+`*/backward/flatten`, FBI's `fbi/support/flatten`) may be in PyTorch's (C, H, W) order (a port that uses its
+`nn.Module` as it is) or in the reference's (H, W, C) order (a port that permutes before flattening): the
+order is read from the values (`flatten="auto"`) and the vectors are permuted like the images.
 """
 from __future__ import annotations
 
@@ -27,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fbi_ref.errors import InputError
+from fbi_ref.methods.explain import METHODS
+from fbi_ref.methods.fbi import STARTS, start_signal
 from fbi_ref.reference.build import read_meta
 from fbi_ref.reference.model import reference_model
 from fbi_ref.reference.replay import replay
@@ -77,6 +90,12 @@ class Comparison:
     near_ties: dict = field(default_factory=dict)
     replayed: dict = field(default_factory=dict)   # decision key -> near-tie decisions taken from other
     replay_note: str = ""
+    methods: list = field(default_factory=list)     # the reference's methods that were checked
+    missing_methods: list = field(default_factory=list)  # checked methods of which other has no key
+    empty: dict = field(default_factory=dict)       # method -> {'images': [...], 'of': N, 'from': position}
+    allow_empty: bool = False
+    unchecked: list = field(default_factory=list)   # keys of methods left out of the check (both files)
+    flatten_order: str = "hwc"                      # how other's flatten vectors were read: 'hwc' or 'chw'
 
     @property
     def passed(self):
@@ -94,7 +113,8 @@ class Comparison:
         return out
 
 
-def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), model=None, replay=True):
+def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), model=None, replay=True,
+            methods=None, allow_empty=False, flatten="auto"):
     """Compare another implementation's arrays with a reference ({key: array} each, as load_npz returns).
 
     tolerances: a float (every float array) or {key prefix: float} added to DEFAULT_TOLERANCES (the longest
@@ -102,17 +122,27 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
     are transposed to the reference's NHWC first) or 'auto' (decided from the shapes, else from the data).
     require / ignore: key prefixes that must be in other / that other may add. model: the reference's model,
     to replay near ties (None: built from the reference's weights if it holds them, else no replay).
+    methods: the reference's methods to check (None: all of them; each must have a key in other); the keys
+    of the others are left out of the comparison. allow_empty: pass a method whose reference attribution is
+    all zero on every image (it checks nothing). flatten: the order of other's flatten vectors under the NCHW
+    layout, 'auto' (from the values), 'hwc' or 'chw'.
     """
     tol = _tolerances(tolerances)
     _check_targets(ref)
-    ref_keys = [k for k in ref if k != "meta"]
-    other_keys = [k for k in other if k != "meta"]
+    meta = read_meta(ref["meta"], getattr(ref, "name", "the reference")) if "meta" in ref else {}
+    checked = _checked_methods(ref, meta, methods)
+    unchecked = [k for k in [*ref, *other] if k != "meta" and _method_of(k) not in (None, *checked)]
+    ref_keys = [k for k in ref if k != "meta" and k not in unchecked]
+    other_keys = [k for k in other if k != "meta" and k not in unchecked]
     layout, layout_note = _layout(ref, other, layout)
     shared = [k for k in ref_keys if k in other]
+    flat = _flatten_shapes(ref, meta)
+    order, order_note = _flatten_order(ref, other, shared, flat, layout, flatten)
+    layout_note += order_note
     # Read no array of other whose header says it cannot match: its size is then bounded by the reference's.
     declared = {k: _aligned_shape(declared_shape(other, k), layout) for k in other_keys}
     misfits = {k for k in shared if declared[k] != tuple(declared_shape(ref, k))}
-    aligned = Aligned(other, layout, misfits)
+    aligned = Aligned(other, layout, misfits, flat if order == "chw" else {})
     expected, note = {}, ""
     near = {}
     if replay and "meta" in ref and "x" in ref and "target" in ref:
@@ -142,10 +172,181 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
         if absent or not any(k.startswith(prefix) for k in shared):
             rows.append(KeyComparison(f"{prefix}*", (), (), "-", passed=False,
                                       note=f"required, missing: {_summary(absent) or 'no key at all'}"))
+    left_out = [m for m in checked if not any(_method_of(k) == m for k in other_keys)]
+    for method in left_out:
+        rows.append(KeyComparison(f"{method}/*", (), (), "-", passed=False,
+                                  note=f"a method of the reference, and the other file has no key of it (its "
+                                       f"attr/{method} or its walk); leave it out of the check with --methods"))
+    empty = _empty_methods(ref, [m for m in checked if m not in left_out])
+    for method, where in empty.items():
+        if len(where["images"]) == where["of"] and not allow_empty:
+            rows.append(KeyComparison(f"attr/{method}: empty", (), (), "-", passed=False,
+                                      note=f"{_empty_text(method, where)}: it checks nothing; --allow-empty "
+                                           f"accepts that"))
+    _note_options(rows, ref, other, meta, checked)
+    _note_flatten(rows, meta, order)
     failed = [row.key for row in rows if not row.passed]
     replayed = dict(expected.get("accepted", {})) if expected else {}
     return Comparison(rows, missing, [k for k in other_keys if k not in ref], layout, layout_note, tol,
-                      failed[0] if failed else None, failed, near, replayed, note)
+                      failed[0] if failed else None, failed, near, replayed, note, checked, left_out, empty,
+                      allow_empty, unchecked, order)
+
+
+def _method_of(key):
+    """The method a key belongs to ('attr/fbi', 'fbi/backward/fc1', 'gradcam/map': its name), or None (the
+    forward pass: x, act/, switch/, w/, logits, probs, target)."""
+    parts = key.split("/")
+    name = parts[1] if parts[0] == "attr" and len(parts) > 1 else parts[0]
+    return name if name in METHODS else None
+
+
+def _checked_methods(ref, meta, methods):
+    """The reference's methods to check: all of them (its meta's, else its attr/ keys), or the given ones."""
+    held = list(meta.get("methods", {})) or [_method_of(k) for k in ref if k.startswith("attr/") and _method_of(k)]
+    if methods is None:
+        return held
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    stray = [m for m in methods if m not in held]
+    if stray:
+        raise InputError(f"the reference holds no method {stray[0]!r} (it holds: {', '.join(held) or 'none'})")
+    return methods
+
+
+def _empty_methods(ref, methods):
+    """{method: {'images': the images whose reference attribution is all zero, 'of': N, 'from': the highest
+    position of its walk where those images are all zero (None without a walk)}} for the methods with any."""
+    out = {}
+    for method in methods:
+        if f"attr/{method}" not in ref:
+            continue
+        a = np.asarray(ref[f"attr/{method}"])
+        if a.ndim == 0 or len(a) == 0:
+            continue
+        zero = ~np.any(a.reshape(len(a), -1), axis=1)  # (N,)
+        if not zero.any():
+            continue
+        walk = [k for k in ref if k.startswith(f"{method}/backward/")]  # top-down
+        start = next((k.split("/")[-1] for k in walk if not np.any(np.asarray(ref[k])[zero])), None)
+        out[method] = {"images": [int(i) for i in np.flatnonzero(zero)], "of": int(len(a)), "from": start}
+    return out
+
+
+def _empty_text(method, where):
+    """'attr/fbi is all zero on every image of the reference (its walk from fc1 down)'."""
+    images = "every image" if len(where["images"]) == where["of"] else \
+        f"image{'s' if len(where['images']) > 1 else ''} {', '.join(map(str, where['images'][:8]))}" + \
+        (", ..." if len(where["images"]) > 8 else "") + f" (of {where['of']})"
+    walk = f" (its walk from {where['from']} down)" if where["from"] else ""
+    return f"attr/{method} is all zero on {images} of the reference{walk}"
+
+
+def _note_options(rows, ref, other, meta, checked):
+    """On the first failing row of a method: the options where the other file's meta (if it wrote one) differs
+    from the reference's, and FBI's start signal that the other's values match when it is its start that differs."""
+    theirs = {}
+    if "meta" in other:
+        try:
+            theirs = read_meta(other["meta"], "the other file").get("methods", {})
+        except InputError:
+            theirs = {}
+    ours = meta.get("methods", {})
+    seen = set()
+    for row in rows:
+        method = _method_of(row.key)
+        if row.passed or method not in checked or method in seen:
+            continue
+        seen.add(method)
+        differ = [f"{name}={theirs[method][name]} vs {value}" for name, value in ours.get(method, {}).items()
+                  if method in theirs and name in theirs[method] and theirs[method][name] != value]
+        if differ:
+            row.note = (row.note + "; " if row.note else "") + \
+                f"the other file's {method} options differ from the reference's: {', '.join(differ)}"
+        elif method == "fbi" and row.key.startswith("fbi/backward/") and "logits" in ref and row.key in other:
+            start = _matching_start(ref, other, row.key, ours.get("fbi", {}), row.tolerance)
+            if start:
+                row.note = (row.note + "; " if row.note else "") + start
+
+
+def _matching_start(ref, other, key, options, tolerance):
+    """'its values are FBI's start='maxmin' (start_from='logits'), the reference's is start='contrast'' when the
+    other file's start signal (key, (N, K)) is one of FBI's other start signals; '' otherwise."""
+    logits, probs, target = (np.asarray(ref[k]) for k in ("logits", "probs", "target"))
+    theirs = np.asarray(other[key], np.float64)
+    if theirs.shape != logits.shape:
+        return ""
+    for start in STARTS:
+        for source in (("logits", "probs") if start in ("maxmin", "logits") else ("logits",)):
+            if start == options.get("start") and source == options.get("start_from", "logits"):
+                continue
+            signal = np.asarray(start_signal(start, source)(logits, probs, target), np.float64)
+            scale = np.abs(signal).max(axis=1, keepdims=True)
+            if np.all(np.abs(theirs - signal) <= tolerance * np.where(scale > 0, scale, 1)):
+                which = f"start={start!r}" + (f" (start_from={source!r})" if start in ("maxmin", "logits") else "")
+                mine = f"start={options.get('start')!r}" + (f" (start_from={options.get('start_from')!r})"
+                                                           if options.get("start") in ("maxmin", "logits") else "")
+                return f"the other file's start signal is FBI's {which}; the reference's is {mine}"
+    return ""
+
+
+def _flatten_shapes(ref, meta):
+    """{flatten layer: the (H, W, C) of its input} from the reference's layers and activations."""
+    out, previous = {}, None
+    for layer in meta.get("layers", []):
+        if layer["type"] == "Flatten" and previous is not None and f"act/{previous}" in ref:
+            shape = declared_shape(ref, f"act/{previous}")
+            if len(shape) == 4:
+                out[layer["name"]] = tuple(shape[1:])
+        previous = layer["name"]
+    return out
+
+
+def _at_flatten(key, flat):
+    """The flatten layer whose output `key` holds (act/, a walk's backward/ or support/ vector), or None."""
+    parts = key.split("/")
+    at = parts[-1] in flat and (parts[0] == "act" and len(parts) == 2 or
+                                len(parts) == 3 and parts[1] in ("backward", "support"))
+    return parts[-1] if at else None
+
+
+def _flatten_order(ref, other, shared, flat, layout, flatten):
+    """('hwc' | 'chw', a note for the layout line): how other's flatten vectors are read."""
+    if flatten not in ("auto", "hwc", "chw"):
+        raise InputError(f"flatten must be 'auto', 'hwc' or 'chw', got {flatten!r}")
+    if layout != "nchw" or not flat:
+        return "hwc", ""
+    if flatten != "auto":
+        return flatten, f"; flatten vectors in ({'C, H, W' if flatten == 'chw' else 'H, W, C'}) order (given)"
+    for key in [k for k in shared if _at_flatten(k, flat)]:
+        a, b = np.asarray(ref[key], np.float64), np.asarray(other[key], np.float64)
+        if a.shape != b.shape or a.ndim != 2 or not np.any(a):
+            continue
+        direct = np.abs(b - a).max()
+        permuted = np.abs(_chw_to_hwc(b, flat[_at_flatten(key, flat)]) - a).max()
+        if direct != permuted:
+            order = "hwc" if direct < permuted else "chw"
+            return order, f"; flatten vectors in ({'H, W, C' if order == 'hwc' else 'C, H, W'}) order (from the " \
+                          f"values of {key})"
+    return "hwc", ""
+
+
+def _chw_to_hwc(v, hwc):
+    """Vectors (N, C*H*W) in (C, H, W) order as (N, H*W*C) in (H, W, C) order."""
+    h, w, c = hwc
+    return v.reshape(len(v), c, h, w).transpose(0, 2, 3, 1).reshape(len(v), -1)
+
+
+def _note_flatten(rows, meta, order):
+    """When other's flatten vectors were read in (C, H, W) order and the dense layer after the flatten is the
+    first to fail: the likely cause, its kernel's rows in the other order."""
+    if order != "chw":
+        return
+    names = [layer["name"] for layer in meta.get("layers", [])]
+    types = [layer["type"] for layer in meta.get("layers", [])]
+    after = {names[i + 1] for i, t in enumerate(types[:-1]) if t == "Flatten"}
+    first = next((row for row in rows if not row.passed), None)
+    if first is not None and first.key.startswith("act/") and first.key[4:] in after:
+        first.note += (f"; the other file's flatten is in (C, H, W) order: if its {first.key[4:]} kernel is the "
+                       f"reference's w/{first.key[4:]}/kernel, permute that kernel's rows, which are in (H, W, C) order")
 
 
 def _check_targets(ref):
@@ -235,10 +436,12 @@ def _aligned_shape(shape, layout):
 
 class Aligned(Mapping):
     """Another file's arrays read one at a time (when asked for) and put in the reference's layout; the keys in
-    `misfits` (shapes that cannot match the reference's) are left out, never read."""
+    `misfits` (shapes that cannot match the reference's) are left out, never read; the vectors at the flatten
+    layers of `chw_flatten` ({layer: (H, W, C)}) are permuted from (C, H, W) to (H, W, C) order."""
 
-    def __init__(self, arrays, layout, misfits=()):
+    def __init__(self, arrays, layout, misfits=(), chw_flatten=None):
         self.arrays, self.layout, self.misfits = arrays, layout, set(misfits)
+        self.chw_flatten = dict(chw_flatten or {})
 
     def __contains__(self, key):
         return key in self.arrays and key not in self.misfits
@@ -249,6 +452,9 @@ class Aligned(Mapping):
         a = np.asarray(self.arrays[key])
         if a.dtype.kind == "f" and a.dtype.itemsize < 4:  # float16: compared (and replayed) as float32
             a = a.astype(np.float32)
+        at = _at_flatten(key, self.chw_flatten)
+        if at and a.ndim == 2 and a.shape[1] == int(np.prod(self.chw_flatten[at])):
+            return _chw_to_hwc(a, self.chw_flatten[at])
         return _to_nhwc(a, self.layout)
 
     def __iter__(self):
@@ -444,6 +650,13 @@ def format_comparison(result, ref_name="REF", other_name="OTHER"):
                      + ", ".join(f"{key} {count}" for key, count in result.replayed.items()))
     if result.replay_note:
         lines.append(result.replay_note)
+    if result.unchecked:
+        lines.append(f"not checked (--methods {','.join(result.methods) or 'none'}): {_summary(result.unchecked)}")
+    for method, where in result.empty.items():
+        whole = len(where["images"]) == where["of"]
+        lines.append(f"{_empty_text(method, where)}: " + ("it checks nothing (accepted: --allow-empty)" if whole and
+                     result.allow_empty else "it checks nothing" if whole else
+                     "there it checks only that the other file is zero too"))
     lines.append(verdict(result))
     return "\n".join(lines)
 
@@ -458,20 +671,30 @@ def _images(counts, most=4):
 
 
 def verdict(result):
-    """The one-line summary of a comparison."""
+    """The one-line summary of a comparison: what passed, or every kind of failure with the first divergence."""
     accepted = sum(result.replayed.values())
     ties = f"; {accepted} near-tie decisions taken from the other file" if accepted else ""
     tol = ", ".join(f"{p or 'default'} {v:g}" for p, v in result.tolerances.items()) if result.tolerances \
         else "default"
+    methods = f"methods {', '.join(result.methods)}" if result.methods else "no method"
     if not result.rows:
         return f"FAILED: the two files share no arrays (tolerance {tol})"
     if result.passed:
-        return f"PASSED: all {len(result.rows)} shared arrays agree (tolerance {tol}{ties})"
+        allowed = [m for m, where in result.empty.items() if len(where["images"]) == where["of"]]
+        empty = f"; all zero in the reference, so unchecked: {', '.join(allowed)}" if allowed else ""
+        return f"PASSED: all {len(result.rows)} shared arrays agree; {methods} (tolerance {tol}{ties}){empty}"
     first = next(row for row in result.rows if row.key == result.first_divergence)
     where = f" at {first.worst}" if first.worst else ""
     compared = [row for row in result.rows if row.measure in ("scaled", "exact") or row.ref_shape]
-    others, differ = len(result.rows) - len(compared), sum(not row.passed for row in compared)
-    keys = f"{others} key{'s' if others > 1 else ''} unknown to REF or required and missing"
-    what = (f"{differ} of {len(compared)} shared arrays differ" + (f"; {keys}" if others else "")) if differ else \
-        f"{keys} ({'the shared array agrees' if len(compared) == 1 else f'all {len(compared)} shared arrays agree'})"
-    return f"FAILED: {what} (tolerance {tol}{ties}); first divergence: {result.first_divergence}{where}"
+    differ = sum(not row.passed for row in compared)
+    empty = [m for m in result.empty if f"attr/{m}: empty" in result.failed]
+    others = len(result.rows) - len(compared) - len(result.missing_methods) - len(empty)
+    parts = [f"{differ} of {len(compared)} shared arrays differ" if differ else
+             ("the shared array agrees" if len(compared) == 1 else f"all {len(compared)} shared arrays agree")]
+    if result.missing_methods:
+        parts.append(f"no key in the other file for {', '.join(result.missing_methods)}")
+    if empty:
+        parts.append(f"all zero in the reference, so unchecked: {', '.join(empty)}")
+    if others:
+        parts.append(f"{others} key{'s' if others > 1 else ''} unknown to REF or required and missing")
+    return f"FAILED: {'; '.join(parts)} (tolerance {tol}{ties}); first divergence: {result.first_divergence}{where}"

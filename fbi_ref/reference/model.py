@@ -35,9 +35,21 @@ def reference_model(ref, model=None):
             return found, ""
         reason = f"{what} has other weights than the reference (weights_digest differs)"
     if not candidates:
-        return None, ("the reference holds no weights (write it with --with-weights) and names no model fbi_ref "
-                      "knows; give the model with --model")
+        return None, _give_the_model(meta)
+    if model is None and not any(k.startswith("w/") for k in ref) and digest is not None:
+        return None, f"{reason}; {_give_the_model(meta)}"
     return None, reason
+
+
+def _give_the_model(meta):
+    """The one-line instruction when the reference holds no weights and names no model fbi_ref knows."""
+    record = meta.get("model", {})
+    file, sha = record.get("file"), record.get("sha256")
+    if isinstance(file, str) and isinstance(sha, str):
+        return (f"the reference was made with the model file {file!r} (sha256 {sha[:16]}...) and does not hold "
+                f"its weights: give that file with --model (compare never opens a path written in a reference)")
+    return ("the reference holds no weights (write it with --with-weights) and names no model fbi_ref knows; give "
+            "the model with --model")
 
 
 def known_names():

@@ -297,7 +297,8 @@ def _fbi(model, routed, target, options, theirs, tol, result, rerun):
     forced, judged = {}, set()
     while True:
         seen = {}  # position -> (our support: the AND of its decisions, near: the OR), in walk order
-        hooks = {position: tuple(_replayed_decision(position, decision, options, tol, seen, forced)
+        detail = {}  # position -> {kind: (our support, how far from its threshold)}
+        hooks = {position: tuple(_replayed_decision(position, decision, options, tol, seen, forced, detail)
                                  for decision in decisions) for position, decisions in rules.hooks.items()}
         w = walk(model, routed, signal, dataclasses.replace(rules, hooks=hooks), record=True)
         taken = False
@@ -310,7 +311,9 @@ def _fbi(model, routed, target, options, theirs, tol, result, rerun):
             ok = differ & near
             key = f"fbi/support/{position}"
             if (differ & ~ok).any():
-                result.refused[key] = f"{int((differ & ~ok).sum())} entries decided otherwise far from the threshold (or with an exact 0 factor)"
+                result.refused[key] = (f"{int((differ & ~ok).sum())} entries decided otherwise far from the threshold "
+                                       f"(or with an exact 0 factor)"
+                                       f"{which_decision(detail.get(position, {}), ours, their, differ & ~ok, options)}")
             if ok.any():
                 result.accepted[key] = int(ok.sum())
                 forced[position] = np.where(ok, their, ours)
@@ -324,11 +327,13 @@ def _fbi(model, routed, target, options, theirs, tol, result, rerun):
         result.expected["attr/fbi"] = w.signal
 
 
-def _replayed_decision(position, decision, options, tol, seen, forced):
-    """One of FBI's decisions as a hook that notes in `seen` where it is near its threshold, and imposes the
-    support `forced` gives at its position instead of its own."""
+def _replayed_decision(position, decision, options, tol, seen, forced, detail):
+    """One of FBI's decisions as a hook that notes in `seen` where it is near its threshold (in `detail` its own
+    support and distance from the threshold), and imposes the support `forced` gives at its position instead of
+    its own."""
     def hook(g, a):
         kept, near = _fbi_decision(decision.kind, decision.scored(g), a, options, tol)
+        detail.setdefault(position, {})[decision.kind] = (kept, _margin(decision.kind, decision.scored(g), a, options))
         if position in seen:
             kept, near = seen[position][0] & kept, seen[position][1] | near
         seen[position] = (kept, near)
@@ -355,6 +360,58 @@ def _fbi_decision(kind, g, a, options, tol):
         else ranked[:, -1:] - 1
     near_channel = np.abs(scores - boundary) <= tol * _image_scale(scores)  # (N, C)
     return ours, np.broadcast_to(near_channel[:, None, None, :], ours.shape)
+
+
+def _margin(kind, g, a, options):
+    """How far each entry's decision is from its threshold, relative to its image's scale: |g*a - tau| / max|g*a|
+    for the mask, |score - the boundary between the k-th and the next map| / max|score| for the top-k."""
+    if kind == "mask":
+        product = g * a
+        threshold = R.mask_threshold(product, float(options["tau"]), options["tau_mode"] == "relative")
+        with np.errstate(invalid="ignore"):  # an infinite tau: every entry is infinitely far
+            return np.abs(product - threshold) / _image_scale(product)
+    scores = R.topk_scores(g, a, options["topk_score"], options["topk_sum"])  # (N, C)
+    count = R.count_of(options["k"], g.shape[-1])
+    ranked = np.sort(scores, axis=1)[:, ::-1]
+    boundary = ranked[:, count - 1:count + 1].mean(axis=1, keepdims=True) if count < g.shape[-1] else ranked[:, -1:] - 1
+    margin = np.abs(scores - boundary) / _image_scale(scores)  # (N, C)
+    return np.broadcast_to(margin[:, None, None, :], g.shape)
+
+
+def which_decision(detail, ours, theirs, wrong, options):
+    """'; the top-k ...' / '; the tau mask ...': which of FBI's decisions at a position the other file took
+    otherwise at the entries `wrong`, and how far from its threshold the reference was there."""
+    out = []
+    if "topk" in detail and ours.ndim == 4:
+        kept, margin = detail["topk"]
+        ours_maps, their_maps = ours.any(axis=(1, 2)), theirs.any(axis=(1, 2))  # (N, C): maps with any support
+        count = R.count_of(options["k"], ours.shape[-1])
+        if (ours_maps != their_maps).any():
+            n = int(np.flatnonzero((ours_maps != their_maps).any(axis=1))[0])
+            theirs_n, ours_n = np.flatnonzero(their_maps[n]), np.flatnonzero(kept[n, 0, 0])
+            text = (f"the top-k selection: image {n} keeps maps {_few(theirs_n)} where the reference keeps "
+                    f"{_few(ours_n)} (k = {options['k']} of {ours.shape[-1]} maps: {count}, by max(1, floor(k * C + "
+                    f"0.5)); scored on the signal after the tau mask)")
+            changed = np.setxor1d(theirs_n, ours_n)
+            if changed.size:
+                text += f", the nearest of those maps {float(margin[n, 0, 0, changed].min()):.2g} of the largest " \
+                        f"score from the k-th"
+            out.append(text)
+    if "mask" in detail:
+        kept, margin = detail["mask"]
+        same_maps = wrong if "topk" not in detail or ours.ndim != 4 else \
+            wrong & (ours.any(axis=(1, 2), keepdims=True) == theirs.any(axis=(1, 2), keepdims=True))
+        if same_maps.any():
+            out.append(f"the tau mask (g * a > tau, tau = {options['tau']} {options['tau_mode']}): "
+                       f"{int(same_maps.sum())} entries, the nearest {float(margin[same_maps].min()):.2g} of the image's "
+                       f"largest |g * a| from tau")
+    return "; decided otherwise: " + "; ".join(out) if out else ""
+
+
+def _few(indices, most=6):
+    """'3, 7, 9' or '3, 7, 9, ... (12)'."""
+    shown = ", ".join(map(str, indices[:most]))
+    return shown + (f", ... ({len(indices)})" if len(indices) > most else "") if len(indices) else "none"
 
 
 def _image_scale(a):
