@@ -282,3 +282,60 @@ def test_the_pytorch_compare_recipe_passes_for_a_torch_native_port(tmp_path, mon
     assert "flatten vectors in (C, H, W) order (from the values of act/flatten)" in out
     code, out, _ = cli(capsys, "compare", "ref.npz", "mine.npz")  # without --methods: guided backprop is missing
     assert code == 1 and "no key in the other file for guided_backprop" in out.splitlines()[-1]
+
+
+def test_only_keys_that_are_compared_count_as_a_methods_presence(ref):
+    without_fbi = {k: v for k, v in ref.items() if not k.startswith(("fbi/", "attr/fbi"))}
+    start_only = {**without_fbi, "fbi/backward/predictions": ref["fbi/backward/predictions"]}  # the logits decide it
+    assert compare(ref, start_only).missing_methods == ["fbi"]
+    ignored = {**without_fbi, "fbi/debug/x": np.zeros(3)}
+    assert compare(ref, ignored, ignore=("fbi/debug",)).missing_methods == ["fbi"]
+    misfit = {**without_fbi, "attr/fbi": np.zeros((3, 5))}  # of another shape: never read, checks nothing
+    assert "fbi" in compare(ref, misfit).missing_methods
+
+
+def test_diagnostics_never_crash_and_never_read_a_misfit(ref):
+    text = {**ref, "act/flatten": np.full(ref["act/flatten"].shape, "a"),
+            "fbi/backward/predictions": np.full(ref["fbi/backward/predictions"].shape, "b")}
+    result = compare(ref, nchw(text), replay=False)
+    assert not result.passed  # a FAILED verdict, not a traceback
+    no_probs = {k: v for k, v in ref.items() if k != "probs"}
+    assert not compare(no_probs, {**no_probs, "fbi/backward/predictions": ref["fbi/backward/predictions"] + 1}).passed
+
+    class Logged(dict):
+        read = []
+
+        def __getitem__(self, key):
+            Logged.read.append(key)
+            return dict.__getitem__(self, key)
+
+        def declared_shape(self, key):  # as an .npz file tells it: from the header, without reading the data
+            return dict.__getitem__(self, key).shape
+    other = Logged(nchw(ref))
+    other["act/flatten"] = np.zeros((3, 4096), np.float32)
+    other["fbi/backward/predictions"] = np.zeros((3, 7), np.float32)
+    compare(ref, other)
+    assert "act/flatten" not in Logged.read and "fbi/backward/predictions" not in Logged.read
+
+
+def test_one_nan_does_not_flip_the_flatten_order(ref):
+    port = nchw(ref, flatten_chw=False)
+    port["act/flatten"] = port["act/flatten"].copy()
+    port["act/flatten"][0, 0] = np.nan
+    result = compare(ref, port)
+    assert result.flatten_order == "hwc" and result.failed == ["act/flatten"]
+
+
+def test_an_explicit_flatten_order_is_honoured_in_either_layout(ref):
+    torch_order = {k: v for k, v in nchw(ref).items() if k.endswith("/flatten")}  # (C, H, W) vectors in an
+    result = compare(ref, {**ref, **torch_order}, flatten="chw")  # otherwise NHWC file
+    assert result.passed and result.flatten_order == "chw"
+
+
+def test_an_empty_method_list_on_the_command_line_is_refused(ref, tmp_path, capsys):
+    from fbi_ref.io.arrays import write_npz
+    write_npz(tmp_path / "ref.npz", ref)
+    assert_one_line_exit_2(capsys, "compare", tmp_path / "ref.npz", tmp_path / "ref.npz", "--methods", "",
+                           says="empty method name")
+    with pytest.raises(InputError, match="not the string"):
+        compare(ref, ref, methods="fbi")

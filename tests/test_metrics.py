@@ -261,3 +261,40 @@ def test_the_bootstrap_interval_covers_the_mean_with_the_width_of_the_normal_app
     assert M.bootstrap_interval(np.full(10, 0.25)) == (0.25, 0.25)
     assert M.bootstrap_interval([1.0, np.nan, 1.0]) == (1.0, 1.0)  # NaN left out
     assert all(np.isnan(M.bootstrap_interval([np.nan])))
+
+
+def test_relevance_rank_counts_the_top_k_pixels_inside_the_mask():
+    mask = np.zeros((1, 4, 4), dtype=bool)
+    mask[0, :2, :2] = True  # K = 4
+    heat = np.zeros((1, 4, 4))
+    heat[0, 0, 0], heat[0, 0, 1], heat[0, 3, 3], heat[0, 3, 2] = 4.0, 3.0, 2.0, 1.0  # 2 of the top 4 inside
+    assert M.relevance_rank(heat, mask)[0] == 0.5
+    heat[0, 1, 0], heat[0, 1, 1] = 5.0, 6.0  # now the top 4 are all inside
+    assert M.relevance_rank(heat, mask)[0] == 1.0
+    assert M.relevance_rank(-heat, mask)[0] == 0.0  # the mask's pixels are the lowest: none of them ranks
+
+
+def test_relevance_rank_scores_ties_by_their_expected_share_not_by_index():
+    mask = np.zeros((1, 4, 4), dtype=bool)
+    mask[0, :2, :2] = True  # 4 of 16 pixels
+    assert M.relevance_rank(np.zeros((1, 4, 4)), mask)[0] == pytest.approx(4 / 16)  # all tied: chance
+    assert M.relevance_rank(np.zeros((1, 4, 4)), mask[:, ::-1, ::-1])[0] == pytest.approx(4 / 16)  # wherever it is
+    heat = np.zeros((1, 4, 4))
+    heat[0, 0, 0] = 1.0  # one sure pixel inside; the other 3 of the K = 4 drawn from 15 tied, 3 of them inside
+    assert M.relevance_rank(heat, mask)[0] == pytest.approx((1 + 3 * 3 / 15) / 4)
+    # a map whose top K are exactly the mask, with its own ties inside: still 1
+    assert M.relevance_rank(mask.astype(float), mask)[0] == 1.0
+    assert np.isnan(M.relevance_rank(np.ones((1, 4, 4)), np.zeros((1, 4, 4), dtype=bool))[0])
+
+
+def test_relevance_rank_against_random_tie_breaking():
+    rng = np.random.default_rng(0)
+    heat = rng.integers(0, 3, size=(1, 8, 8)).astype(float)  # many ties
+    mask = rng.random((1, 8, 8)) < 0.3
+    k = int(mask.sum())
+    draws = []
+    for seed in range(4000):  # break the ties at random, by a tiny random jitter, and count
+        jitter = np.random.default_rng(seed).random(64) * 1e-3
+        top = np.argsort(-(heat.ravel() + jitter))[:k]
+        draws.append(mask.ravel()[top].mean())
+    assert M.relevance_rank(heat, mask)[0] == pytest.approx(np.mean(draws), abs=0.01)

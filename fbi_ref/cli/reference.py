@@ -24,7 +24,11 @@ from fbi_ref.reference.compare import DEFAULT_TOLERANCE, compare, format_compari
 
 def compared_methods(text):
     """--methods of compare: names separated by commas, or 'none' (checked against REF by compare)."""
-    names = [] if text.strip() == "none" else [name.strip() for name in text.split(",") if name.strip()]
+    if text.strip() == "none":
+        return []
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty method name: give M1,M2,... or none")
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} (or none)")
@@ -110,7 +114,7 @@ def report_reference(args, path, arrays, x_shape):
     if meta["model"]["file"] and not any(k.startswith("w/") for k in arrays) and not args.quiet:
         print(f"fbi-ref reference: note: the file does not hold {meta['model']['file']}'s weights (too large, or "
               f"--no-weights): compare replays near ties only with --model {meta['model']['file']} "
-              f"(sha256 {meta['model']['sha256'][:16]}...)", file=sys.stderr)
+              f"(sha256 {meta['model']['sha256']})", file=sys.stderr)
     if args.json:
         emit_json(summary)
     else:

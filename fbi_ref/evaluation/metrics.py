@@ -159,6 +159,28 @@ def relevance_mass(heatmaps, masks):
     return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
 
 
+def relevance_rank(heatmaps, masks):
+    """Relevance rank accuracy (Arras et al. 2022): of the K highest heat-map pixels, K the mask's size in
+    pixels, the share inside the mask. Pixels tied at the K-th value are taken by their expected share (as if
+    ties were broken at random), not by index order: an all-zero map scores the mask's area share, chance.
+
+    heatmaps: (N, H, W); masks: (N, H, W) bool, each non-empty. Returns (N,); NaN for an empty mask.
+    """
+    h = np.asarray(heatmaps, dtype=np.float64).reshape(len(heatmaps), -1)  # (N, P)
+    m = np.asarray(masks, dtype=bool).reshape(len(masks), -1)  # (N, P)
+    out = np.full(len(h), np.nan)
+    for n in range(len(h)):
+        k = int(m[n].sum())
+        if k == 0:
+            continue
+        kth = np.partition(h[n], -k)[-k]  # the K-th largest value
+        above, tied = h[n] > kth, h[n] == kth  # (P,), (P,)
+        left = k - int(above.sum())  # the tied pixels that make up the K
+        inside = int((above & m[n]).sum()) + left * (tied & m[n]).sum() / tied.sum()
+        out[n] = inside / k
+    return out
+
+
 def own_share(heatmaps, own_masks, other_masks):
     """mass on the own object / (mass on the own object + mass on the other); 0.5 when both are 0 (N,)."""
     own, other = mass_inside(heatmaps, own_masks), mass_inside(heatmaps, other_masks)  # (N,), (N,)

@@ -136,12 +136,12 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
     other_keys = [k for k in other if k != "meta" and k not in unchecked]
     layout, layout_note = _layout(ref, other, layout)
     shared = [k for k in ref_keys if k in other]
-    flat = _flatten_shapes(ref, meta)
-    order, order_note = _flatten_order(ref, other, shared, flat, layout, flatten)
-    layout_note += order_note
     # Read no array of other whose header says it cannot match: its size is then bounded by the reference's.
     declared = {k: _aligned_shape(declared_shape(other, k), layout) for k in other_keys}
     misfits = {k for k in shared if declared[k] != tuple(declared_shape(ref, k))}
+    flat = _flatten_shapes(ref, meta)
+    order, order_note = _flatten_order(ref, other, [k for k in shared if k not in misfits], flat, layout, flatten)
+    layout_note += order_note
     aligned = Aligned(other, layout, misfits, flat if order == "chw" else {})
     expected, note = {}, ""
     near = {}
@@ -172,19 +172,23 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
         if absent or not any(k.startswith(prefix) for k in shared):
             rows.append(KeyComparison(f"{prefix}*", (), (), "-", passed=False,
                                       note=f"required, missing: {_summary(absent) or 'no key at all'}"))
-    left_out = [m for m in checked if not any(_method_of(k) == m for k in other_keys)]
+    left_out = [m for m in checked if not any(_checks(k, m, meta) for k in shared if k not in misfits)]
     for method in left_out:
         rows.append(KeyComparison(f"{method}/*", (), (), "-", passed=False,
-                                  note=f"a method of the reference, and the other file has no key of it (its "
-                                       f"attr/{method} or its walk); leave it out of the check with --methods"))
+                                  note=f"a method of the reference, and the other file has no key of it that "
+                                       f"checks it (its attr/{method}, or its walk below the start signal); leave it "
+                                       f"out of the check with --methods"))
     empty = _empty_methods(ref, [m for m in checked if m not in left_out])
     for method, where in empty.items():
         if len(where["images"]) == where["of"] and not allow_empty:
             rows.append(KeyComparison(f"attr/{method}: empty", (), (), "-", passed=False,
                                       note=f"{_empty_text(method, where)}: it checks nothing; --allow-empty "
                                            f"accepts that"))
-    _note_options(rows, ref, other, meta, checked)
-    _note_flatten(rows, meta, order)
+    try:  # what compare can tell about a difference: never a reason to fail differently, or to crash
+        _note_options(rows, ref, other, meta, checked)
+        _note_flatten(rows, meta, order)
+    except (ValueError, TypeError, KeyError, InputError):
+        pass
     failed = [row.key for row in rows if not row.passed]
     replayed = dict(expected.get("accepted", {})) if expected else {}
     return Comparison(rows, missing, [k for k in other_keys if k not in ref], layout, layout_note, tol,
@@ -200,12 +204,27 @@ def _method_of(key):
     return name if name in METHODS else None
 
 
+def _checks(key, method, meta):
+    """True when a key both files hold checks `method`: any of its keys but the start signal at the logits
+    (<method>/backward/<last layer>, which the logits determine) and SmoothGrad's noise (a copy of the reference's)."""
+    layers = meta.get("layers", [])
+    start = f"{method}/backward/{layers[-1]['name']}" if layers else None
+    return _method_of(key) == method and key not in (start, "smoothgrad/noise")
+
+
+def add_note(row, text):
+    """Append a clause to a row's note."""
+    row.note = f"{row.note}; {text}" if row.note else text
+
+
 def _checked_methods(ref, meta, methods):
     """The reference's methods to check: all of them (its meta's, else its attr/ keys), or the given ones."""
     held = list(meta.get("methods", {})) or [_method_of(k) for k in ref if k.startswith("attr/") and _method_of(k)]
     if methods is None:
         return held
-    methods = [methods] if isinstance(methods, str) else list(methods)
+    if isinstance(methods, str):
+        raise InputError(f"methods must be a list of method names (or [] for none), not the string {methods!r}")
+    methods = list(methods)
     stray = [m for m in methods if m not in held]
     if stray:
         raise InputError(f"the reference holds no method {stray[0]!r} (it holds: {', '.join(held) or 'none'})")
@@ -259,21 +278,24 @@ def _note_options(rows, ref, other, meta, checked):
         differ = [f"{name}={theirs[method][name]} vs {value}" for name, value in ours.get(method, {}).items()
                   if method in theirs and name in theirs[method] and theirs[method][name] != value]
         if differ:
-            row.note = (row.note + "; " if row.note else "") + \
-                f"the other file's {method} options differ from the reference's: {', '.join(differ)}"
-        elif method == "fbi" and row.key.startswith("fbi/backward/") and "logits" in ref and row.key in other:
+            add_note(row, f"the other file's {method} options differ from the reference's: {', '.join(differ)}")
+        elif method == "fbi" and row.key.startswith("fbi/backward/") and row.measure == "scaled":
             start = _matching_start(ref, other, row.key, ours.get("fbi", {}), row.tolerance)
             if start:
-                row.note = (row.note + "; " if row.note else "") + start
+                add_note(row, start)
 
 
 def _matching_start(ref, other, key, options, tolerance):
     """'its values are FBI's start='maxmin' (start_from='logits'), the reference's is start='contrast'' when the
     other file's start signal (key, (N, K)) is one of FBI's other start signals; '' otherwise."""
-    logits, probs, target = (np.asarray(ref[k]) for k in ("logits", "probs", "target"))
-    theirs = np.asarray(other[key], np.float64)
-    if theirs.shape != logits.shape:
+    if not all(k in ref for k in ("logits", "probs", "target")) or \
+            tuple(declared_shape(other, key)) != tuple(declared_shape(ref, "logits")):
         return ""
+    logits, probs, target = (np.asarray(ref[k]) for k in ("logits", "probs", "target"))
+    theirs = np.asarray(other[key])
+    if theirs.dtype.kind not in "biuf" or logits.dtype.kind != "f":
+        return ""
+    theirs = theirs.astype(np.float64)
     for start in STARTS:
         for source in (("logits", "probs") if start in ("maxmin", "logits") else ("logits",)):
             if start == options.get("start") and source == options.get("start_from", "logits"):
@@ -312,18 +334,21 @@ def _flatten_order(ref, other, shared, flat, layout, flatten):
     """('hwc' | 'chw', a note for the layout line): how other's flatten vectors are read."""
     if flatten not in ("auto", "hwc", "chw"):
         raise InputError(f"flatten must be 'auto', 'hwc' or 'chw', got {flatten!r}")
+    if flatten != "auto":  # as given, in either layout
+        return flatten, f"; flatten vectors in ({'C, H, W' if flatten == 'chw' else 'H, W, C'}) order (given)"
     if layout != "nchw" or not flat:
         return "hwc", ""
-    if flatten != "auto":
-        return flatten, f"; flatten vectors in ({'C, H, W' if flatten == 'chw' else 'H, W, C'}) order (given)"
     for key in [k for k in shared if _at_flatten(k, flat)]:
-        a, b = np.asarray(ref[key], np.float64), np.asarray(other[key], np.float64)
-        if a.shape != b.shape or a.ndim != 2 or not np.any(a):
+        a, b = np.asarray(ref[key]), np.asarray(other[key])
+        if a.shape != b.shape or a.ndim != 2 or a.dtype.kind not in "biuf" or b.dtype.kind not in "biuf" or \
+                not np.any(a):
             continue
-        direct = np.abs(b - a).max()
-        permuted = np.abs(_chw_to_hwc(b, flat[_at_flatten(key, flat)]) - a).max()
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        close = 1e-4 * np.abs(a).max()  # the entries each reading matches; NaN matches nothing
+        direct = int((np.abs(b - a) <= close).sum())
+        permuted = int((np.abs(_chw_to_hwc(b, flat[_at_flatten(key, flat)]) - a) <= close).sum())
         if direct != permuted:
-            order = "hwc" if direct < permuted else "chw"
+            order = "hwc" if direct > permuted else "chw"
             return order, f"; flatten vectors in ({'H, W, C' if order == 'hwc' else 'C, H, W'}) order (from the " \
                           f"values of {key})"
     return "hwc", ""
@@ -345,8 +370,8 @@ def _note_flatten(rows, meta, order):
     after = {names[i + 1] for i, t in enumerate(types[:-1]) if t == "Flatten"}
     first = next((row for row in rows if not row.passed), None)
     if first is not None and first.key.startswith("act/") and first.key[4:] in after:
-        first.note += (f"; the other file's flatten is in (C, H, W) order: if its {first.key[4:]} kernel is the "
-                       f"reference's w/{first.key[4:]}/kernel, permute that kernel's rows, which are in (H, W, C) order")
+        add_note(first, f"the other file's flatten is in (C, H, W) order: if its {first.key[4:]} kernel is the "
+                        f"reference's w/{first.key[4:]}/kernel, permute that kernel's rows, which are in (H, W, C) order")
 
 
 def _check_targets(ref):
@@ -496,23 +521,23 @@ def _note_replay(row, key, expected):
     """Mark a row with what the replay accepted, refused or exempted for it."""
     if key in expected["accepted"]:
         row.accepted = expected["accepted"][key]
-        row.note = (row.note + "; " if row.note else "") + f"{row.accepted} near-tie decisions taken from the other"
+        add_note(row, f"{row.accepted} near-tie decisions taken from the other")
     if key in expected["refused"]:
         row.passed = False
-        row.note = (row.note + "; " if row.note else "") + expected["refused"][key]
+        add_note(row, expected["refused"][key])
     refused = [why for decision, why in expected["refused"].items() if decision.startswith(f"{key[5:]}/switch/")]
     if refused:  # winners of its inputs that no near tie explains
         row.passed = False
-        row.note = (row.note + "; " if row.note else "") + f"{key[5:]}/switch: {refused[0]}"
+        add_note(row, f"{key[5:]}/switch: {refused[0]}")
     for hint, text in expected["hints"].items() if not row.passed else ():
         if hint == key or (hint == "*" and not key.startswith(("x", "w/", "act/"))) or \
                 (hint.endswith("*") and len(hint) > 1 and key.startswith(hint[:-1])):
-            row.note = (row.note + "; " if row.note else "") + text
+            add_note(row, text)
     for kind, words in (("switch", "near-tie max-pool winners"), ("gate", "ReLU gates near 0")):
         count = expected["accepted"].get(f"{key[5:]}/{kind}")
         if count:
             row.accepted += count
-            row.note = (row.note + "; " if row.note else "") + f"{count} {words} of its inputs taken from the other"
+            add_note(row, f"{count} {words} of its inputs taken from the other")
 
 
 def compare_arrays(key, ref, other, tolerance, other_shape=None):

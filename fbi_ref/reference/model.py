@@ -46,7 +46,7 @@ def _give_the_model(meta):
     record = meta.get("model", {})
     file, sha = record.get("file"), record.get("sha256")
     if isinstance(file, str) and isinstance(sha, str):
-        return (f"the reference was made with the model file {file!r} (sha256 {sha[:16]}...) and does not hold "
+        return (f"the reference was made with the model file {file!r} (sha256 {sha}) and does not hold "
                 f"its weights: give that file with --model (compare never opens a path written in a reference)")
     return ("the reference holds no weights (write it with --with-weights) and names no model fbi_ref knows; give "
             "the model with --model")

@@ -313,7 +313,7 @@ def _fbi(model, routed, target, options, theirs, tol, result, rerun):
             if (differ & ~ok).any():
                 result.refused[key] = (f"{int((differ & ~ok).sum())} entries decided otherwise far from the threshold "
                                        f"(or with an exact 0 factor)"
-                                       f"{which_decision(detail.get(position, {}), ours, their, differ & ~ok, options)}")
+                                       f"{_which_decision(detail.get(position, {}), ours, their, differ & ~ok, options)}")
             if ok.any():
                 result.accepted[key] = int(ok.sum())
                 forced[position] = np.where(ok, their, ours)
@@ -332,8 +332,8 @@ def _replayed_decision(position, decision, options, tol, seen, forced, detail):
     support and distance from the threshold), and imposes the support `forced` gives at its position instead of
     its own."""
     def hook(g, a):
-        kept, near = _fbi_decision(decision.kind, decision.scored(g), a, options, tol)
-        detail.setdefault(position, {})[decision.kind] = (kept, _margin(decision.kind, decision.scored(g), a, options))
+        kept, near, margin = _fbi_decision(decision.kind, decision.scored(g), a, options, tol)
+        detail.setdefault(position, {})[decision.kind] = (kept, margin)
         if position in seen:
             kept, near = seen[position][0] & kept, seen[position][1] | near
         seen[position] = (kept, near)
@@ -344,41 +344,28 @@ def _replayed_decision(position, decision, options, tol, seen, forced, detail):
 
 
 def _fbi_decision(kind, g, a, options, tol):
-    """(our support, where it is within tol x scale of going the other way) of one FBI decision."""
+    """(our support, where it is within tol x scale of going the other way, how far from its threshold it is) of
+    one FBI decision: the distance |g*a - tau| / max|g*a| for the mask, |score - the boundary between the k-th and
+    the next map| / max|score| for the top-k (each image against its own scale)."""
     if kind == "mask":
         product = g * a
         threshold = R.mask_threshold(product, float(options["tau"]), options["tau_mode"] == "relative")
-        near = np.abs(product - threshold) <= tol * _image_scale(product)
+        with np.errstate(invalid="ignore"):  # an infinite tau: every entry is infinitely far (inf - inf: NaN, not near)
+            margin = np.abs(product - threshold) / _image_scale(product)
         # A product with an exact zero factor (a ReLU's 0, a signal already masked) is exactly 0 in every
         # implementation: which side of the threshold it falls on is the rule ('>' or '>='), not rounding.
-        return product > threshold, near & (g != 0) & (a != 0)
+        return product > threshold, (margin <= tol) & (g != 0) & (a != 0), margin
     scores = R.topk_scores(g, a, options["topk_score"], options["topk_sum"])  # (N, C)
     ours = R.fbi_topk(options["k"], options["topk_score"], options["topk_sum"])(g, a)[1]
     count = R.count_of(options["k"], g.shape[-1])
     ranked = np.sort(scores, axis=1)[:, ::-1]  # (N, C)
     boundary = ranked[:, count - 1:count + 1].mean(axis=1, keepdims=True) if count < g.shape[-1] \
         else ranked[:, -1:] - 1
-    near_channel = np.abs(scores - boundary) <= tol * _image_scale(scores)  # (N, C)
-    return ours, np.broadcast_to(near_channel[:, None, None, :], ours.shape)
+    margin = np.broadcast_to((np.abs(scores - boundary) / _image_scale(scores))[:, None, None, :], ours.shape)
+    return ours, margin <= tol, margin
 
 
-def _margin(kind, g, a, options):
-    """How far each entry's decision is from its threshold, relative to its image's scale: |g*a - tau| / max|g*a|
-    for the mask, |score - the boundary between the k-th and the next map| / max|score| for the top-k."""
-    if kind == "mask":
-        product = g * a
-        threshold = R.mask_threshold(product, float(options["tau"]), options["tau_mode"] == "relative")
-        with np.errstate(invalid="ignore"):  # an infinite tau: every entry is infinitely far
-            return np.abs(product - threshold) / _image_scale(product)
-    scores = R.topk_scores(g, a, options["topk_score"], options["topk_sum"])  # (N, C)
-    count = R.count_of(options["k"], g.shape[-1])
-    ranked = np.sort(scores, axis=1)[:, ::-1]
-    boundary = ranked[:, count - 1:count + 1].mean(axis=1, keepdims=True) if count < g.shape[-1] else ranked[:, -1:] - 1
-    margin = np.abs(scores - boundary) / _image_scale(scores)  # (N, C)
-    return np.broadcast_to(margin[:, None, None, :], g.shape)
-
-
-def which_decision(detail, ours, theirs, wrong, options):
+def _which_decision(detail, ours, theirs, wrong, options):
     """'; the top-k ...' / '; the tau mask ...': which of FBI's decisions at a position the other file took
     otherwise at the entries `wrong`, and how far from its threshold the reference was there."""
     out = []
@@ -389,9 +376,10 @@ def which_decision(detail, ours, theirs, wrong, options):
         if (ours_maps != their_maps).any():
             n = int(np.flatnonzero((ours_maps != their_maps).any(axis=1))[0])
             theirs_n, ours_n = np.flatnonzero(their_maps[n]), np.flatnonzero(kept[n, 0, 0])
+            masked = "; scored on the signal after the tau mask there" if "mask" in detail else ""
             text = (f"the top-k selection: image {n} keeps maps {_few(theirs_n)} where the reference keeps "
                     f"{_few(ours_n)} (k = {options['k']} of {ours.shape[-1]} maps: {count}, by max(1, floor(k * C + "
-                    f"0.5)); scored on the signal after the tau mask)")
+                    f"0.5)){masked})")
             changed = np.setxor1d(theirs_n, ours_n)
             if changed.size:
                 text += f", the nearest of those maps {float(margin[n, 0, 0, changed].min()):.2g} of the largest " \
