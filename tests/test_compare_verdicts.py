@@ -1,6 +1,7 @@
 """The verdicts of `compare` that a re-implementer following the docs could get wrong (issue 25), each with the
 case that used to pass or fail wrongly: an all-zero reference, a method left out, a model given by path,
 torch's flatten order; and what compare says about FBI's options and decisions when they differ."""
+import dataclasses
 import shutil
 
 import numpy as np
@@ -339,3 +340,34 @@ def test_an_empty_method_list_on_the_command_line_is_refused(ref, tmp_path, caps
                            says="empty method name")
     with pytest.raises(InputError, match="not the string"):
         compare(ref, ref, methods="fbi")
+
+
+# FBI options under which un-pooling copies forward values into a walk of a much smaller scale: the contrast start
+# makes an image's signal ~1e-4 of its activations, and min(a_p, g) takes a_p wherever it is the smaller.
+COPYING = {"k": 0.05, "tau": 0.05, "tau_mode": "relative", "start": "contrast", "dense_bias": "ignore",
+           "mask_dense": False, "mask_image": False, "topk_layers": "top"}
+
+
+def test_forward_values_the_walk_copies_are_held_to_the_forward_passs_rounding(shapes):
+    """A port whose activations differ from the reference's by 1e-6 of their scale (float rounding; the act/
+    keys pass) and whose FBI walk is right for its own activations passes: the replay walks FBI on the other's
+    forward values. Compared as stored, the copied values fail, measured against the walk's own scale."""
+    from fbi_ref.methods.catalog import walk_rules
+    from fbi_ref.methods.traversal import walk
+    model, _ = shapes
+    x = preprocess_caffe(generate(2, seed=5, kind="pair").images)  # a confident pair image: a signal 1e-4 small
+    ref = build_reference(model, x, ("fbi",), options={"fbi": COPYING}, with_weights=True)
+    fp = model.forward(x)
+    copied = (ref["fbi/backward/block1_conv2"] == fp.outputs["block1_conv2"]) & (fp.outputs["block1_conv2"] > 0)
+    assert copied.any()
+    outputs = dict(fp.outputs)
+    outputs["block1_conv2"] = np.where(copied, outputs["block1_conv2"] * (1 + 1e-6) + 1e-6 *
+                                       np.abs(outputs["block1_conv2"]).max(), outputs["block1_conv2"]).astype(np.float32)
+    theirs = dataclasses.replace(fp, outputs=outputs)
+    start, rules, _ = walk_rules(model, "fbi", {**COPYING})
+    w = walk(model, theirs, start(fp.logits, fp.probs, ref["target"]), rules, record=True)
+    other = {**ref, "act/block1_conv2": outputs["block1_conv2"], "attr/fbi": w.signal,
+             **{f"fbi/backward/{k}": v for k, v in w.backward.items()}}
+    assert compare(ref, other).passed, format_comparison(compare(ref, other))
+    stored = compare(ref, other, replay=False)
+    assert not stored.passed and stored.first_divergence == "fbi/backward/block1_conv2"  # the control

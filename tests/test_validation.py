@@ -301,3 +301,20 @@ def test_a_correct_port_passes_on_a_model_given_by_path(tmp_path_factory, shapes
     assert "w/fc1/kernel" in ref
     result = compare(ref, torch_port.run(ref, torch.float32))
     assert result.passed and result.replay_note == "", format_comparison(result)
+
+
+def test_a_correct_float64_port_passes_where_fbi_copies_forward_values_into_a_small_walk(tmp_path_factory,
+                                                                                        shapes_images):
+    """FBI with the contrast start, no image mask and top-k at the top (the options issue 28's selection
+    chooses): un-pooling's min(a_p, g) copies activations into a walk ~1e-4 of their scale. Measured before the
+    replay walked FBI on the port's own forward values: this float64 port failed by 4.2e-4 of the scale on one
+    element of fbi/backward/block1_conv2 (image 7)."""
+    options = [item for name, value in (("k", "0.05"), ("tau", "0.05"), ("tau_mode", "relative"),
+                                        ("start", "contrast"), ("dense_bias", "ignore"), ("mask_dense", "false"),
+                                        ("mask_image", "false"), ("topk_layers", "top"))
+               for item in ("--option", f"fbi.{name}={value}")]
+    ref = reference(tmp_path_factory, "copying", "--model", "shapes", "--images", *shapes_images[0], "--methods", "fbi",
+                    *options)
+    for dtype in (torch.float32, torch.float64):
+        result = compare(ref, torch_port.run(ref, dtype, methods=("fbi",)))
+        assert result.passed, format_comparison(result)

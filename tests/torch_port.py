@@ -326,7 +326,7 @@ class Port:
                   "start_relu": (False,), "conv_bias": ("ignore",), "unpool": ("min-replicate",),
                   "unpool_min": ("input",), "mask_pools": (False,), "topk_score": ("backward",),
                   "topk_sum": ("signed",), "topk_position": ("conv",), "topk_order": ("before-relu",),
-                  "mask_image": (True,)}
+                  "mask_image": (True, False)}
         for name, values in ported.items():
             if options.get(name, values[0]) not in values:
                 raise NotImplementedError(f"this port does not implement FBI's {name}={options[name]!r}")
@@ -368,7 +368,8 @@ class Port:
                     g = g - bias
                 g = self.linear_adjoint(g, layer, kernel, a_in.shape)
                 masked = layer["type"] == "Conv2D" or options.get("mask_dense", True)
-                if masked and not (i == 0 and "fbi_no_image_mask" in self.bugs):
+                at_image = i == 0 and ("fbi_no_image_mask" in self.bugs or not options.get("mask_image", True))
+                if masked and not at_image:
                     product = g * a_in
                     threshold = options["tau"]
                     if options["tau_mode"] == "relative" and math.isfinite(threshold):

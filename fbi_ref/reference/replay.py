@@ -222,14 +222,32 @@ def replay(model, ref, theirs, tol=1e-4):
         result.hints.update({prefix: why for prefix in ("fbi/*", "attr/fbi*", "attr/integrated_gradients*",
                                                         "attr/smoothgrad*")})
     if "fbi" in meta_methods:
-        _fbi(model, routed, target, meta_methods["fbi"], {} if broken else theirs, tol, result,
-             rerun=bool(patched or gates))
+        own = {} if broken else their_forward(fp, theirs)
+        walked = dataclasses.replace(routed, x=own.pop("input", routed.x), outputs={**routed.outputs, **own})
+        _fbi(model, walked, target, meta_methods["fbi"], {} if broken else theirs, tol, result,
+             rerun=bool(patched or gates or own))
     act_error = {layer.name: _largest_error(fp.outputs[layer.name], theirs.get(f"act/{layer.name}"))
                  for layer in model.layers}
     for method in ("integrated_gradients", "smoothgrad"):
         if method in meta_methods and f"attr/{method}" in theirs and not broken:
             _many_inputs(model, fp, target, method, meta_methods[method], theirs, eps, rates, tol, act_error, result)
     return result
+
+
+def their_forward(fp, theirs):
+    """{layer: the other's activation, 'input': its x} (in the reference's dtype) where it holds other values than
+    the reference's. FBI's walk reads forward values (the products g * a, un-pooling's min(a_p, g)), and with the
+    contrast start an image's backward signal can be 1e-4 of its activations, so a forward value copied into the
+    walk carries a rounding error that is tiny for the forward pass and large for the walk. Replayed on the
+    other's own forward values (called only when every act/ key of it passes), the walk is judged for what it adds."""
+    out = {}
+    for position, mine in [("input", fp.x), *fp.outputs.items()]:
+        their = theirs.get("x" if position == "input" else f"act/{position}")
+        if their is not None and their.shape == mine.shape and their.dtype.kind == "f":
+            their = np.asarray(their, dtype=mine.dtype)
+            if not np.array_equal(their, mine):  # the same values: the stored walk is the one to compare with
+                out[position] = their
+    return out
 
 
 def _forward_differs(fp, theirs, tol):
