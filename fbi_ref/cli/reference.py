@@ -23,16 +23,13 @@ from fbi_ref.reference.compare import DEFAULT_TOLERANCE, compare, format_compari
 
 
 def compared_methods(text):
-    """--methods of compare: names separated by commas, or 'none' (checked against REF by compare)."""
-    if text.strip() == "none":
-        return []
-    names = [name.strip() for name in text.split(",")]
-    if not all(names):
+    """--methods of compare: method names as for `reference` (method_list), 'all' (every method of REF: None) or
+    'none' (the forward pass only); an empty name is refused, not read as 'none'."""
+    if text.strip() in ("all", "none"):
+        return None if text.strip() == "all" else []
+    if not all(name.strip() for name in text.split(",")):
         raise argparse.ArgumentTypeError(f"{text!r} has an empty method name: give M1,M2,... or none")
-    unknown = [name for name in names if name not in METHODS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} (or none)")
-    return names
+    return method_list(text)
 
 
 def reference_inputs(args, model):
@@ -187,7 +184,7 @@ def register(sub, command_parser):
                         "longest wins; it replaces every built-in tolerance under PREFIX); repeatable")
     p.add_argument("--layout", choices=("auto", "nhwc", "nchw"), default="auto",
                    help="OTHER's layout for 4-D arrays (default auto: from the shapes, else the values)")
-    p.add_argument("--methods", type=compared_methods, default=None, metavar="M1,M2,...|none",
+    p.add_argument("--methods", type=compared_methods, default=None, metavar="M1,M2,...|all|none",
                    help="check only these methods of REF (default: all of them, and each must have a key in OTHER: "
                         "its attr/<method> or its walk); none: the forward pass only")
     p.add_argument("--allow-empty", action="store_true",

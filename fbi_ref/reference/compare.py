@@ -161,7 +161,7 @@ def compare(ref, other, tolerances=None, layout="auto", require=(), ignore=(), m
         if expected:
             _note_replay(row, key, expected)
         rows.append(row)
-    decisions = _decision_keys(ref)
+    decisions = _decision_keys(meta)
     unknown = [k for k in other_keys if k not in ref and k not in decisions and not any(map(k.startswith, ignore))]
     for key in unknown:
         rows.append(KeyComparison(key, (), tuple(declared_shape(other, key)), "-", passed=False,
@@ -403,11 +403,9 @@ def _tolerance(tol, key):
     return tol[max((p for p in tol if key.startswith(p)), key=len)]
 
 
-def _decision_keys(ref):
-    """The keys another file may add for the replay: <method>/switch/<pool> for the reference's many-input methods."""
-    if "meta" not in ref:
-        return []
-    meta = read_meta(ref["meta"], getattr(ref, "name", "the reference"))
+def _decision_keys(meta):
+    """The keys another file may add for the replay: <method>/switch/<pool> for the reference's many-input methods
+    (meta: the reference's meta record, {} without one)."""
     pools = [layer["name"] for layer in meta.get("layers", []) if "Pool" in layer.get("type", "")]
     return [f"{prefix}{pool}" for prefix in DECISIONS if prefix.split("/")[0] in meta.get("methods", {})
             for pool in pools]
