@@ -15,8 +15,6 @@ The package, bottom layer first (pyproject.toml's import-linter contracts enforc
     evaluation/  the benchmark; reference/ reference files
     cli/         the `fbi-ref` command line
 """
-import importlib
-
 from fbi_ref.errors import (ArchitectureError, DownloadError, FbiRefError, ImageError, InputError, ModelFileError,
                             UnsupportedLayerError)
 from fbi_ref.version import __version__
@@ -36,7 +34,8 @@ def __getattr__(name):
     """fbi_ref.NAME for the names of the public API, imported from their module the first time."""
     if name not in _API:
         raise AttributeError(f"module 'fbi_ref' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_API[name]), name)
+    from importlib import import_module  # here, not at the top: the package's import stays short (see above)
+    value = getattr(import_module(_API[name]), name)
     globals()[name] = value
     return value
 

@@ -9,7 +9,9 @@ resumable batches (locally or on Dask), voc.py is evaluate's pointing game on a 
 This file stays light (no numpy): the `fbi-ref` program starts here, and Ctrl-C while the rest loads must
 still end in one line.
 """
-import signal
+# `_signal` is the builtin that `signal` wraps: importing `signal` loads enum (~10 ms), and Ctrl-C in a window
+# before the mask below gets Python's default traceback (a test's Ctrl-C at 20 ms after start hit it).
+import _signal
 import sys
 
 
@@ -23,15 +25,15 @@ def console_main():
     """The `fbi-ref` program: exit code 130 and one line on Ctrl-C, even while numpy and numba load."""
     # While the libraries load, Ctrl-C waits: some of them catch everything at import (a bare `except:`
     # swallowed it once in 40 tries) or run native code that dies of it. Unblocked, it arrives here at once.
-    masking = hasattr(signal, "pthread_sigmask")
+    masking = hasattr(_signal, "pthread_sigmask")
     try:
         if masking:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
         try:
             from fbi_ref.cli.program import console_main as run
         finally:
             if masking:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+                _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT})
         return run()
     except KeyboardInterrupt:
         print("fbi-ref: interrupted", file=sys.stderr)
