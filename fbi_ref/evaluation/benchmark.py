@@ -253,11 +253,15 @@ def evaluate_row(model, row, data, settings):
     deletion = curves(model, maps, data, "deletion", settings.steps)  # (n_curves, steps + 1)
     insertion = curves(model, maps, data, "insertion", settings.steps)
     pointing, mass = M.pointing_game(maps, single.masks, tol), M.relevance_mass(maps, single.masks)
+    rank = M.relevance_rank(maps, single.masks)
     wrong_pointing, wrong_mass = M.pointing_game(wrong, single.masks[:n], tol), M.relevance_mass(wrong, single.masks[:n])
+    wrong_rank = M.relevance_rank(wrong, single.masks[:n])
     per_image = {
-        "pointing": pointing, "pointing_exact": M.pointing_game(maps, single.masks, 0), "mass": mass,
-        "wrong_pointing": wrong_pointing, "wrong_mass": wrong_mass,
+        "pointing": pointing, "pointing_exact": M.pointing_game(maps, single.masks, 0), "mass": mass, "rank": rank,
+        "wrong_pointing": wrong_pointing, "wrong_mass": wrong_mass, "wrong_rank": wrong_rank,
         "pointing_drop": pointing[:n] - wrong_pointing, "mass_drop": mass[:n] - wrong_mass,
+        "rank_drop": rank[:n] - wrong_rank,
+        "pair_rank": (M.relevance_rank(maps_a, pairs.masks) + M.relevance_rank(maps_b, pairs.other_masks)) / 2,
         "class_pointing": M.class_pointing(maps_a, maps_b, pairs.masks, pairs.other_masks, tol),
         "class_sensitivity": M.class_sensitivity(maps_a, maps_b, pairs.masks, pairs.other_masks),
         "pair_rho": M.spearman(maps_a, maps_b),
@@ -425,7 +429,7 @@ def fbi_vs_deconvnet(model, data, settings, maps):
 
 # Paired comparisons reported with the interval of the difference: (row, the rows it is compared with).
 COMPARED = ("fbi", ("fbi_paper_readings", "guided_backprop", "guided_gradcam", "gradcam", "deconvnet", "centre"))
-COMPARED_METRICS = ("pointing", "mass", "class_pointing", "pointing_drop", "mass_drop")
+COMPARED_METRICS = ("pointing", "mass", "rank", "class_pointing", "pointing_drop", "mass_drop")
 
 
 def comparisons(per_image, settings):

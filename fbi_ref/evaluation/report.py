@@ -15,16 +15,18 @@ from fbi_ref.methods.fbi import DEFAULTS
 # (results key, column title, better: +1 higher, -1 lower, 0 no ranking) of the test tables. The wrong-class
 # columns are controls, not ranked: an empty map "wins" them; the drops from the true class are what counts.
 LOCALISATION = [("pointing", "pointing (2 px) ↑", 1), ("pointing_exact", "pointing (0 px) ↑", 1),
-                ("mass", "mass ↑", 1), ("wrong_pointing", "wrong-class pointing", 0),
-                ("wrong_mass", "wrong-class mass", 0), ("pointing_drop", "pointing drop ↑", 1),
-                ("mass_drop", "mass drop ↑", 1)]
+                ("mass", "mass ↑", 1), ("rank", "rank acc. ↑", 1), ("wrong_pointing", "wrong-class pointing", 0),
+                ("wrong_mass", "wrong-class mass", 0), ("wrong_rank", "wrong-class rank acc.", 0),
+                ("pointing_drop", "pointing drop ↑", 1), ("mass_drop", "mass drop ↑", 1), ("rank_drop", "rank drop ↑", 1)]
 DISCRIMINATION = [("class_pointing", "class-cond. pointing ↑", 1), ("class_sensitivity", "class mass share ↑", 1),
+                  ("pair_rank", "pair rank acc. ↑", 1),
                   ("pair_rho", "pair ρ", 0), ("deletion", "deletion AUC ↓", -1), ("insertion", "insertion AUC ↑", 1),
                   ("rand_dense", "rand. ρ dense ↓", -1)]
 OTHER = [("sanity", "sanity", 0), ("rand_all", "rand. ρ all", 0), ("peak_border", "peak in border %", 0),
          ("peak_distance", "peak distance px (median)", 0), ("zeros", "zeros % (attr.)", 0),
          ("support_zeros", "zeros % (map)", 0), ("ms", "ms / expl.", 0)]
-SELECTION_COLUMNS = [("pointing", "pointing ↑"), ("mass", "mass ↑"), ("class_pointing", "class-cond. pointing ↑"),
+SELECTION_COLUMNS = [("pointing", "pointing ↑"), ("mass", "mass ↑"), ("rank", "rank acc. ↑"),
+                     ("class_pointing", "class-cond. pointing ↑"),
                      ("class_sensitivity", "class mass share ↑"), ("support_zeros", "zeros % (map)"),
                      ("score", "score ↑")]
 PERCENT = ("zeros", "support_zeros", "peak_border")
@@ -32,8 +34,8 @@ PERCENT = ("zeros", "support_zeros", "peak_border")
 
 # The files a run writes into its output folder (a selection-only run: SWEEP_FILES).
 REPORT_FILES = ("benchmark.md", "results.json", "curves.png", "randomisation.png", "examples.png", "pairs.png",
-                "selection.png")
-SWEEP_FILES = ("selection.md", "selection.json", "selection.png")
+                "selection.png", "tradeoff.png")
+SWEEP_FILES = ("selection.md", "selection.json", "selection.png", "tradeoff.png")
 
 
 def cell(key, value):
@@ -152,7 +154,7 @@ def selection_text(sel):
 
 def comparison_table(results):
     """`fbi` minus each compared row: the mean difference and its paired bootstrap 95 % interval."""
-    keys = [("pointing", "pointing"), ("mass", "mass"), ("class_pointing", "class-cond. pointing"),
+    keys = [("pointing", "pointing"), ("mass", "mass"), ("rank", "rank acc."), ("class_pointing", "class-cond. pointing"),
             ("pointing_drop", "pointing drop"), ("mass_drop", "mass drop")]
     out = [[f"`{other}`"] + [f"{d[key]['difference']:+.3f} [{d[key]['interval'][0]:+.3f}, {d[key]['interval'][1]:+.3f}]"
                              for key, _ in keys] for other, d in results["comparisons"].items()]
@@ -235,6 +237,7 @@ def write_report(results, examples, out):
         plot_pairs(examples["pairs"], out / "pairs.png")
     if "selection" in results:
         plot_selection(results["selection"], out / "selection.png")
+        plot_tradeoff(results["selection"], out / "tradeoff.png")
     return main_table(results)
 
 
@@ -281,6 +284,7 @@ def write_selection(sel, settings, command, out):
     write_text(out / "selection.md", "\n".join(text))
     write_json({"fbi_defaults": sel["chosen"], "selection": sel, "settings": settings}, out / "selection.json")
     plot_selection(sel, out / "selection.png")
+    plot_tradeoff(sel, out / "tradeoff.png")
 
 
 def line_style(names):
@@ -361,6 +365,34 @@ def plot_selection(sel, path):
     right.set_ylabel("change of class-conditional pointing")
     right.set_title("round 1: each option changed alone (blue: the score rises)")
     right.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def plot_tradeoff(sel, path):
+    """Precision against coverage on the validation set: relevance mass (x) and relevance rank accuracy (y) of
+    every FBI setting the selection tried, coloured by class-conditional pointing, with the chosen setting, the
+    paper's readings and the baselines (guided backprop, guided Grad-CAM) as reference points."""
+    tried = list(sel["sweep"]) + [row for r in sel["rounds"] for row in r["rows"]]
+    tried = [r for r in tried if "rank" in r]
+    fig = new_figure((7.5, 6))
+    ax = fig.subplots()
+    dots = ax.scatter([r["mass"] for r in tried], [r["rank"] for r in tried], c=[r["class_pointing"] for r in tried],
+                      cmap="viridis", s=18, vmin=0.5, vmax=1.0)
+    add_colorbar(ax, dots, "class-conditional pointing")
+    chosen = [r for r in tried if r["options"] == sel["chosen"]][:1]
+    readings = [r for r in sel["sweep"] if r["options"] == {**r["options"], **sel["paper_readings"]}][:1]
+    for rows, label, marker in ((chosen, "fbi (chosen)", "*"), (readings, "fbi_paper_readings", "s")):
+        for r in rows:
+            ax.scatter(r["mass"], r["rank"], marker=marker, s=160, facecolors="none", edgecolors="red")
+            ax.annotate(label, (r["mass"], r["rank"]), fontsize=8, xytext=(6, -10), textcoords="offset points")
+    for name, r in sel.get("baselines", {}).items():
+        ax.scatter(r["mass"], r["rank"], marker="D", s=50, color="black")
+        ax.annotate(name, (r["mass"], r["rank"]), fontsize=8, xytext=(6, 4), textcoords="offset points")
+    ax.set_xlabel("relevance mass (precision) ↑")
+    ax.set_ylabel("relevance rank accuracy (coverage) ↑")
+    ax.set_title("every FBI setting tried (validation)")
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     save(fig, path)
 
