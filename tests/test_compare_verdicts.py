@@ -204,7 +204,7 @@ def test_the_options_the_other_file_wrote_are_compared_with_the_references(ref):
     other = {**ref, "meta": np.array(json.dumps(meta)), "fbi/backward/predictions": ref["fbi/backward/predictions"] * 2}
     result = compare(ref, other)
     first = result.rows[[row.key for row in result.rows].index(result.first_divergence)]
-    assert "the other file's fbi options differ from the reference's: k=0.5 vs 0.25, start=maxmin vs contrast" \
+    assert "the other file's fbi options differ from the reference's: k=0.5 vs 0.05, start=maxmin vs contrast" \
         in first.note
 
 

@@ -102,8 +102,8 @@ def test_the_selection_covers_the_grid_then_one_round_of_changes_and_its_choice_
         assert r["score"] == pytest.approx(S.score(r))
 
 
-def test_the_score_is_the_mean_of_mass_and_class_conditional_pointing():
-    assert S.score({"mass": 0.4, "class_pointing": 0.7, "pointing": 1.0}) == pytest.approx(0.55)
+def test_the_score_is_the_mean_of_mass_rank_accuracy_and_class_conditional_pointing():
+    assert S.score({"mass": 0.4, "rank": 0.1, "class_pointing": 0.7, "pointing": 1.0}) == pytest.approx(0.4)
 
 
 def test_every_option_of_fbi_enters_the_ablation_with_every_other_value():

@@ -349,12 +349,12 @@ def test_no_decision_is_taken_where_the_forward_pass_below_it_differs(shapes_arr
     other = {k: v for k, v in ref.items() if not k.startswith("w/") and k != "meta"}
     other["act/block1_conv2"] = other["act/block1_conv2"] * 1.01
     other["switch/block1_pool"] = np.zeros_like(other["switch/block1_pool"])
-    other["fbi/support/input"] = ~other["fbi/support/input"]
+    other["fbi/support/block1_conv1"] = ~other["fbi/support/block1_conv1"]  # the mask at block1_conv2's input
     result = compare(ref, other)
     assert not result.replayed and result.first_divergence == "act/block1_conv2"
     assert "clear maximum" in next(row.note for row in result.rows if row.key == "switch/block1_pool")
     assert "forward pass differs first at act/block1_conv2" in \
-        next(row.note for row in result.rows if row.key == "fbi/support/input")
+        next(row.note for row in result.rows if row.key == "fbi/support/block1_conv1")
 
 
 def test_decision_keys_of_the_many_input_methods_must_name_a_pool_and_have_its_shape(shapes_arrays):
