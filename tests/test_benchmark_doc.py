@@ -53,17 +53,23 @@ def test_the_pages_claims_hold_in_its_run():
     ms = [RESULTS["metrics"][row]["ms"] for row in ("integrated_gradients", "smoothgrad", "occlusion")]
     assert f"take {min(ms):.0f}-{max(ms):.0f} ms per explanation" in PAGE
     assert f"{RESULTS['cpu_seconds']:.0f} s CPU" in PAGE and f"accuracy on the test images {RESULTS['accuracy']:.3f}" in PAGE
-    # FBI beats guided backprop on mass and class-conditional pointing outside the paired intervals, ties on pointing
+    # FBI beats guided backprop on mass and class-conditional pointing outside the paired intervals, covers as
+    # much (rank accuracy: a tie, not below), ties on pointing: issue 28's goal
     assert compared("guided_backprop", "mass")["interval"][0] > 0
     assert compared("guided_backprop", "class_pointing")["interval"][0] > 0
-    low, high = compared("guided_backprop", "pointing")["interval"]
-    assert low < 0 < high
-    # ... but not guided Grad-CAM's class discrimination; and it is the most precise row
+    for key in ("pointing", "rank"):
+        low, high = compared("guided_backprop", key)["interval"]
+        assert low < 0 < high, key
+    # ... but not guided Grad-CAM's class discrimination; FBI's two tuned rows are the most precise, tied
     assert compared("guided_gradcam", "class_pointing")["interval"][1] < 0
-    assert max(RESULTS["metrics"], key=lambda r: metric(r, "mass")) == "fbi"
-    # the paper's readings are near blind to the class; FBI's wrong-class localisation barely drops
-    assert interval("fbi_paper_readings", "class_pointing")[1] < 0.6
-    assert interval("fbi", "mass_drop")[0] < 0 < interval("fbi", "mass_drop")[1]
+    by_mass = sorted(RESULTS["metrics"], key=lambda r: -metric(r, "mass"))
+    assert set(by_mass[:2]) == {"fbi", "fbi_paper_readings"}
+    low, high = compared("fbi_paper_readings", "mass")["interval"]
+    assert low < 0 < high and compared("fbi_paper_readings", "rank")["interval"][0] > 0  # more coverage, same mass
+    assert max(RESULTS["metrics"], key=lambda r: metric(r, "rank")) == "gradcam_block4"
+    # the paper's readings discriminate classes less than guided backprop; FBI's wrong-class mass drops little
+    assert interval("fbi_paper_readings", "class_pointing")[1] < interval("guided_backprop", "class_pointing")[0]
+    assert 0 < interval("fbi", "mass_drop")[0] and interval("fbi", "mass_drop")[1] < 0.06
     # Grad-CAM at block5: border peaks, below the centre; at block4 the border problem is gone
     assert f"in {100 * metric('gradcam', 'peak_border'):.0f} % of the test images" in PAGE
     assert f"in {100 * metric('gradcam_block4', 'peak_border'):.0f} % of images" in PAGE
@@ -96,9 +102,13 @@ def test_the_pages_claims_hold_in_its_run():
 def test_the_selection_quoted_is_the_runs_and_the_shapes_models_defaults():
     sel = RESULTS["selection"]
     taken = [max(r["rows"], key=lambda x: x["score"]) for r in sel["rounds"]]
-    assert [t["change"] for t in taken] == ["dense_bias=ignore", "mask_dense=False", "topk_layers=all", "start=contrast"]
+    assert [t["change"] for t in taken] == ["mask_image=False", "mask_dense=False", "dense_bias=ignore", "start=contrast"]
     assert all(f"`{t['change']}` ({t['gain']:+.3f})" in PAGE for t in taken)
-    assert [len(r["rows"]) for r in sel["rounds"]] == [26] * 4 and "26 settings per round" in PAGE
+    assert [len(r["rows"]) for r in sel["rounds"]] == [25] * 4 and "25 settings per round" in PAGE
+    assert "(mass + rank + class_pointing) / 3" not in PAGE and "score = (relevance mass + relevance rank accuracy" in PAGE
+    base = sel["baselines"]["guided_backprop"]  # the validation comparison the page quotes
+    assert f"guided backprop on the same images: {base['mass']:.3f}, {base['rank']:.3f}, {base['class_pointing']:.3f}" \
+        in PAGE
     manifest = json.loads((EMBEDDED_DIR / "shapes.json").read_text())["fbi_defaults"]
     chosen = {k: v for k, v in sel["chosen"].items() if v != DEFAULTS[k]}
     assert manifest == chosen
@@ -107,6 +117,6 @@ def test_the_selection_quoted_is_the_runs_and_the_shapes_models_defaults():
 
 
 @pytest.mark.parametrize("image", ["benchmark_pairs.png", "benchmark_selection.png", "benchmark_curves.png",
-                                   "benchmark_randomisation.png"])
+                                   "benchmark_randomisation.png", "benchmark_tradeoff.png"])
 def test_the_figures_the_docs_show_exist(image):
     assert (DOCS / "images" / image).stat().st_size > 10_000
