@@ -68,9 +68,8 @@ def tied_ref(tmp_path_factory):
 
 
 # The paper's readings of FBI's options (the Shapes model's own defaults are not all the paper's): the FBI
-# bugs below act on steps those readings take (the dense bias, the masks at dense inputs, top-k at the top).
-PAPER_READINGS = ["--option", "fbi.start=maxmin", "--option", "fbi.dense_bias=subtract", "--option",
-                  "fbi.mask_dense=true", "--option", "fbi.topk_layers=top"]
+# bugs below act on steps those readings take (the dense bias, the masks at dense inputs and at the image).
+PAPER_READINGS = ["--preset", "paper"]
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +148,8 @@ PLANTED = {
     "fbi_contrast_cancellation": (("fbi",), "shapes", "fbi/backward/predictions"),
 }
 # The FBI bugs that act on a step of the Shapes model's own defaults (contrast start, no dense bias, no dense
-# masks, top-k at every conv layer) planted on a reference written with those defaults: each image is judged
-# at its own scale, so images whose start signal is 1e-5 of another's are checked as closely.
+# or image masks, top-k at the last conv layer) planted on a reference written with those defaults: each image
+# is judged at its own scale, so images whose start signal is 1e-5 of another's are checked as closely.
 PLANTED_ON_DEFAULTS = {
     "fbi_no_min": "fbi/support/block5_conv3",
     "fbi_topk_forward_score": "fbi/support/block5_conv3",

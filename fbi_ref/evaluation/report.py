@@ -385,10 +385,11 @@ def plot_tradeoff(sel, path):
     for rows, label, marker in ((chosen, "fbi (chosen)", "*"), (readings, "fbi_paper_readings", "s")):
         for r in rows:
             ax.scatter(r["mass"], r["rank"], marker=marker, s=160, facecolors="none", edgecolors="red")
-            ax.annotate(label, (r["mass"], r["rank"]), fontsize=8, xytext=(6, -10), textcoords="offset points")
+            ax.annotate(label, (r["mass"], r["rank"]), fontsize=8, xytext=(-10, -4), textcoords="offset points",
+                        ha="right", color="red")
     for name, r in sel.get("baselines", {}).items():
         ax.scatter(r["mass"], r["rank"], marker="D", s=50, color="black")
-        ax.annotate(name, (r["mass"], r["rank"]), fontsize=8, xytext=(6, 4), textcoords="offset points")
+        ax.annotate(name, (r["mass"], r["rank"]), fontsize=8, xytext=(-8, 4), textcoords="offset points", ha="right")
     ax.set_xlabel("relevance mass (precision) ↑")
     ax.set_ylabel("relevance rank accuracy (coverage) ↑")
     ax.set_title("every FBI setting tried (validation)")
