@@ -39,7 +39,7 @@ def test_run_writes_the_report_the_json_and_the_figures(tiny_run):
     code, out, _ = tiny_run
     assert code == 0
     for name in ("benchmark.md", "results.json", "curves.png", "randomisation.png", "selection.png", "examples.png",
-                 "pairs.png"):
+                 "pairs.png", "tradeoff.png"):
         assert (out / name).stat().st_size > 0, name
 
 
@@ -53,13 +53,17 @@ def test_every_table_has_a_row_per_method_and_an_interval_per_mean(tiny_run):
         assert [line.split("|")[1].strip() for line in table] == names, section
     for name in ("fbi", "gradient", "centre"):
         m, intervals = results["metrics"][name], results["intervals"][name]
-        for key in ("pointing", "pointing_exact", "mass", "wrong_pointing", "wrong_mass", "class_pointing",
-                    "class_sensitivity", "deletion", "insertion", "zeros", "support_zeros", "peak_border"):
+        for key in ("pointing", "pointing_exact", "mass", "rank", "wrong_pointing", "wrong_mass", "wrong_rank",
+                    "pair_rank", "class_pointing", "class_sensitivity", "deletion", "insertion", "zeros",
+                    "support_zeros", "peak_border"):
             assert 0.0 <= m[key] <= 1.0, (name, key)
             low, high = intervals[key]
             assert low <= m[key] + 1e-12 and m[key] <= high + 1e-12, (name, key)
         assert len(results["per_image"][name]["pointing"]) == 6 and len(results["per_image"][name]["mass_drop"]) == 4
         assert len(results["per_image"][name]["class_pointing"]) == 3
+        each = results["per_image"][name]  # a drop is the true class's score minus the wrong class's, per image
+        assert np.allclose(each["rank_drop"], np.subtract(each["rank"][:4], each["wrong_rank"]))
+        assert np.allclose(each["mass_drop"], np.subtract(each["mass"][:4], each["wrong_mass"]))
     assert results["metrics"]["gradient"]["sanity"] in ("pass", "fail", "unclear")
     assert len(results["randomisation"]["rho"]["gradient"]) == 16  # 13 convolutions + 3 dense layers
     assert len(results["randomisation"]["verdict"]["gradient"]["per_image"]) == 4
@@ -100,6 +104,11 @@ def test_the_selection_covers_the_grid_then_one_round_of_changes_and_its_choice_
     assert results["fbi_defaults"] == applicable(model, sel["chosen"])  # the options for its layers only
     for r in round_["rows"]:
         assert r["score"] == pytest.approx(S.score(r))
+    # the reference points of the trade-off: guided backprop and guided Grad-CAM on the same validation images
+    assert set(sel["baselines"]) == {"guided_backprop", "guided_gradcam"}
+    for row in sel["baselines"].values():
+        assert all(0.0 <= row[key] <= 1.0 for key in ("mass", "rank", "class_pointing"))
+        assert row["score"] == pytest.approx(S.score(row))
 
 
 def test_the_score_is_the_mean_of_mass_rank_accuracy_and_class_conditional_pointing():

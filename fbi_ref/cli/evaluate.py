@@ -16,9 +16,9 @@ from fbi_ref.io.paths import output_file
 
 HELP = {
     "kind": "kind of the single-object test and validation images",
-    "n_test": "single-object test images (pointing, mass, peak, sparsity, time)",
+    "n_test": "single-object test images (pointing, mass, rank accuracy, peak, sparsity, time)",
     "n_wrong": "the first test images also explained for a class they do not hold",
-    "n_pairs": "two-object test images (class-conditional pointing)", "n_curves": "test images for deletion / insertion",
+    "n_pairs": "two-object test images (class-conditional pointing, pair rank accuracy)", "n_curves": "test images for deletion / insertion",
     "n_random": "test images for the whole randomisation cascade",
     "n_verdict": "test images for the randomisation verdict (dense layers random)",
     "verdict_draws": "independent random weight draws of the dense layers for the randomisation verdict",

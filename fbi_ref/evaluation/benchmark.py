@@ -429,7 +429,8 @@ def fbi_vs_deconvnet(model, data, settings, maps):
 
 # Paired comparisons reported with the interval of the difference: (row, the rows it is compared with).
 COMPARED = ("fbi", ("fbi_paper_readings", "guided_backprop", "guided_gradcam", "gradcam", "deconvnet", "centre"))
-COMPARED_METRICS = ("pointing", "mass", "rank", "class_pointing", "pointing_drop", "mass_drop")
+COMPARED_METRICS = ("pointing", "mass", "rank", "class_pointing", "pair_rank", "pointing_drop", "mass_drop",
+                    "rank_drop")
 
 
 def comparisons(per_image, settings):

@@ -7,6 +7,7 @@ not a Model, so that they can be tested on hand-made functions with known answer
 
     pointing_game        the heat map's maximum lies in the (dilated) mask        (Zhang et al. 2016)
     relevance_mass       share of the positive heat map inside the mask           (Arras et al. 2022)
+    relevance_rank       of the K highest pixels (K = the mask's size), the share inside the mask (idem)
     class_pointing       on two-object images, the maximum lies on the asked object, not the other (0.5: blind)
     class_sensitivity    on two-object images, share of mass on the explained object rather than the other
     peak_distance        how far the maximum lies from the object; peak_in_border: near the image edge

@@ -155,9 +155,10 @@ def selection_text(sel):
 def comparison_table(results):
     """`fbi` minus each compared row: the mean difference and its paired bootstrap 95 % interval."""
     keys = [("pointing", "pointing"), ("mass", "mass"), ("rank", "rank acc."), ("class_pointing", "class-cond. pointing"),
-            ("pointing_drop", "pointing drop"), ("mass_drop", "mass drop")]
+            ("pair_rank", "pair rank acc."), ("pointing_drop", "pointing drop"), ("mass_drop", "mass drop"),
+            ("rank_drop", "rank acc. drop")]
     out = [[f"`{other}`"] + [f"{d[key]['difference']:+.3f} [{d[key]['interval'][0]:+.3f}, {d[key]['interval'][1]:+.3f}]"
-                             for key, _ in keys] for other, d in results["comparisons"].items()]
+                             if key in d else "–" for key, _ in keys] for other, d in results["comparisons"].items()]
     return table(["`fbi` minus"] + [title for _, title in keys], out)
 
 
