@@ -1,8 +1,10 @@
 """The lessons (lessons/NN_*.ipynb) run top to bottom, and the outputs stored in them are not stale.
 
 The notebooks are stored with their outputs, so that a reader on a code host sees the figures. The slow
-tests re-execute each one in a fresh kernel of this interpreter and fail on any error, or when a cell
-draws fewer figures than its stored output shows; the fast tests check the stored files themselves.
+tests re-execute each one in a fresh kernel of this interpreter and fail on any error, when a cell draws
+fewer figures than its stored output shows, or when a cell prints other text than its stored output
+(numbers within one unit of their last printed digit; times, temporary paths, addresses and rounding
+residues masked; see `same_printed`); the fast tests check the stored files themselves.
 
 Regenerate the stored outputs after changing a lesson (needs `pip install -e '.[lessons]'`):
 
@@ -170,7 +172,7 @@ def decimals(text):
     return set(re.findall(r"(?<![\w.])-?\d+\.\d+(?![\w.])", text))
 
 
-@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", LESSONS + SOLUTIONS, ids=lambda p: p.parent.name[:3] + "/" + p.stem)
 def test_every_decimal_the_prose_states_is_written_in_a_code_cell(path):
     """Prose quotes only what the notebook computes and asserts: a decimal number in a Markdown cell must
     appear in the source of a code cell (an assert, or the parameter it names), so that a re-run that changes
@@ -201,6 +203,112 @@ def test_every_lesson_links_the_paper_and_the_library_source(path):
     assert re.search(r"paper[^\n]*(§|section|Section|Sec\.)", text), f"{path.name} links no section of the paper"
 
 
+# --- comparing stored text outputs with a fresh run ----------------------------------------------
+
+# What changes from run to run without being wrong: wall times, temporary paths, object addresses.
+VOLATILE = [
+    (re.compile(r"\b\d+(?:\.\d+)?(?: ?)(?:s|ms|µs|us|min)\b"), "<time>"),     # 0.32 s, 12 ms
+    (re.compile(r"(?:/private)?/(?:tmp|var/folders)/[^\s'\"]*"), "<tmp path>"),
+    (re.compile(r"0x[0-9a-fA-F]{6,}"), "<address>"),
+]
+NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
+
+
+# A cell whose printed counts depend on float rounding (near ties of a port, counts of elements beyond a
+# tolerance) carries this tag in its metadata and says why in a comment; its numbers are masked, its words
+# (verdicts, keys, names) are still compared.
+NUMBERS_VARY = "numbers-vary"
+
+
+def numbers_vary(cell):
+    """True when the cell's printed numbers are declared machine-dependent (its tag and its comment)."""
+    return NUMBERS_VARY in cell.get("metadata", {}).get("tags", [])
+
+
+def text_outputs(nb):
+    """{code cell id or index: its text output} (stdout and the text of results; images and stderr left
+    out), each with the volatile parts masked (and every number, in a cell tagged NUMBERS_VARY)."""
+    out = {}
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        parts = []
+        for o in cell.get("outputs", []):
+            if o["output_type"] == "stream" and o.get("name") == "stdout":
+                parts.append("".join(o["text"]) if isinstance(o["text"], list) else o["text"])
+            elif o["output_type"] in ("execute_result", "display_data") and "image/png" not in o.get("data", {}):
+                text = o.get("data", {}).get("text/plain", "")
+                parts.append("".join(text) if isinstance(text, list) else text)
+        text = "".join(parts)
+        for pattern, mask in VOLATILE:
+            text = pattern.sub(mask, text)
+        if numbers_vary(cell):
+            text = NUMBER.sub("<n>", text)
+        out[cell.get("id", str(i))] = text
+    return out
+
+
+def same_printed(stored, fresh):
+    """None if two texts print the same, else the first difference. Numbers agree when they differ by at most
+    one unit of the last digit printed (another CPU or BLAS may round the last digit the other way); every
+    other character must be equal. A stale output (0.867 where a run prints 0.870) differs by more."""
+    a_numbers, b_numbers = NUMBER.findall(stored), NUMBER.findall(fresh)
+    a_words, b_words = NUMBER.split(stored), NUMBER.split(fresh)
+    if a_words != b_words or len(a_numbers) != len(b_numbers):
+        lines = [(x, y) for x, y in zip(stored.splitlines(), fresh.splitlines()) if x != y]
+        first = lines[0] if lines else (stored[-80:], fresh[-80:])
+        return f"the text differs: stored {first[0]!r}, now {first[1]!r}"
+    for x, y in zip(a_numbers, b_numbers):
+        if x == y or (is_residue(x) and is_residue(y)):
+            continue
+        exponent = lambda v: int(v.lower().split("e")[1]) if "e" in v.lower() else 0  # noqa: E731
+        unit = 10.0 ** (exponent(x) - decimals_of(x))   # one unit of the last digit printed
+        if decimals_of(x) != decimals_of(y) or abs(float(x) - float(y)) > 1.000001 * unit:
+            return f"a number differs: stored {x}, now {y}"
+    return None
+
+
+def decimals_of(number):
+    """How many digits a printed number has after its point (before any exponent)."""
+    mantissa = number.lower().split("e")[0]
+    return len(mantissa.split(".")[1]) if "." in mantissa else 0
+
+
+def is_residue(number):
+    """A rounding residue: printed in e-notation and below 1e-6 (a lesson asserts its bound; the digits vary
+    with the CPU's summation order, so they are compared only as 'below 1e-6')."""
+    return "e" in number.lower() and abs(float(number)) < 1e-6
+
+
+def stale_outputs(stored_nb, fresh_nb):
+    """{cell: the difference} for the code cells whose stored text output is not what a fresh run prints."""
+    stored, fresh = text_outputs(stored_nb), text_outputs(fresh_nb)
+    return {cell: why for cell in stored if (why := same_printed(stored[cell], fresh.get(cell, ""))) is not None}
+
+
+def test_a_stale_number_is_caught_and_the_last_digits_rounding_is_not():
+    assert same_printed("fbi 0.867 [0.828, 0.902]", "fbi 0.870 [0.823, 0.911]") == \
+        "a number differs: stored 0.867, now 0.870"
+    assert same_printed("rho 0.593, kept 32 of 128", "rho 0.594, kept 32 of 128") is None   # one unit: rounding
+    assert same_printed("kept 197 near ties", "kept 193 near ties") == "a number differs: stored 197, now 193"
+    assert same_printed("mass 0.50", "mass 0.500") is not None                                # another format
+    assert same_printed("fbi passed", "fbi failed") is not None
+    assert same_printed("difference 3.6e-15", "difference 1.1e-14") is None                 # residues, both tiny
+    assert same_printed("difference 3.6e-05", "difference 1.1e-04") is not None             # not residues
+    assert same_printed("largest 2.5e+03", "largest 2.6e+03") is None                       # one unit of 1e2
+    masked = text_outputs({"cells": [{"cell_type": "code", "id": "c", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": ["fbi 0.05 s, written to /tmp/x1/out.png at 0x7f3a2b1c4d50"]}]}]})
+    assert masked == {"c": "fbi <time>, written to <tmp path> at <address>"}
+
+
+@pytest.mark.parametrize("path", LESSONS + SOLUTIONS, ids=lambda p: p.parent.name[:3] + "/" + p.stem)
+def test_a_cell_whose_numbers_vary_says_why(path):
+    for i, cell in enumerate(read(path)["cells"]):
+        if cell["cell_type"] == "code" and numbers_vary(cell):
+            source = "".join(cell["source"])
+            assert "# numbers vary:" in source, f"{path.name}, cell {i}: tagged {NUMBERS_VARY!r} without a '# numbers vary:' comment"
+
+
 # --- running them --------------------------------------------------------------------------------
 
 def test_every_solutions_notebook_a_lesson_links_exists():
@@ -218,6 +326,9 @@ def test_lesson_runs_and_its_stored_figures_are_not_stale(path):
     fewer = {cell: (stored[cell], now.get(cell, 0)) for cell in stored if now.get(cell, 0) < stored[cell]}
     assert not fewer, (f"{path.name}: re-executed cells draw fewer figures than the stored notebook shows "
                        f"(cell id: (stored, now)) {fewer}; regenerate with `python tests/test_lessons.py {path.stem}`")
+    stale = stale_outputs(read(path), fresh)
+    assert not stale, (f"{path.name}: stored text outputs differ from a fresh run's (cell id: difference) {stale}; "
+                       f"regenerate with `python tests/test_lessons.py {path.stem}`")
     assert seconds < TIME_LIMIT, f"{path.name} took {seconds:.0f} s to run (limit {TIME_LIMIT} s)"
 
 

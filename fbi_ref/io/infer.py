@@ -23,7 +23,15 @@ def kernel_and_bias(name, arrays) -> tuple:
 
 
 def infer_vgg(named_weights, num_pools: int | None = None) -> Architecture:
-    """A VGG-shaped model built around (name or None, (kernel, bias) or ()) pairs given in layer order."""
+    """A VGG-shaped model built around (name or None, (kernel, bias) or ()) pairs given in layer order.
+
+    Where the max-pools go, first rule that applies: after the convolution before each weightless layer whose
+    name contains 'pool' (Keras files list their pools); else at the end of each block of conv names
+    ('block2_conv1', 'block2_conv2', ...: the part before the last '_'); else (a conv without a name, or one
+    block name for all) at the end of each run of convolutions with the same number of filters, so two
+    consecutive blocks of the same width become one (give the architecture explicitly then). `num_pools`,
+    when given, must match.
+    """
     convs, denses, pool_after = _split_layers(named_weights)
     if not convs:
         raise ArchitectureError("cannot infer a VGG model: the weights hold no convolution kernels")
