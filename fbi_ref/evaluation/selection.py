@@ -93,9 +93,14 @@ def variant(model, options, data, settings):
     both = forward_passes(model, pairs.x, b)
     maps_a = fbi_maps(model, both, pairs.labels, options, b)
     maps_b = fbi_maps(model, both, pairs.other_labels, options, b)
-    tol = settings.tolerance
-    row = {"options": dict(options),
-           "pointing": float(M.pointing_game(maps, single.masks, tol).mean()),
+    return {"options": dict(options), **scored(maps, maps_a, maps_b, data, settings.tolerance)}
+
+
+def scored(maps, maps_a, maps_b, data, tol):
+    """The validation scores of one method's maps (single images (N, H, W); pairs explained for A and for B),
+    with the rule's score: the same columns for every FBI setting and every baseline."""
+    single, pairs = data.single, data.pairs
+    row = {"pointing": float(M.pointing_game(maps, single.masks, tol).mean()),
            "mass": float(M.relevance_mass(maps, single.masks).mean()),
            "rank": float(M.relevance_rank(maps, single.masks).mean()),
            "class_pointing": float(M.class_pointing(maps_a, maps_b, pairs.masks, pairs.other_masks, tol).mean()),
@@ -214,15 +219,13 @@ BASELINES = ("guided_backprop", "guided_gradcam")  # reference points of the tra
 
 def baseline(model, method, data, settings):
     """A baseline method's validation scores, measured as variant() measures FBI's (not used by the rule)."""
-    single, pairs, b, tol = data.single, data.pairs, settings.batch_size, settings.tolerance
+    single, pairs, b = data.single, data.pairs, settings.batch_size
 
     def maps(x, targets):
         return np.concatenate([explain(model, x[i:i + b], method, target=targets[i:i + b]).heatmap
                                for i in range(0, len(x), b)])
-    m, a, o = maps(single.x, single.labels), maps(pairs.x, pairs.labels), maps(pairs.x, pairs.other_labels)
-    row = {"mass": float(M.relevance_mass(m, single.masks).mean()), "rank": float(M.relevance_rank(m, single.masks).mean()),
-           "class_pointing": float(M.class_pointing(a, o, pairs.masks, pairs.other_masks, tol).mean())}
-    return {**row, "score": score(row)}
+    return scored(maps(single.x, single.labels), maps(pairs.x, pairs.labels), maps(pairs.x, pairs.other_labels),
+                  data, settings.tolerance)
 
 
 def rule(settings):
